@@ -1,0 +1,1 @@
+"""zerodb-batch: ZeroDB's batch operations over gRPC, on PostgreSQL and Redis Streams."""

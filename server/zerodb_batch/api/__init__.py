@@ -1,0 +1,1 @@
+"""One servicer per proto service: validate, call storage, build the reply."""

@@ -1,0 +1,163 @@
+"""Wiring: pool, migrations, servicers, interceptor, health, reflection, background work, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
+
+from zerodb.v1 import (
+    event_pb2,
+    event_pb2_grpc,
+    load_pb2,
+    load_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    rlhf_pb2,
+    rlhf_pb2_grpc,
+    table_pb2,
+    table_pb2_grpc,
+    vector_pb2,
+    vector_pb2_grpc,
+)
+from zerodb_batch.api.memory import MemoryServicer
+from zerodb_batch.config import Settings
+from zerodb_batch.errors import StartupError
+from zerodb_batch.interceptors.auth import Authenticator
+from zerodb_batch.interceptors.pipeline import ApiInterceptor
+from zerodb_batch.storage import idempotency, keys
+from zerodb_batch.storage.migrate import migrate
+from zerodb_batch.storage.pool import Conn, open_pool
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (table_pb2, "TableService"),
+        (memory_pb2, "MemoryService"),
+        (vector_pb2, "VectorService"),
+        (event_pb2, "EventService"),
+        (rlhf_pb2, "RlhfService"),
+        (load_pb2, "LoadService"),
+    )
+)
+
+
+@dataclass
+class App:
+    """A running server; `port` is the bound port (useful with a listen address of port 0)."""
+
+    settings: Settings
+    pool: AsyncConnectionPool[Conn]
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int = 0
+    bootstrap_key: tuple[str, str] | None = None  # (project_id, key) made on first start
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: stop taking calls, let running ones finish for `grace` seconds, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.drain_seconds if grace is None else grace)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.pool.close()
+
+
+async def start(settings: Settings) -> App:
+    """Connect, migrate, and serve on `settings.listen`. Raises StartupError with a reason."""
+    if not settings.database_url:
+        raise StartupError("no database URL: start the embedded PostgreSQL first")
+    pool = await _open(settings)
+    try:
+        bootstrap = await _prepare(pool)
+        server, health = await _build(settings, pool)
+        port = _bind(server, settings.listen)
+        await server.start()
+    except BaseException:
+        await pool.close()
+        raise
+    app = App(settings, pool, server, health, port, bootstrap)
+    app.tasks.append(asyncio.create_task(_expire_requests(pool, settings.idempotency_ttl_hours)))
+    return app
+
+
+async def _open(settings: Settings) -> AsyncConnectionPool[Conn]:
+    try:
+        return await open_pool(settings.database_url or "", settings.pool_min, settings.pool_max)
+    except Exception as e:
+        raise StartupError(f"cannot connect to PostgreSQL: {e}") from e
+
+
+async def _prepare(pool: AsyncConnectionPool[Conn]) -> tuple[str, str] | None:
+    """Apply migrations; on an empty store, make a project and a development key."""
+    async with pool.connection() as conn:
+        await migrate(conn)
+        if await keys.count_projects(conn):
+            return None
+        async with conn.transaction():
+            project = await keys.create_project(conn, name="development")
+            _, key = await keys.create_key(conn, project, name="development key")
+        return project, key
+
+
+async def _build(
+    settings: Settings, pool: AsyncConnectionPool[Conn]
+) -> tuple[grpc.aio.Server, HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=[ApiInterceptor(Authenticator(pool, settings.auth_cache_seconds))],
+        options=[
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not silent sharing
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(pool), server)
+    # Services whose RPCs later issues build answer UNIMPLEMENTED until then.
+    table_pb2_grpc.add_TableServiceServicer_to_server(table_pb2_grpc.TableServiceServicer(), server)
+    vector_pb2_grpc.add_VectorServiceServicer_to_server(
+        vector_pb2_grpc.VectorServiceServicer(), server
+    )
+    event_pb2_grpc.add_EventServiceServicer_to_server(event_pb2_grpc.EventServiceServicer(), server)
+    rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(rlhf_pb2_grpc.RlhfServiceServicer(), server)
+    load_pb2_grpc.add_LoadServiceServicer_to_server(load_pb2_grpc.LoadServiceServicer(), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    return server, health
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> int:
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as e:
+        raise StartupError(f"cannot listen on {listen}: {e} (is the port in use?)") from e
+    if port == 0:
+        raise StartupError(f"cannot listen on {listen}: the address is in use or invalid")
+    return int(port)
+
+
+async def _expire_requests(pool: AsyncConnectionPool[Conn], hours: int) -> None:
+    """Forget idempotency keys older than the TTL, hourly."""
+    while True:
+        with contextlib.suppress(Exception):
+            async with pool.connection() as conn:
+                removed = await idempotency.expire(conn, hours)
+                if removed:
+                    log.info("expired %d idempotency keys", removed)
+        await asyncio.sleep(3600)

@@ -1,0 +1,170 @@
+"""The `zerodb-batch` command: serve, migrate, keys create|list|revoke."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import psycopg
+
+from zerodb_batch import app as app_module
+from zerodb_batch.config import Settings
+from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
+from zerodb_batch.errors import StartupError
+from zerodb_batch.storage import keys
+from zerodb_batch.storage.migrate import migrate
+
+T = TypeVar("T")
+log = logging.getLogger("zerodb_batch")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.run(settings, args)
+    except (StartupError, EmbeddedError) as e:
+        print(f"zerodb-batch: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zerodb-batch", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    sub.add_parser("serve", help="serve gRPC (embedded PostgreSQL/Valkey unless URLs are set)")\
+        .set_defaults(run=serve)
+    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(run=_migrate)
+    key_cmds = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    create = key_cmds.add_parser("create", help="make a key and print it (shown once)")
+    create.add_argument("--project", help="project id (a new project when omitted)")
+    create.add_argument("--name", default="", help="a label for the key")
+    create.set_defaults(run=_keys_create)
+    listing = key_cmds.add_parser("list", help="list a project's keys (never the keys themselves)")
+    listing.add_argument("--project", required=True)
+    listing.set_defaults(run=_keys_list)
+    revoke = key_cmds.add_parser("revoke", help="revoke a key by its key id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=_keys_revoke)
+    return parser
+
+
+# ---- serve -------------------------------------------------------------------------------
+
+
+def serve(settings: Settings, _: argparse.Namespace) -> None:
+    if settings.database_url and settings.redis_url:
+        asyncio.run(_serve(settings, None))
+        return
+    with Embedded(settings.data_dir) as embedded:
+        backends = settings.with_backends(
+            settings.database_url or embedded.database_url,
+            settings.redis_url or embedded.redis_url,
+        )
+        asyncio.run(_serve(backends, embedded))
+
+
+async def _serve(settings: Settings, embedded: Embedded | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running = await app_module.start(settings)
+    _announce(running)
+    if embedded is not None:
+        running.tasks.append(asyncio.create_task(_supervise(embedded)))
+    await stop.wait()
+    log.info("draining (up to %.0f s)", settings.drain_seconds)
+    await running.stop()
+    log.info("stopped")
+
+
+def _announce(running: app_module.App) -> None:
+    print(f"zerodb-batch serving on {_address(running)}", flush=True)
+    if running.bootstrap_key:
+        project, key = running.bootstrap_key
+        print("first start: created a project and a development API key (shown once)")
+        print(f"project_id: {project}")
+        print(f"api_key: {key}", flush=True)
+
+
+def _address(running: app_module.App) -> str:
+    host = running.settings.listen.rsplit(":", 1)[0]
+    return f"{host}:{running.port}"
+
+
+async def _supervise(embedded: Embedded) -> None:
+    """Restart the embedded Valkey if it dies; the outbox covers what it missed meanwhile."""
+    while True:
+        await asyncio.sleep(2)
+        if await asyncio.to_thread(embedded.valkey.restart_if_dead):
+            log.warning("embedded Valkey had stopped; restarted it")
+
+
+# ---- maintenance commands ----------------------------------------------------------------
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """A database URL: the configured one, the running server's embedded one, or a fresh start."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    try:
+        with Embedded(settings.data_dir) as embedded:
+            yield embedded.database_url
+    except EmbeddedBusy:
+        # `serve` holds the data dir: use its PostgreSQL and leave it running.
+        yield EmbeddedPostgres(settings.data_dir).start()
+
+
+def _with_conn(settings: Settings, work: Callable[[keys.Conn], Awaitable[T]]) -> T:
+    async def run(url: str) -> T:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await migrate(conn)
+            return await work(conn)
+
+    with _database(settings) as url:
+        return asyncio.run(run(url))
+
+
+def _migrate(settings: Settings, _: argparse.Namespace) -> None:
+    async def noop(conn: keys.Conn) -> None:
+        return None
+
+    _with_conn(settings, noop)
+    print("migrations applied")
+
+
+def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
+    async def work(conn: keys.Conn) -> tuple[str, str, str]:
+        project = args.project or await keys.create_project(conn)
+        key_id, key = await keys.create_key(conn, project, args.name)
+        return project, key_id, key
+
+    project, key_id, key = _with_conn(settings, work)
+    print(f"project_id: {project}\nkey_id: {key_id}\napi_key: {key}")
+
+
+def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
+    found = _with_conn(settings, lambda conn: keys.list_keys(conn, args.project))
+    for k in found:
+        state = f"revoked {k.revoke_time:%Y-%m-%d %H:%M}" if k.revoke_time else "active"
+        print(f"{k.key_id}  {k.prefix}…  {state}  {k.name}")
+
+
+def _keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    if not _with_conn(settings, lambda conn: keys.revoke_key(conn, args.key_id)):
+        print(f"zerodb-batch: no active key {args.key_id}", file=sys.stderr)
+        sys.exit(1)
+    print(f"revoked {args.key_id}")

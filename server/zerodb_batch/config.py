@@ -1,0 +1,47 @@
+"""Settings: the only module that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told, with its defaults. See README's configuration table."""
+
+    database_url: str | None = None  # None: start the embedded PostgreSQL under data_dir
+    redis_url: str | None = None  # None: start the embedded Valkey under data_dir
+    data_dir: Path = Path(".zerodb")
+    listen: str = "127.0.0.1:50051"
+    pool_min: int = 2
+    pool_max: int = 10
+    auth_cache_seconds: float = 5.0  # how long a key lookup is trusted (revocation delay)
+    idempotency_ttl_hours: int = 24
+    max_message_bytes: int = 64 * 1024 * 1024
+    drain_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        d = cls()
+        return cls(
+            database_url=e.get("ZERODB_DATABASE_URL") or None,
+            redis_url=e.get("ZERODB_REDIS_URL") or None,
+            data_dir=Path(e.get("ZERODB_DATA_DIR", str(d.data_dir))),
+            listen=e.get("ZERODB_LISTEN", d.listen),
+            pool_min=int(e.get("ZERODB_DB_POOL_MIN", d.pool_min)),
+            pool_max=int(e.get("ZERODB_DB_POOL_MAX", d.pool_max)),
+            auth_cache_seconds=float(e.get("ZERODB_AUTH_CACHE_SECONDS", d.auth_cache_seconds)),
+            idempotency_ttl_hours=int(e.get("ZERODB_IDEMPOTENCY_TTL_HOURS", d.idempotency_ttl_hours)),
+            max_message_bytes=int(e.get("ZERODB_MAX_MESSAGE_BYTES", d.max_message_bytes)),
+            drain_seconds=float(e.get("ZERODB_DRAIN_SECONDS", d.drain_seconds)),
+            log_level=e.get("ZERODB_LOG_LEVEL", d.log_level).upper(),
+        )
+
+    def with_backends(self, database_url: str, redis_url: str) -> Settings:
+        """These settings pointed at concrete servers (the embedded ones, once started)."""
+        return replace(self, database_url=database_url, redis_url=redis_url)

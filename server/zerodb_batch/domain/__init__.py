@@ -1,0 +1,1 @@
+"""Pure request logic (validation, conversion): no I/O, unit-tested without servers."""

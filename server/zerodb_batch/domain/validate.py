@@ -1,0 +1,126 @@
+"""The checks every batch applies: batch size, ids, text fields, JSON objects.
+
+A `Checker` collects every violation of one item under a path prefix (`records[3]`), so that an
+atomic batch reports all of them at once and a partial batch reports each item's own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from zerodb_batch import limits
+from zerodb_batch.errors import BatchTooLarge, InvalidArgument, Violation
+
+
+def check_batch_size(field: str, count: int, maximum: int) -> None:
+    """Refuse an empty batch or one over its limit before looking at any item."""
+    if count > maximum:
+        raise BatchTooLarge(field, count, maximum)
+    if count == 0:
+        raise InvalidArgument(
+            f"{field} is empty; send at least one item",
+            violations=[Violation(field, "at least one item is required", "EMPTY_BATCH")],
+        )
+
+
+def check_request_id(request_id: str) -> None:
+    checker = Checker("")
+    checker.text("request_id", request_id, limits.MAX_ID_CHARS)
+    checker.raise_if_any("request_id is invalid")
+
+
+class Checker:
+    """Collects the violations of one item; `prefix` is the item's path, e.g. `records[3]`."""
+
+    __slots__ = ("prefix", "violations")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.violations: list[Violation] = []
+
+    def add(self, field: str, description: str, reason: str = "INVALID_FIELD") -> None:
+        path = f"{self.prefix}.{field}" if self.prefix else field
+        self.violations.append(Violation(path, description, reason))
+
+    def text(self, field: str, value: str, max_chars: int, *, required: bool = False) -> None:
+        """An identifier-like string: bounded length, no NUL (PostgreSQL text cannot hold it)."""
+        if required and not value:
+            self.add(field, "is required", "REQUIRED")
+        elif len(value) > max_chars:
+            self.add(field, f"at most {max_chars} characters, got {len(value)}", "TOO_LONG")
+        elif "\x00" in value:
+            self.add(field, "must not contain NUL characters", "INVALID_CHARACTER")
+
+    def body(self, field: str, value: str, max_bytes: int) -> None:
+        """A free text body measured in UTF-8 bytes."""
+        if len(value) * 4 > max_bytes and len(value.encode()) > max_bytes:
+            self.add(field, f"at most {max_bytes} bytes of UTF-8", "TOO_LONG")
+        elif "\x00" in value:
+            self.add(field, "must not contain NUL characters", "INVALID_CHARACTER")
+
+    def unit_interval(self, field: str, value: float, low: float = 0.0, high: float = 1.0) -> None:
+        if not low <= value <= high:  # also false for NaN
+            self.add(field, f"must be between {low} and {high}, got {value}", "OUT_OF_RANGE")
+
+    def choice(self, field: str, value: str, allowed: Sequence[str]) -> None:
+        if value not in allowed:
+            self.add(field, f"must be one of {', '.join(allowed)}; got {value!r}", "INVALID_VALUE")
+
+    def tags(self, field: str, tags: Sequence[str]) -> None:
+        if len(tags) > limits.MAX_TAGS:
+            self.add(field, f"at most {limits.MAX_TAGS} tags, got {len(tags)}", "TOO_MANY")
+        for i, tag in enumerate(tags):
+            self.text(f"{field}[{i}]", tag, limits.MAX_TAG_CHARS, required=True)
+
+    def json_object(self, field: str, value: struct_pb2.Struct, max_bytes: int) -> str:
+        """The Struct as JSON text ('{}' when empty), checked for size and NULs."""
+        if not value.fields:
+            return "{}"
+        try:
+            text = json.dumps(
+                struct_to_dict(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            )
+        except ValueError:
+            self.add(field, "numbers must be finite (no NaN or Infinity)", "INVALID_VALUE")
+            return "{}"
+        if len(text) * 4 > max_bytes and len(text.encode()) > max_bytes:
+            self.add(field, f"at most {max_bytes} bytes as JSON", "TOO_LONG")
+        elif "\\u0000" in text:
+            self.add(field, "must not contain NUL characters", "INVALID_CHARACTER")
+        return text
+
+    def raise_if_any(self, message: str) -> None:
+        if self.violations:
+            raise InvalidArgument(message, violations=self.violations)
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain Python; much faster than json_format for the small objects we see."""
+    return {k: _value(v) for k, v in value.fields.items()}
+
+
+def _value(v: struct_pb2.Value) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "number_value":
+        n = v.number_value
+        return int(n) if n.is_integer() and abs(n) < 2**53 else n
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(v.struct_value)
+    if kind == "list_value":
+        return [_value(x) for x in v.list_value.values]
+    return None
+
+
+def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    if value:
+        s.update(value)
+    return s

@@ -1,0 +1,141 @@
+"""Our error tree: each error knows its gRPC code, its ErrorInfo reason and its field violations.
+
+Storage raises these instead of driver errors; the interceptor turns them into `google.rpc.Status`
+with `ErrorInfo` and `BadRequest` details. Per-item results embed the same `google.rpc.Status`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "zerodb.ainative.studio"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One bad field: `field` is a path such as `records[3].importance`."""
+
+    field: str
+    description: str
+    reason: str = "INVALID_FIELD"
+
+
+class ZeroDBError(Exception):
+    """Base of every error the API returns on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        violations: Iterable[Violation] = (),
+        metadata: Mapping[str, object] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.violations = tuple(violations)
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+        if reason is not None:
+            self.reason = reason
+
+    def to_status(self) -> status_pb2.Status:
+        """This error as a `google.rpc.Status` with ErrorInfo and, if any, BadRequest."""
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        details = [_pack(info)]
+        if self.violations:
+            details.append(_pack(_bad_request(self.violations)))
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+
+
+def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _bad_request(violations: Iterable[Violation]) -> error_details_pb2.BadRequest:
+    return error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(
+                field=v.field, description=v.description, reason=v.reason
+            )
+            for v in violations
+        ]
+    )
+
+
+class InvalidArgument(ZeroDBError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+
+class BatchTooLarge(InvalidArgument):
+    reason = "BATCH_TOO_LARGE"
+
+    def __init__(self, field: str, actual: int, maximum: int) -> None:
+        super().__init__(
+            f"{field} has {actual} items; at most {maximum} are allowed per call",
+            violations=[Violation(field, f"at most {maximum} items, got {actual}", self.reason)],
+            metadata={"field": field, "max": maximum, "actual": actual},
+        )
+
+
+class RequestIdReused(InvalidArgument):
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was already used for a different request; "
+            "use a new request_id for a new request",
+            violations=[Violation("request_id", "already used with another payload", self.reason)],
+            metadata={"request_id": request_id},
+        )
+
+
+class Unauthenticated(ZeroDBError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "API_KEY_INVALID"
+
+
+class PermissionDenied(ZeroDBError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class NotFound(ZeroDBError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class FailedPrecondition(ZeroDBError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ZeroDBError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ZeroDBError):
+    """A dependency (PostgreSQL, Redis) cannot be reached; the call may be retried."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class Unimplemented(ZeroDBError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "NOT_IMPLEMENTED"
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why in words for a human."""

@@ -1,0 +1,1 @@
+"""Cross-cutting concerns of every RPC: authentication, error mapping, the request log."""

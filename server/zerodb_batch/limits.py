@@ -1,0 +1,27 @@
+"""Every limit of the API as a named constant (the protos' comments state the same numbers)."""
+
+from typing import Final
+
+MAX_MEMORY_UPSERT: Final = 500
+MAX_MEMORY_UPDATE: Final = 500
+MAX_MEMORY_DELETE: Final = 500
+MAX_MEMORY_GET: Final = 1000
+MAX_QUERY_OPERATIONS: Final = 50
+MAX_EVENTS_PUBLISH: Final = 100
+MAX_RLHF_INTERACTIONS: Final = 1000
+
+MAX_ID_CHARS: Final = 128  # ids, session/agent/entity ids, request ids, load ids
+MAX_CONTENT_BYTES: Final = 64 * 1024
+MAX_METADATA_BYTES: Final = 64 * 1024
+MAX_TAGS: Final = 64
+MAX_TAG_CHARS: Final = 128
+
+MAX_STREAM_CHUNK_RECORDS: Final = 5000
+MAX_FAILURES_REPORTED: Final = 1000  # per streamed load response
+
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 1000
+
+MEMORY_TYPES: Final = ("working", "episodic", "semantic")
+DEFAULT_MEMORY_TYPE: Final = "episodic"
+DEFAULT_IMPORTANCE: Final = 0.5

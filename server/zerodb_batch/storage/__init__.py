@@ -1,0 +1,1 @@
+"""PostgreSQL access: the pool, named SQL, migrations and one store per resource."""

@@ -1,0 +1,75 @@
+"""Projects and API keys. Keys look like `zdb_<random>`; only their SHA-256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from zerodb_batch.storage.pool import Conn
+from zerodb_batch.storage.queries import Q
+
+KEY_PREFIX = "zdb_"
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    prefix: str
+    name: str
+    create_time: datetime
+    revoke_time: datetime | None
+
+
+async def create_project(conn: Conn, project_id: str | None = None, name: str = "") -> str:
+    """Create a project (or keep an existing one with that id); returns its id."""
+    project_id = project_id or str(uuid.uuid4())
+    await conn.execute(Q["project_create"], {"project_id": project_id, "name": name})
+    return project_id
+
+
+async def count_projects(conn: Conn) -> int:
+    cur = await conn.execute(Q["project_count"])
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0  # type: ignore[call-overload]
+
+
+async def create_key(conn: Conn, project_id: str, name: str = "") -> tuple[str, str]:
+    """Make a new key for the project; returns (key_id, key). The key is shown only this once."""
+    await create_project(conn, project_id)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = str(uuid.uuid4())
+    await conn.execute(
+        Q["key_create"],
+        {
+            "project_id": project_id,
+            "key_id": key_id,
+            "key_hash": hash_key(key),
+            "prefix": key[:12],
+            "name": name,
+        },
+    )
+    return key_id, key
+
+
+async def project_for_key(conn: Conn, key: str) -> str | None:
+    """The project of an active key, or None for an unknown or revoked key."""
+    cur = await conn.execute(Q["key_project"], {"key_hash": hash_key(key)})
+    row = await cur.fetchone()
+    return str(row[0]) if row else None
+
+
+async def list_keys(conn: Conn, project_id: str) -> list[KeyInfo]:
+    cur = await conn.execute(Q["key_list"], {"project_id": project_id})
+    return [KeyInfo(*row) for row in await cur.fetchall()]  # type: ignore[arg-type]
+
+
+async def revoke_key(conn: Conn, key_id: str) -> bool:
+    cur = await conn.execute(Q["key_revoke"], {"key_id": key_id})
+    return await cur.fetchone() is not None

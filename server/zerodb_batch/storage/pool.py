@@ -1,0 +1,58 @@
+"""The async connection pool, and the border where driver errors become our errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from zerodb_batch.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.AsyncConnection[tuple[object, ...]]
+
+
+async def open_pool(url: str, min_size: int, max_size: int) -> AsyncConnectionPool[Conn]:
+    """Open a pool and wait for its first connections, so a wrong URL fails at start-up."""
+    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        timeout=10.0,
+        kwargs={"autocommit": True},
+        check=AsyncConnectionPool.check_connection,
+        name="zerodb",
+    )
+    await pool.open(wait=True, timeout=15.0)
+    return pool
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Lost connections and an exhausted pool become UNAVAILABLE (retryable)."""
+    try:
+        yield
+    except PoolTimeout as e:
+        raise Unavailable("PostgreSQL is not answering (no connection within the pool timeout)") from e
+    except psycopg.OperationalError as e:
+        log.warning("postgres operational error: %s", e)
+        raise Unavailable("PostgreSQL is unavailable; retry the call") from e
+
+
+@asynccontextmanager
+async def transaction(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+    """A pooled connection inside one transaction, with driver errors translated."""
+    async with translate_errors(), pool.connection() as conn, conn.transaction():
+        yield conn
+
+
+@asynccontextmanager
+async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+    """A pooled connection (autocommit) for reads, with driver errors translated."""
+    async with translate_errors(), pool.connection() as conn:
+        yield conn

@@ -1,0 +1,100 @@
+"""A real `grpc.aio` server on port 0, run on its own event loop thread, and typed stubs.
+
+Tests call it through a real channel with the synchronous stubs, so each test is plain code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+
+from tests.plugins.services import Backends
+from zerodb.v1 import memory_pb2_grpc
+from zerodb_batch import app
+from zerodb_batch.config import Settings
+from zerodb_batch.storage import keys
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """An event loop in a daemon thread that owns one App."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.app = self.run(app.start(settings))
+        self.address = f"127.0.0.1:{self.app.port}"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def new_key(self, project_id: str | None = None) -> tuple[str, str]:
+        """(project_id, key): a fresh project (or the given one) and a key for it."""
+        project = project_id or f"p-{uuid.uuid4()}"
+
+        async def make() -> tuple[str, str]:
+            async with self.app.pool.connection() as conn:
+                _, key = await keys.create_key(conn, project)
+                return project, key
+
+        return self.run(make())
+
+    def close(self) -> None:
+        self.run(self.app.stop(grace=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    base = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        auth_cache_seconds=0,
+        drain_seconds=1,
+    )
+    return Settings(**{**base.__dict__, **overrides})
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str, backends: Backends) -> Iterator[ServerThread]:
+    running = ServerThread(test_settings(database_url, backends.redis_url))
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.address) as ch:
+        yield ch
+
+
+@dataclass(frozen=True)
+class Project:
+    """A fresh project with its key; `auth` is the call metadata."""
+
+    id: str
+    key: str
+
+    @property
+    def auth(self) -> tuple[tuple[str, str]]:
+        return (("x-api-key", self.key),)
+
+
+@pytest.fixture
+def project(server: ServerThread) -> Project:
+    return Project(*server.new_key())
+
+
+@pytest.fixture
+def memories(channel: grpc.Channel) -> memory_pb2_grpc.MemoryServiceStub:
+    return memory_pb2_grpc.MemoryServiceStub(channel)
