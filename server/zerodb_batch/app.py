@@ -93,7 +93,9 @@ async def start(settings: Settings) -> App:
 
 async def _open(settings: Settings) -> AsyncConnectionPool[Conn]:
     try:
-        return await open_pool(settings.database_url or "", settings.pool_min, settings.pool_max)
+        return await open_pool(
+            settings.database_url or "", settings.pool_min, settings.pool_max, settings.pool_timeout
+        )
     except Exception as e:
         raise StartupError(f"cannot connect to PostgreSQL: {e}") from e
 

@@ -18,6 +18,7 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     pool_min: int = 2
     pool_max: int = 10
+    pool_timeout: float = 10.0  # seconds a call waits for a connection before UNAVAILABLE
     auth_cache_seconds: float = 5.0  # how long a key lookup is trusted (revocation delay)
     idempotency_ttl_hours: int = 24
     max_message_bytes: int = 64 * 1024 * 1024
@@ -35,6 +36,7 @@ class Settings:
             listen=e.get("ZERODB_LISTEN", d.listen),
             pool_min=int(e.get("ZERODB_DB_POOL_MIN", d.pool_min)),
             pool_max=int(e.get("ZERODB_DB_POOL_MAX", d.pool_max)),
+            pool_timeout=float(e.get("ZERODB_DB_TIMEOUT_SECONDS", d.pool_timeout)),
             auth_cache_seconds=float(e.get("ZERODB_AUTH_CACHE_SECONDS", d.auth_cache_seconds)),
             idempotency_ttl_hours=int(e.get("ZERODB_IDEMPOTENCY_TTL_HOURS", d.idempotency_ttl_hours)),
             max_message_bytes=int(e.get("ZERODB_MAX_MESSAGE_BYTES", d.max_message_bytes)),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch import limits
-from zerodb_batch.domain.validate import Checker
+from zerodb_batch.domain.validate import Checker, metadata_json
 from zerodb_batch.errors import InvalidArgument, Violation
 
 
@@ -44,27 +44,69 @@ def parse_records(
     records: Sequence[memory_pb2.Memory], *, field_name: str, partial: bool
 ) -> ParsedBatch:
     """Validate every record; atomic batches raise INVALID_ARGUMENT listing every violation."""
-    rows, failures, generated = MemoryColumns(), {}, set()
+    batch = ParsedBatch(MemoryColumns(), {}, set())
     seen: dict[str, int] = {}
     for i, record in enumerate(records):
-        checker = Checker(f"{field_name}[{i}]")
-        metadata = _check(checker, record)
-        if record.id:
-            first = seen.setdefault(record.id, i)
-            if first != i:
-                checker.add("id", f"duplicates {field_name}[{first}].id", "DUPLICATE_ID")
-        if checker.violations:
-            failures[i] = checker.violations
-            continue
-        if not record.id:
-            generated.add(i)
-        _append(rows, i, record, metadata)
-    if failures and not partial:
+        # The fast path takes almost every record; the Checker runs only to explain a failure.
+        if record.id and seen.setdefault(record.id, i) != i:
+            _explain(batch, i, record, field_name, duplicate_of=seen[record.id])
+        elif not _append_if_valid(batch.rows, i, record):
+            _explain(batch, i, record, field_name)
+        elif not record.id:
+            batch.generated.add(i)
+    if batch.failures and not partial:
         raise InvalidArgument(
-            f"{len(failures)} of {len(records)} {field_name} are invalid; nothing was written",
-            violations=[v for vs in failures.values() for v in vs],
+            f"{len(batch.failures)} of {len(records)} {field_name} are invalid; "
+            "nothing was written",
+            violations=[v for vs in batch.failures.values() for v in vs],
         )
-    return ParsedBatch(rows, failures, generated)
+    return batch
+
+
+_FAST_TEXT = limits.MAX_CONTENT_BYTES // 4  # this many characters cannot exceed the byte limit
+
+
+def _append_if_valid(rows: MemoryColumns, i: int, r: memory_pb2.Memory) -> bool:
+    """Append the record if cheap checks pass; the hot loop of every memory write."""
+    rid, content, mtype = r.id, r.content, r.memory_type
+    session, agent, entity = r.session_id, r.agent_id, r.entity_id
+    tags = list(r.tags)
+    importance = r.importance if r.HasField("importance") else limits.DEFAULT_IMPORTANCE
+    if (
+        len(content) > _FAST_TEXT
+        or (mtype and mtype not in limits.MEMORY_TYPES)
+        or not 0.0 <= importance <= 1.0
+        or (tags and (len(tags) > limits.MAX_TAGS or not 0 < min(map(len, tags))
+                      or max(map(len, tags)) > limits.MAX_TAG_CHARS))
+        or max(len(rid), len(session), len(agent), len(entity)) > limits.MAX_ID_CHARS
+        or "\x00" in "".join((rid, content, session, agent, entity, *tags))
+    ):
+        return False
+    metadata = metadata_json(r.metadata)
+    if metadata is None:
+        return False
+    rows.index.append(i)
+    rows.ids.append(rid or str(uuid.uuid4()))
+    rows.contents.append(content)
+    rows.memory_types.append(mtype or limits.DEFAULT_MEMORY_TYPE)
+    rows.importances.append(importance)
+    rows.tags.append(tags)
+    rows.metadata.append(metadata)
+    rows.session_ids.append(session or None)
+    rows.agent_ids.append(agent or None)
+    rows.entity_ids.append(entity or None)
+    return True
+
+
+def _explain(
+    batch: ParsedBatch, i: int, r: memory_pb2.Memory, field_name: str, duplicate_of: int = -1
+) -> None:
+    """Record why record i is refused, every violation of it."""
+    checker = Checker(f"{field_name}[{i}]")
+    _check(checker, r)
+    if duplicate_of >= 0:
+        checker.add("id", f"duplicates {field_name}[{duplicate_of}].id", "DUPLICATE_ID")
+    batch.failures[i] = checker.violations
 
 
 def _check(c: Checker, r: memory_pb2.Memory) -> str:
@@ -79,16 +121,3 @@ def _check(c: Checker, r: memory_pb2.Memory) -> str:
     c.text("agent_id", r.agent_id, limits.MAX_ID_CHARS)
     c.text("entity_id", r.entity_id, limits.MAX_ID_CHARS)
     return c.json_object("metadata", r.metadata, limits.MAX_METADATA_BYTES)
-
-
-def _append(rows: MemoryColumns, i: int, r: memory_pb2.Memory, metadata: str) -> None:
-    rows.index.append(i)
-    rows.ids.append(r.id or str(uuid.uuid4()))
-    rows.contents.append(r.content)
-    rows.memory_types.append(r.memory_type or limits.DEFAULT_MEMORY_TYPE)
-    rows.importances.append(r.importance if r.HasField("importance") else limits.DEFAULT_IMPORTANCE)
-    rows.tags.append(list(r.tags))
-    rows.metadata.append(metadata)
-    rows.session_ids.append(r.session_id or None)
-    rows.agent_ids.append(r.agent_id or None)
-    rows.entity_ids.append(r.entity_id or None)

@@ -78,12 +78,8 @@ class Checker:
 
     def json_object(self, field: str, value: struct_pb2.Struct, max_bytes: int) -> str:
         """The Struct as JSON text ('{}' when empty), checked for size and NULs."""
-        if not value.fields:
-            return "{}"
         try:
-            text = json.dumps(
-                struct_to_dict(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            )
+            text = _dumps(value)
         except ValueError:
             self.add(field, "numbers must be finite (no NaN or Infinity)", "INVALID_VALUE")
             return "{}"
@@ -96,6 +92,25 @@ class Checker:
     def raise_if_any(self, message: str) -> None:
         if self.violations:
             raise InvalidArgument(message, violations=self.violations)
+
+
+def _dumps(value: struct_pb2.Struct) -> str:
+    if not value.fields:
+        return "{}"
+    return _ENCODER.encode(struct_to_dict(value))
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_FAST_JSON = limits.MAX_METADATA_BYTES // 4
+
+
+def metadata_json(value: struct_pb2.Struct) -> str | None:
+    """JSON text of a Struct that is plainly within limits, else None (then use a Checker)."""
+    try:
+        text = _dumps(value)
+    except ValueError:
+        return None
+    return text if len(text) <= _FAST_JSON and "\\u0000" not in text else None
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:

@@ -16,14 +16,16 @@ log = logging.getLogger(__name__)
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
 
-async def open_pool(url: str, min_size: int, max_size: int) -> AsyncConnectionPool[Conn]:
+async def open_pool(
+    url: str, min_size: int, max_size: int, timeout: float
+) -> AsyncConnectionPool[Conn]:
     """Open a pool and wait for its first connections, so a wrong URL fails at start-up."""
     pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         open=False,
-        timeout=10.0,
+        timeout=timeout,
         kwargs={"autocommit": True},
         check=AsyncConnectionPool.check_connection,
         name="zerodb",

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: our service and the raw PostgreSQL/Redis path in one run."""

@@ -1,0 +1,93 @@
+"""What every benchmark needs: embedded backends in a temp dir and our server as a subprocess.
+
+The server runs in its own process (as in production), so client and server do not share a GIL;
+on the 2-core machines they still share the CPU, as the raw path's client and PostgreSQL do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from zerodb_batch.embedded import EmbeddedPostgres, EmbeddedValkey
+
+
+@dataclass(frozen=True)
+class Service:
+    address: str
+    project_id: str
+    api_key: str
+    database_url: str
+    redis_url: str
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def backends() -> Iterator[tuple[str, str]]:
+    """Embedded PostgreSQL and Valkey in a fresh temp dir: (database_url, redis_url)."""
+    with tempfile.TemporaryDirectory(prefix="zdb-bench-") as tmp:
+        pg, vk = EmbeddedPostgres(Path(tmp)), EmbeddedValkey(Path(tmp))
+        try:
+            yield pg.start(), vk.start()
+        finally:
+            vk.stop()
+            pg.stop()
+
+
+@contextlib.contextmanager
+def service(database_url: str, redis_url: str, **env: str) -> Iterator[Service]:
+    """`python -m zerodb_batch serve` against the given backends; its first-start key is used."""
+    address = f"127.0.0.1:{free_port()}"
+    environ = {**os.environ, "ZERODB_DATABASE_URL": database_url, "ZERODB_REDIS_URL": redis_url,
+               "ZERODB_LISTEN": address, "ZERODB_LOG_LEVEL": "WARNING", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "zerodb_batch", "serve"], env=environ,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        found = _read_banner(proc)
+        yield Service(address, found["project_id"], found["api_key"], database_url, redis_url,
+                      proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _read_banner(proc: subprocess.Popen[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.match(r"(project_id|api_key): (\S+)", line):
+            found[m[1]] = m[2]
+        if len(found) == 2:
+            return found
+    raise RuntimeError(f"server exited ({proc.wait()}) before printing its key; empty database?")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def report(title: str, unit: str, ours: list[float], raw: list[float]) -> None:
+    """Medians of per-round rates, and our rate as a fraction of the raw path's."""
+    o, r = statistics.median(ours), statistics.median(raw)
+    print(f"{title}")
+    print(f"  service: {o:10.1f} {unit}   (rounds: {', '.join(f'{x:.0f}' for x in ours)})")
+    print(f"  raw:     {r:10.1f} {unit}   (rounds: {', '.join(f'{x:.0f}' for x in raw)})")
+    print(f"  ratio service/raw: {o / r:.2f}")

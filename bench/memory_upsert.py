@@ -1,0 +1,101 @@
+"""500-record BatchUpsertMemories calls through our service vs the same upserts through psycopg.
+
+Each batch replaces 250 memories of the previous batch and inserts 250 new ones (the "half
+existing" upsert of DESIGN.md section 9). Rounds alternate between the two paths; medians print.
+
+    python bench/memory_upsert.py [--calls 40] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from collections.abc import Callable
+
+import grpc
+import psycopg
+
+from bench.harness import backends, report, service, timed
+from zerodb.v1 import memory_pb2, memory_pb2_grpc
+from zerodb_batch.storage.queries import Q
+
+BATCH = 500
+
+
+def batches(calls: int) -> list[list[dict[str, object]]]:
+    """`calls` batches of plain records; each reuses half the ids of the one before."""
+    out, previous = [], [str(uuid.uuid4()) for _ in range(BATCH)]
+    for c in range(calls):
+        ids = previous[BATCH // 2:] + [str(uuid.uuid4()) for _ in range(BATCH // 2)]
+        out.append([
+            {"id": i, "content": f"fact {c}/{n}: " + "x" * 150, "memory_type": "semantic",
+             "importance": 0.7, "tags": ["bench", "memory", f"t{n % 7}"],
+             "metadata": {"source": "bench", "n": n}}
+            for n, i in enumerate(ids)
+        ])
+        previous = ids
+    return out
+
+
+def to_request(project_id: str, batch: list[dict[str, object]]) -> memory_pb2.BatchUpsertMemoriesRequest:
+    request = memory_pb2.BatchUpsertMemoriesRequest(project_id=project_id)
+    for r in batch:
+        m = request.records.add(id=r["id"], content=r["content"], memory_type=r["memory_type"],
+                                importance=r["importance"], tags=r["tags"])
+        m.metadata.update(r["metadata"])
+    return request
+
+
+def raw_params(project_id: str, batch: list[dict[str, object]]) -> dict[str, object]:
+    return {
+        "project_id": project_id,
+        "ids": [r["id"] for r in batch], "contents": [r["content"] for r in batch],
+        "memory_types": [r["memory_type"] for r in batch],
+        "importances": [r["importance"] for r in batch],
+        "tags": [json.dumps(r["tags"]) for r in batch],
+        "metadata": [json.dumps(r["metadata"]) for r in batch],
+        "session_ids": [None] * len(batch), "agent_ids": [None] * len(batch),
+        "entity_ids": [None] * len(batch),
+    }
+
+
+def service_round(stub: memory_pb2_grpc.MemoryServiceStub, project_id: str, key: str,
+                  work: list[list[dict[str, object]]]) -> Callable[[], None]:
+    def run() -> None:
+        for batch in work:  # the protobuf is built inside the timing, as a client would
+            stub.BatchUpsertMemories(to_request(project_id, batch), metadata=(("x-api-key", key),))
+    return run
+
+
+def raw_round(conn: psycopg.Connection[tuple[object, ...]], project_id: str,
+              work: list[list[dict[str, object]]]) -> Callable[[], None]:
+    def run() -> None:
+        for batch in work:
+            with conn.transaction():
+                conn.execute(Q["memory_upsert"], raw_params(project_id, batch)).fetchall()
+    return run
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__)
+    args.add_argument("--calls", type=int, default=40, help="calls per round")
+    args.add_argument("--rounds", type=int, default=5)
+    opts = args.parse_args()
+    with backends() as (db_url, redis_url), service(db_url, redis_url) as svc, \
+            grpc.insecure_channel(svc.address) as channel, \
+            psycopg.connect(db_url, autocommit=True) as conn:
+        stub = memory_pb2_grpc.MemoryServiceStub(channel)
+        raw_project = str(uuid.uuid4())
+        ours, raw = [], []
+        service_round(stub, svc.project_id, svc.api_key, batches(3))()  # warm-up
+        raw_round(conn, raw_project, batches(3))()
+        for _ in range(opts.rounds):
+            seconds = timed(service_round(stub, svc.project_id, svc.api_key, batches(opts.calls)))
+            ours.append(opts.calls / seconds)
+            raw.append(opts.calls / timed(raw_round(conn, raw_project, batches(opts.calls))))
+        report(f"BatchUpsertMemories, {BATCH} records a call (half existing)", "calls/s", ours, raw)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""What callers see when PostgreSQL goes away, and what start-up says about a bad database."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.api.test_memory_upsert import SEED, details
+from tests.plugins.serve import Serve, free_port, serve_env
+from tests.plugins.server import Project, ServerThread, server_settings
+from tests.plugins.services import Backends, create_database, drop_database
+from zerodb.v1 import memory_pb2
+from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
+
+T = TypeVar("T")
+
+PLAIN_POSTGRES = os.environ.get(
+    "ZERODB_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+class Outage:
+    """A database of its own that can be made unreachable and reachable again."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.admin = backends.admin_url
+        self.url = create_database(backends.admin_url, "zerodb_outage")
+        self.name = psycopg.conninfo.conninfo_to_dict(self.url)["dbname"]
+
+    def allow(self, allowed: bool) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(self.name), sql.Literal(allowed)))
+            if not allowed:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = %s", (self.name,))
+
+
+@pytest.fixture
+def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
+    down = Outage(backends)
+    running = ServerThread(server_settings(down.url, backends.redis_url))
+    yield down, running
+    running.close()
+    down.allow(True)
+    drop_database(backends.admin_url, down.url)
+
+
+def test_postgres_down_is_unavailable_then_recovers(outage: tuple[Outage, ServerThread]) -> None:
+    down, running = outage
+    project = Project(*running.new_key())
+    with grpc.insecure_channel(running.address) as channel:
+        stub = MemoryServiceStub(channel)
+        request = memory_pb2.BatchUpsertMemoriesRequest(project_id=project.id, records=SEED)
+        assert stub.BatchUpsertMemories(request, metadata=project.auth).inserted == 2
+
+        down.allow(False)
+        for call in (
+            lambda: stub.BatchUpsertMemories(request, metadata=project.auth),
+            lambda: stub.BatchGetMemories(memory_pb2.BatchGetMemoriesRequest(
+                project_id=project.id, ids=["x"]), metadata=project.auth),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE"
+
+        down.allow(True)  # the same server serves again, without a restart, once it reconnects
+        assert retry_unavailable(
+            lambda: stub.BatchUpsertMemories(request, metadata=project.auth)).inserted == 2
+
+
+def retry_unavailable(call: Callable[[], T], deadline: float = 60) -> T:
+    """What a client does with UNAVAILABLE: retry with backoff, within a deadline."""
+    end, pause = time.monotonic() + deadline, 0.2
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as e:
+            if e.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > end:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 2)
+
+
+def test_external_postgres_without_pgvector_fails_at_start(tmp_path: Path) -> None:
+    try:
+        with psycopg.connect(PLAIN_POSTGRES, connect_timeout=3) as conn:
+            has_vector = conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    except psycopg.OperationalError:
+        pytest.skip(f"no PostgreSQL at {PLAIN_POSTGRES} (set ZERODB_TEST_PLAIN_POSTGRES_URL)")
+    if has_vector:
+        pytest.skip(f"{PLAIN_POSTGRES} has pgvector; this test needs one without")
+    env = serve_env(tmp_path, f"127.0.0.1:{free_port()}", ZERODB_DATABASE_URL=PLAIN_POSTGRES,
+                    ZERODB_REDIS_URL="redis://127.0.0.1:1/0")
+    serve = Serve(env)
+    assert serve.exit_code() == 2
+    err = "".join(serve.stderr)
+    assert "'vector' extension (pgvector)" in err
+    assert "Traceback" not in err
