@@ -54,14 +54,25 @@ def backends() -> Iterator[tuple[str, str]]:
 def service(database_url: str, redis_url: str, **env: str) -> Iterator[Service]:
     """`python -m zerodb_batch serve` against the given backends; its first-start key is used."""
     address = f"127.0.0.1:{free_port()}"
-    environ = {**os.environ, "ZERODB_DATABASE_URL": database_url, "ZERODB_REDIS_URL": redis_url,
-               "ZERODB_LISTEN": address, "ZERODB_LOG_LEVEL": "WARNING", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "zerodb_batch", "serve"], env=environ,
-                            stdout=subprocess.PIPE, text=True)
+    environ = {
+        **os.environ,
+        "ZERODB_DATABASE_URL": database_url,
+        "ZERODB_REDIS_URL": redis_url,
+        "ZERODB_LISTEN": address,
+        "ZERODB_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerodb_batch", "serve"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         found = _read_banner(proc)
-        yield Service(address, found["project_id"], found["api_key"], database_url, redis_url,
-                      proc.pid)
+        yield Service(
+            address, found["project_id"], found["api_key"], database_url, redis_url, proc.pid
+        )
     finally:
         proc.terminate()
         proc.wait(30)

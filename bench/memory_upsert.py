@@ -27,22 +27,36 @@ def batches(calls: int) -> list[list[dict[str, object]]]:
     """`calls` batches of plain records; each reuses half the ids of the one before."""
     out, previous = [], [str(uuid.uuid4()) for _ in range(BATCH)]
     for c in range(calls):
-        ids = previous[BATCH // 2:] + [str(uuid.uuid4()) for _ in range(BATCH // 2)]
-        out.append([
-            {"id": i, "content": f"fact {c}/{n}: " + "x" * 150, "memory_type": "semantic",
-             "importance": 0.7, "tags": ["bench", "memory", f"t{n % 7}"],
-             "metadata": {"source": "bench", "n": n}}
-            for n, i in enumerate(ids)
-        ])
+        ids = previous[BATCH // 2 :] + [str(uuid.uuid4()) for _ in range(BATCH // 2)]
+        out.append(
+            [
+                {
+                    "id": i,
+                    "content": f"fact {c}/{n}: " + "x" * 150,
+                    "memory_type": "semantic",
+                    "importance": 0.7,
+                    "tags": ["bench", "memory", f"t{n % 7}"],
+                    "metadata": {"source": "bench", "n": n},
+                }
+                for n, i in enumerate(ids)
+            ]
+        )
         previous = ids
     return out
 
 
-def to_request(project_id: str, batch: list[dict[str, object]]) -> memory_pb2.BatchUpsertMemoriesRequest:
+def to_request(
+    project_id: str, batch: list[dict[str, object]]
+) -> memory_pb2.BatchUpsertMemoriesRequest:
     request = memory_pb2.BatchUpsertMemoriesRequest(project_id=project_id)
     for r in batch:
-        m = request.records.add(id=r["id"], content=r["content"], memory_type=r["memory_type"],
-                                importance=r["importance"], tags=r["tags"])
+        m = request.records.add(
+            id=r["id"],
+            content=r["content"],
+            memory_type=r["memory_type"],
+            importance=r["importance"],
+            tags=r["tags"],
+        )
         m.metadata.update(r["metadata"])
     return request
 
@@ -50,30 +64,41 @@ def to_request(project_id: str, batch: list[dict[str, object]]) -> memory_pb2.Ba
 def raw_params(project_id: str, batch: list[dict[str, object]]) -> dict[str, object]:
     return {
         "project_id": project_id,
-        "ids": [r["id"] for r in batch], "contents": [r["content"] for r in batch],
+        "ids": [r["id"] for r in batch],
+        "contents": [r["content"] for r in batch],
         "memory_types": [r["memory_type"] for r in batch],
         "importances": [r["importance"] for r in batch],
         "tags": [json.dumps(r["tags"]) for r in batch],
         "metadata": [json.dumps(r["metadata"]) for r in batch],
-        "session_ids": [None] * len(batch), "agent_ids": [None] * len(batch),
+        "session_ids": [None] * len(batch),
+        "agent_ids": [None] * len(batch),
         "entity_ids": [None] * len(batch),
     }
 
 
-def service_round(stub: memory_pb2_grpc.MemoryServiceStub, project_id: str, key: str,
-                  work: list[list[dict[str, object]]]) -> Callable[[], None]:
+def service_round(
+    stub: memory_pb2_grpc.MemoryServiceStub,
+    project_id: str,
+    key: str,
+    work: list[list[dict[str, object]]],
+) -> Callable[[], None]:
     def run() -> None:
         for batch in work:  # the protobuf is built inside the timing, as a client would
             stub.BatchUpsertMemories(to_request(project_id, batch), metadata=(("x-api-key", key),))
+
     return run
 
 
-def raw_round(conn: psycopg.Connection[tuple[object, ...]], project_id: str,
-              work: list[list[dict[str, object]]]) -> Callable[[], None]:
+def raw_round(
+    conn: psycopg.Connection[tuple[object, ...]],
+    project_id: str,
+    work: list[list[dict[str, object]]],
+) -> Callable[[], None]:
     def run() -> None:
         for batch in work:
             with conn.transaction():
                 conn.execute(Q["memory_upsert"], raw_params(project_id, batch)).fetchall()
+
     return run
 
 
@@ -82,9 +107,12 @@ def main() -> None:
     args.add_argument("--calls", type=int, default=40, help="calls per round")
     args.add_argument("--rounds", type=int, default=5)
     opts = args.parse_args()
-    with backends() as (db_url, redis_url), service(db_url, redis_url) as svc, \
-            grpc.insecure_channel(svc.address) as channel, \
-            psycopg.connect(db_url, autocommit=True) as conn:
+    with (
+        backends() as (db_url, redis_url),
+        service(db_url, redis_url) as svc,
+        grpc.insecure_channel(svc.address) as channel,
+        psycopg.connect(db_url, autocommit=True) as conn,
+    ):
         stub = memory_pb2_grpc.MemoryServiceStub(channel)
         raw_project = str(uuid.uuid4())
         ours, raw = [], []

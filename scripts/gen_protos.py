@@ -39,12 +39,18 @@ def _protoc(sources: list[Path], googleapis: Path) -> None:
     well_known = Path(str(importlib.resources.files("grpc_tools"))) / "_proto"
     bindir = Path(sys.executable).parent
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTOS}", f"-I{googleapis}", f"-I{well_known}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{googleapis}",
+        f"-I{well_known}",
         f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-        f"--python_out={OUT}", f"--grpc_python_out={OUT}",
-        f"--mypy_out={OUT}", f"--mypy_grpc_out={OUT}",
+        f"--python_out={OUT}",
+        f"--grpc_python_out={OUT}",
+        f"--mypy_out={OUT}",
+        f"--mypy_grpc_out={OUT}",
         *(str(s.relative_to(PROTOS)) for s in sources),
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)

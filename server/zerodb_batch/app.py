@@ -1,4 +1,4 @@
-"""Wiring: pool, migrations, servicers, interceptor, health, reflection, background work, shutdown."""
+"""Wiring: pool, migrations, servicers, interceptor, health, reflection, background, shutdown."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from zerodb.v1 import (
     vector_pb2_grpc,
 )
 from zerodb_batch.api.memory import MemoryServicer
+from zerodb_batch.api.unimplemented import placeholder
 from zerodb_batch.config import Settings
 from zerodb_batch.errors import StartupError
 from zerodb_batch.interceptors.auth import Authenticator
@@ -125,20 +126,31 @@ async def _build(
     )
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(pool), server)
     # Services whose RPCs later issues build answer UNIMPLEMENTED until then.
-    table_pb2_grpc.add_TableServiceServicer_to_server(table_pb2_grpc.TableServiceServicer(), server)
-    vector_pb2_grpc.add_VectorServiceServicer_to_server(
-        vector_pb2_grpc.VectorServiceServicer(), server
+    table_pb2_grpc.add_TableServiceServicer_to_server(
+        placeholder(table_pb2_grpc.TableServiceServicer), server
     )
-    event_pb2_grpc.add_EventServiceServicer_to_server(event_pb2_grpc.EventServiceServicer(), server)
-    rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(rlhf_pb2_grpc.RlhfServiceServicer(), server)
-    load_pb2_grpc.add_LoadServiceServicer_to_server(load_pb2_grpc.LoadServiceServicer(), server)
+    vector_pb2_grpc.add_VectorServiceServicer_to_server(
+        placeholder(vector_pb2_grpc.VectorServiceServicer), server
+    )
+    event_pb2_grpc.add_EventServiceServicer_to_server(
+        placeholder(event_pb2_grpc.EventServiceServicer), server
+    )
+    rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(
+        placeholder(rlhf_pb2_grpc.RlhfServiceServicer), server
+    )
+    load_pb2_grpc.add_LoadServiceServicer_to_server(
+        placeholder(load_pb2_grpc.LoadServiceServicer), server
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     return server, health

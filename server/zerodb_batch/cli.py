@@ -19,6 +19,7 @@ from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, Embedde
 from zerodb_batch.errors import StartupError
 from zerodb_batch.storage import keys
 from zerodb_batch.storage.migrate import migrate
+from zerodb_batch.storage.pool import Conn
 
 T = TypeVar("T")
 log = logging.getLogger("zerodb_batch")
@@ -40,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zerodb-batch", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    sub.add_parser("serve", help="serve gRPC (embedded PostgreSQL/Valkey unless URLs are set)")\
-        .set_defaults(run=serve)
+    sub.add_parser(
+        "serve", help="serve gRPC (embedded PostgreSQL/Valkey unless URLs are set)"
+    ).set_defaults(run=serve)
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(run=_migrate)
     key_cmds = sub.add_parser("keys", help="manage API keys").add_subparsers(
         required=True, metavar="ACTION"
@@ -128,7 +130,7 @@ def _database(settings: Settings) -> Iterator[str]:
         yield EmbeddedPostgres(settings.data_dir).start()
 
 
-def _with_conn(settings: Settings, work: Callable[[keys.Conn], Awaitable[T]]) -> T:
+def _with_conn(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
     async def run(url: str) -> T:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await migrate(conn)
@@ -139,7 +141,7 @@ def _with_conn(settings: Settings, work: Callable[[keys.Conn], Awaitable[T]]) ->
 
 
 def _migrate(settings: Settings, _: argparse.Namespace) -> None:
-    async def noop(conn: keys.Conn) -> None:
+    async def noop(conn: Conn) -> None:
         return None
 
     _with_conn(settings, noop)
@@ -147,7 +149,7 @@ def _migrate(settings: Settings, _: argparse.Namespace) -> None:
 
 
 def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
-    async def work(conn: keys.Conn) -> tuple[str, str, str]:
+    async def work(conn: Conn) -> tuple[str, str, str]:
         project = args.project or await keys.create_project(conn)
         key_id, key = await keys.create_key(conn, project, args.name)
         return project, key_id, key

@@ -38,7 +38,9 @@ class Settings:
             pool_max=int(e.get("ZERODB_DB_POOL_MAX", d.pool_max)),
             pool_timeout=float(e.get("ZERODB_DB_TIMEOUT_SECONDS", d.pool_timeout)),
             auth_cache_seconds=float(e.get("ZERODB_AUTH_CACHE_SECONDS", d.auth_cache_seconds)),
-            idempotency_ttl_hours=int(e.get("ZERODB_IDEMPOTENCY_TTL_HOURS", d.idempotency_ttl_hours)),
+            idempotency_ttl_hours=int(
+                e.get("ZERODB_IDEMPOTENCY_TTL_HOURS", d.idempotency_ttl_hours)
+            ),
             max_message_bytes=int(e.get("ZERODB_MAX_MESSAGE_BYTES", d.max_message_bytes)),
             drain_seconds=float(e.get("ZERODB_DRAIN_SECONDS", d.drain_seconds)),
             log_level=e.get("ZERODB_LOG_LEVEL", d.log_level).upper(),

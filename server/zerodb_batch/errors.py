@@ -48,7 +48,9 @@ class ZeroDBError(Exception):
 
     def to_status(self) -> status_pb2.Status:
         """This error as a `google.rpc.Status` with ErrorInfo and, if any, BadRequest."""
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=DOMAIN, metadata=self.metadata
+        )
         details = [_pack(info)]
         if self.violations:
             details.append(_pack(_bad_request(self.violations)))

@@ -32,8 +32,9 @@ def test_wrong_key(memories: MemoryServiceStub, project: Project) -> None:
     assert details(caught.value)[0].reason == "API_KEY_INVALID"
 
 
-def test_another_projects_key(memories: MemoryServiceStub, project: Project,
-                              server: ServerThread) -> None:
+def test_another_projects_key(
+    memories: MemoryServiceStub, project: Project, server: ServerThread
+) -> None:
     other = Project(*server.new_key())
     with pytest.raises(grpc.RpcError) as caught:
         call(memories, project.id, other.auth)
@@ -82,6 +83,7 @@ def test_unbuilt_rpc_is_unimplemented(channel: grpc.Channel, project: Project) -
 
     stub = rlhf_pb2_grpc.RlhfServiceStub(channel)
     with pytest.raises(grpc.RpcError) as caught:
-        stub.ListInteractions(rlhf_pb2.ListInteractionsRequest(project_id=project.id),
-                              metadata=project.auth)
+        stub.ListInteractions(
+            rlhf_pb2.ListInteractionsRequest(project_id=project.id), metadata=project.auth
+        )
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED

@@ -37,11 +37,16 @@ class Outage:
 
     def allow(self, allowed: bool) -> None:
         with psycopg.connect(self.admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-                sql.Identifier(self.name), sql.Literal(allowed)))
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                    sql.Identifier(self.name), sql.Literal(allowed)
+                )
+            )
             if not allowed:
-                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = %s", (self.name,))
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (self.name,),
+                )
 
 
 @pytest.fixture
@@ -65,8 +70,10 @@ def test_postgres_down_is_unavailable_then_recovers(outage: tuple[Outage, Server
         down.allow(False)
         for call in (
             lambda: stub.BatchUpsertMemories(request, metadata=project.auth),
-            lambda: stub.BatchGetMemories(memory_pb2.BatchGetMemoriesRequest(
-                project_id=project.id, ids=["x"]), metadata=project.auth),
+            lambda: stub.BatchGetMemories(
+                memory_pb2.BatchGetMemoriesRequest(project_id=project.id, ids=["x"]),
+                metadata=project.auth,
+            ),
         ):
             with pytest.raises(grpc.RpcError) as caught:
                 call()
@@ -74,8 +81,12 @@ def test_postgres_down_is_unavailable_then_recovers(outage: tuple[Outage, Server
             assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE"
 
         down.allow(True)  # the same server serves again, without a restart, once it reconnects
-        assert retry_unavailable(
-            lambda: stub.BatchUpsertMemories(request, metadata=project.auth)).inserted == 2
+        assert (
+            retry_unavailable(
+                lambda: stub.BatchUpsertMemories(request, metadata=project.auth)
+            ).inserted
+            == 2
+        )
 
 
 def retry_unavailable(call: Callable[[], T], deadline: float = 60) -> T:
@@ -95,13 +106,18 @@ def test_external_postgres_without_pgvector_fails_at_start(tmp_path: Path) -> No
     try:
         with psycopg.connect(PLAIN_POSTGRES, connect_timeout=3) as conn:
             has_vector = conn.execute(
-                "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
+            ).fetchone()
     except psycopg.OperationalError:
         pytest.skip(f"no PostgreSQL at {PLAIN_POSTGRES} (set ZERODB_TEST_PLAIN_POSTGRES_URL)")
     if has_vector:
         pytest.skip(f"{PLAIN_POSTGRES} has pgvector; this test needs one without")
-    env = serve_env(tmp_path, f"127.0.0.1:{free_port()}", ZERODB_DATABASE_URL=PLAIN_POSTGRES,
-                    ZERODB_REDIS_URL="redis://127.0.0.1:1/0")
+    env = serve_env(
+        tmp_path,
+        f"127.0.0.1:{free_port()}",
+        ZERODB_DATABASE_URL=PLAIN_POSTGRES,
+        ZERODB_REDIS_URL="redis://127.0.0.1:1/0",
+    )
     serve = Serve(env)
     assert serve.exit_code() == 2
     err = "".join(serve.stderr)

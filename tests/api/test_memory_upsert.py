@@ -15,18 +15,23 @@ from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 
 SEED = [
     memory_pb2.Memory(
-        content="User prefers concise responses", memory_type="semantic", importance=0.8,
+        content="User prefers concise responses",
+        memory_type="semantic",
+        importance=0.8,
         tags=["preference", "communication"],
     ),
     memory_pb2.Memory(
-        content="Project uses FastAPI + SQLAlchemy", memory_type="semantic", importance=0.9,
+        content="Project uses FastAPI + SQLAlchemy",
+        memory_type="semantic",
+        importance=0.9,
         tags=["tech-stack"],
     ),
 ]
 
 
-def upsert(stub: MemoryServiceStub, project: Project, records: list[memory_pb2.Memory],
-           **kw: object) -> memory_pb2.BatchUpsertMemoriesResponse:
+def upsert(
+    stub: MemoryServiceStub, project: Project, records: list[memory_pb2.Memory], **kw: object
+) -> memory_pb2.BatchUpsertMemoriesResponse:
     request = memory_pb2.BatchUpsertMemoriesRequest(project_id=project.id, records=records, **kw)
     return stub.BatchUpsertMemories(request, metadata=project.auth)
 
@@ -44,7 +49,9 @@ def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, error_deta
 
 
 def count(db: psycopg.Connection[tuple[object, ...]], project: Project) -> int:
-    row = db.execute("SELECT count(*) FROM memories WHERE project_id = %s", (project.id,)).fetchone()
+    row = db.execute(
+        "SELECT count(*) FROM memories WHERE project_id = %s", (project.id,)
+    ).fetchone()
     assert row is not None
     return int(row[0])  # type: ignore[call-overload]
 
@@ -64,7 +71,10 @@ def test_seed_upsert_inserts_and_reads_back(memories: MemoryServiceStub, project
     assert list(got.not_found) == ["nope"]
     first = got.memories[0]
     assert (first.memory_type, first.importance, list(first.tags)) == (
-        "semantic", pytest.approx(0.8), ["preference", "communication"])
+        "semantic",
+        pytest.approx(0.8),
+        ["preference", "communication"],
+    )
     assert first.create_time.seconds > 0
 
 
@@ -82,12 +92,18 @@ def test_upsert_by_id_updates(memories: MemoryServiceStub, project: Project) -> 
     meta = struct_pb2.Struct()
     meta.update({"source": "chat", "n": 3, "nested": {"ok": True}})
     upsert(memories, project, [memory_pb2.Memory(id="mem-1", content="old", metadata=meta)])
-    reply = upsert(memories, project, [
-        memory_pb2.Memory(id="mem-1", content="new", importance=0.1, session_id="s1"),
-        memory_pb2.Memory(id="mem-2", content="other"),
-    ])
+    reply = upsert(
+        memories,
+        project,
+        [
+            memory_pb2.Memory(id="mem-1", content="new", importance=0.1, session_id="s1"),
+            memory_pb2.Memory(id="mem-2", content="other"),
+        ],
+    )
     assert [r.outcome for r in reply.results] == [
-        common_pb2.OUTCOME_UPDATED, common_pb2.OUTCOME_INSERTED]
+        common_pb2.OUTCOME_UPDATED,
+        common_pb2.OUTCOME_INSERTED,
+    ]
     assert (reply.inserted, reply.updated) == (1, 1)
     got = memories.BatchGetMemories(
         memory_pb2.BatchGetMemoriesRequest(project_id=project.id, ids=["mem-1"]),
@@ -108,8 +124,9 @@ def test_metadata_round_trips(memories: MemoryServiceStub, project: Project) -> 
     assert got.metadata == meta
 
 
-def test_500_accepted_501_refused(memories: MemoryServiceStub, project: Project,
-                                  db: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_500_accepted_501_refused(
+    memories: MemoryServiceStub, project: Project, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
     records = [memory_pb2.Memory(content=f"fact {i}") for i in range(501)]
     with pytest.raises(grpc.RpcError) as caught:
         upsert(memories, project, records)
@@ -148,7 +165,11 @@ def test_atomic_batch_lists_every_violation_and_writes_nothing(
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     fields = [v.field for v in details(caught.value)[1].field_violations]
     assert fields == [
-        "records[1].memory_type", "records[2].importance", "records[2].tags[1]", "records[3].id"]
+        "records[1].memory_type",
+        "records[2].importance",
+        "records[2].tags[1]",
+        "records[3].id",
+    ]
     assert "3 of 4" in (caught.value.details() or "")
     assert count(db, project) == 0
 
@@ -158,12 +179,16 @@ def test_partial_success_writes_the_valid_ones(
 ) -> None:
     reply = upsert(memories, project, BAD, partial_success=True)
     assert (reply.inserted, reply.failed) == (1, 3)
-    assert [r.outcome for r in reply.results] == [
-        common_pb2.OUTCOME_INSERTED] + [common_pb2.OUTCOME_FAILED] * 3
+    assert [r.outcome for r in reply.results] == [common_pb2.OUTCOME_INSERTED] + [
+        common_pb2.OUTCOME_FAILED
+    ] * 3
     assert reply.results[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     bad = error_details_pb2.BadRequest()
     assert reply.results[2].error.details[1].Unpack(bad)
-    assert [v.field for v in bad.field_violations] == ["records[2].importance", "records[2].tags[1]"]
+    assert [v.field for v in bad.field_violations] == [
+        "records[2].importance",
+        "records[2].tags[1]",
+    ]
     assert reply.ids[1:] == ["", "", ""]
     assert count(db, project) == 1
 
@@ -179,10 +204,16 @@ def test_nul_characters_refused_not_internal(memories: MemoryServiceStub, projec
     meta = struct_pb2.Struct()
     meta.update({"k": "a\x00b"})
     with pytest.raises(grpc.RpcError) as caught:
-        upsert(memories, project, [memory_pb2.Memory(content="a\x00"), memory_pb2.Memory(metadata=meta)])
+        upsert(
+            memories,
+            project,
+            [memory_pb2.Memory(content="a\x00"), memory_pb2.Memory(metadata=meta)],
+        )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in details(caught.value)[1].field_violations] == [
-        "records[0].content", "records[1].metadata"]
+        "records[0].content",
+        "records[1].metadata",
+    ]
 
 
 def test_request_id_retry_writes_nothing_new(
@@ -200,8 +231,9 @@ def test_request_id_retry_writes_nothing_new(
     assert count(db, project) == 2
 
 
-def test_request_id_is_per_project(memories: MemoryServiceStub, project: Project,
-                                   server: object) -> None:
+def test_request_id_is_per_project(
+    memories: MemoryServiceStub, project: Project, server: object
+) -> None:
     other = Project(*server.new_key())  # type: ignore[attr-defined]
     a = upsert(memories, project, SEED, request_id="shared")
     b = upsert(memories, other, SEED, request_id="shared")

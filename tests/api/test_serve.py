@@ -1,4 +1,4 @@
-"""The README's commands, as a user runs them: `zerodb-batch serve` on embedded backends + grpcurl."""
+"""The README's commands as a user runs them: `zerodb-batch serve` (embedded backends), grpcurl."""
 
 from __future__ import annotations
 
@@ -15,10 +15,18 @@ from tests.plugins.serve import Serve, free_port, grpcurl, serve_env
 
 SEED_UPSERT = {
     "records": [
-        {"content": "User prefers concise responses", "memory_type": "semantic",
-         "importance": 0.8, "tags": ["preference", "communication"]},
-        {"content": "Project uses FastAPI + SQLAlchemy", "memory_type": "semantic",
-         "importance": 0.9, "tags": ["tech-stack"]},
+        {
+            "content": "User prefers concise responses",
+            "memory_type": "semantic",
+            "importance": 0.8,
+            "tags": ["preference", "communication"],
+        },
+        {
+            "content": "Project uses FastAPI + SQLAlchemy",
+            "memory_type": "semantic",
+            "importance": 0.9,
+            "tags": ["tech-stack"],
+        },
     ]
 }
 
@@ -37,8 +45,16 @@ class Running:
 
     def call(self, method: str, body: dict[str, object]) -> dict[str, object]:
         body = {"project_id": self.project_id, **body}
-        done = grpcurl("-plaintext", "-H", f"x-api-key: {self.key}", "-d", "@", self.address,
-                       f"zerodb.v1.MemoryService/{method}", data=json.dumps(body))
+        done = grpcurl(
+            "-plaintext",
+            "-H",
+            f"x-api-key: {self.key}",
+            "-d",
+            "@",
+            self.address,
+            f"zerodb.v1.MemoryService/{method}",
+            data=json.dumps(body),
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -60,9 +76,14 @@ def test_list_shows_every_service(running: Running) -> None:
     assert done.returncode == 0, done.stderr
     services = set(done.stdout.split())
     assert {
-        "zerodb.v1.TableService", "zerodb.v1.MemoryService", "zerodb.v1.VectorService",
-        "zerodb.v1.EventService", "zerodb.v1.RlhfService", "zerodb.v1.LoadService",
-        "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+        "zerodb.v1.TableService",
+        "zerodb.v1.MemoryService",
+        "zerodb.v1.VectorService",
+        "zerodb.v1.EventService",
+        "zerodb.v1.RlhfService",
+        "zerodb.v1.LoadService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
     } <= services
 
 
@@ -77,7 +98,8 @@ def test_readme_upsert_then_get_then_restart_keeps_data(running: Running) -> Non
     assert reply["inserted"] == 2 and len(reply["ids"]) == 2  # type: ignore[arg-type]
     got = running.call("BatchGetMemories", {"ids": reply["ids"]})
     assert [m["content"] for m in got["memories"]] == [  # type: ignore[attr-defined]
-        r["content"] for r in SEED_UPSERT["records"]]  # type: ignore[index]
+        r["content"] for r in SEED_UPSERT["records"]
+    ]  # type: ignore[index]
 
     assert running.serve.stop(signal.SIGTERM) == 0
     running.start()  # same data dir: no new project, the memories are still there
@@ -86,8 +108,13 @@ def test_readme_upsert_then_get_then_restart_keeps_data(running: Running) -> Non
 
 
 def test_missing_key_through_grpcurl(running: Running) -> None:
-    done = grpcurl("-plaintext", "-d", json.dumps({"project_id": running.project_id, **SEED_UPSERT}),
-                   running.address, "zerodb.v1.MemoryService/BatchUpsertMemories")
+    done = grpcurl(
+        "-plaintext",
+        "-d",
+        json.dumps({"project_id": running.project_id, **SEED_UPSERT}),
+        running.address,
+        "zerodb.v1.MemoryService/BatchUpsertMemories",
+    )
     assert done.returncode != 0 and "Unauthenticated" in done.stderr
 
 
@@ -113,7 +140,10 @@ def test_clean_stop_leaves_no_servers(tmp_path: Path) -> None:
     children = psutil.Process(serve.proc.pid).children(recursive=True)
     assert serve.stop(signal.SIGINT) == 0
     gone = [p for p in children if not p.is_running() or p.status() == psutil.STATUS_ZOMBIE]
-    leftovers = [p for p in psutil.process_iter(["cmdline"])
-                 if str(r.data_dir) in " ".join(p.info["cmdline"] or ())]
+    leftovers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(r.data_dir) in " ".join(p.info["cmdline"] or ())
+    ]
     assert len(gone) == len(children)
     assert leftovers == []

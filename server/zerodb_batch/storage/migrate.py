@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
 
 import psycopg
 
@@ -25,11 +25,11 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 def available() -> list[tuple[int, str, LiteralString]]:
     """(version, name, sql) of every packaged migration, by version."""
-    found = []
+    found: list[tuple[int, str, LiteralString]] = []
     for entry in resources.files("zerodb_batch.storage").joinpath("migrations").iterdir():
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
-            found.append((version, entry.name, cast(LiteralString, entry.read_text())))
+            found.append((version, entry.name, entry.read_text()))
     return sorted(found)
 
 

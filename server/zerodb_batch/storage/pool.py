@@ -17,7 +17,7 @@ Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
 
 async def open_pool(
-    url: str, min_size: int, max_size: int, timeout: float
+    url: str, min_size: int, max_size: int, wait_seconds: float
 ) -> AsyncConnectionPool[Conn]:
     """Open a pool and wait for its first connections, so a wrong URL fails at start-up."""
     pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
@@ -25,7 +25,7 @@ async def open_pool(
         min_size=min_size,
         max_size=max_size,
         open=False,
-        timeout=timeout,
+        timeout=wait_seconds,
         kwargs={"autocommit": True},
         check=AsyncConnectionPool.check_connection,
         name="zerodb",
@@ -40,7 +40,9 @@ async def translate_errors() -> AsyncIterator[None]:
     try:
         yield
     except PoolTimeout as e:
-        raise Unavailable("PostgreSQL is not answering (no connection within the pool timeout)") from e
+        raise Unavailable(
+            "PostgreSQL is not answering (no connection within the pool timeout)"
+        ) from e
     except psycopg.OperationalError as e:
         log.warning("postgres operational error: %s", e)
         raise Unavailable("PostgreSQL is unavailable; retry the call") from e

@@ -13,7 +13,8 @@ def _parse(text: str) -> dict[str, LiteralString]:
     parts = _NAME.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
     return {
-        name: cast(LiteralString, body.strip()) for name, body in zip(parts[1::2], parts[2::2])
+        name: cast(LiteralString, body.strip())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True)
     }
 
 
