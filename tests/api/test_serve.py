@@ -147,3 +147,24 @@ def test_clean_stop_leaves_no_servers(tmp_path: Path) -> None:
     ]
     assert len(gone) == len(children)
     assert leftovers == []
+
+
+def test_keys_cli_beside_a_running_serve(running: Running) -> None:
+    """`keys create/list/revoke` on the data dir that `serve` holds use its PostgreSQL."""
+    env = serve_env(running.data_dir, running.address)
+    created = Serve(env, "keys", "create", "--project", running.project_id, "--name", "ci")
+    assert created.exit_code() == 0, "".join(created.stderr)
+    key_id = created.wait_for(r"key_id: (\S+)")[1]
+    key = created.wait_for(r"api_key: (zdb_\S+)")[1]
+    other = Running(running.data_dir)
+    other.address, other.project_id, other.key = running.address, running.project_id, key
+    assert other.call("BatchGetMemories", {"ids": ["none"]})["not_found"] == ["none"]
+
+    listed = Serve(env, "keys", "list", "--project", running.project_id)
+    assert listed.exit_code() == 0
+    assert listed.wait_for(rf"{key_id}\s+zdb_\S+\s+active\s+ci")
+
+    revoked = Serve(env, "keys", "revoke", key_id)
+    assert revoked.exit_code() == 0
+    again = Serve(env, "keys", "revoke", key_id)
+    assert again.exit_code() == 1 and "no active key" in "".join(again.stderr)

@@ -30,6 +30,22 @@ class MemoryColumns:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def add(
+        self, index: int, mid: str, content: str, memory_type: str, importance: float,
+        tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
+    ) -> None:  # fmt: skip
+        """Append one valid record, applying the defaults (new UUID, episodic)."""
+        self.index.append(index)
+        self.ids.append(mid or str(uuid.uuid4()))
+        self.contents.append(content)
+        self.memory_types.append(memory_type or limits.DEFAULT_MEMORY_TYPE)
+        self.importances.append(importance)
+        self.tags.append(tags)
+        self.metadata.append(metadata)
+        self.session_ids.append(session_id or None)
+        self.agent_ids.append(agent_id or None)
+        self.entity_ids.append(entity_id or None)
+
 
 @dataclass
 class ParsedBatch:
@@ -47,12 +63,11 @@ def parse_records(
     batch = ParsedBatch(MemoryColumns(), {}, set())
     seen: dict[str, int] = {}
     for i, record in enumerate(records):
-        # The fast path takes almost every record; the Checker runs only to explain a failure.
-        if record.id and seen.setdefault(record.id, i) != i:
-            _explain(batch, i, record, field_name, duplicate_of=seen[record.id])
-        elif not _append_if_valid(batch.rows, i, record):
-            _explain(batch, i, record, field_name)
-        elif not record.id:
+        duplicate_of = seen.setdefault(record.id, i) if record.id else i
+        # The fast path takes almost every record; the Checker decides the rest, and explains.
+        if duplicate_of != i or not _append_if_valid(batch.rows, i, record):
+            _check_fully(batch, i, record, field_name, duplicate_of)
+        if not record.id and i not in batch.failures:
             batch.generated.add(i)
     if batch.failures and not partial:
         raise InvalidArgument(
@@ -91,28 +106,30 @@ def _append_if_valid(rows: MemoryColumns, i: int, r: memory_pb2.Memory) -> bool:
     metadata = metadata_json(r.metadata)
     if metadata is None:
         return False
-    rows.index.append(i)
-    rows.ids.append(rid or str(uuid.uuid4()))
-    rows.contents.append(content)
-    rows.memory_types.append(mtype or limits.DEFAULT_MEMORY_TYPE)
-    rows.importances.append(importance)
-    rows.tags.append(tags)
-    rows.metadata.append(metadata)
-    rows.session_ids.append(session or None)
-    rows.agent_ids.append(agent or None)
-    rows.entity_ids.append(entity or None)
+    rows.add(i, rid, content, mtype, importance, tags, metadata, session, agent, entity)
     return True
 
 
-def _explain(
-    batch: ParsedBatch, i: int, r: memory_pb2.Memory, field_name: str, duplicate_of: int = -1
+def _append(rows: MemoryColumns, i: int, r: memory_pb2.Memory, metadata: str) -> None:
+    importance = r.importance if r.HasField("importance") else limits.DEFAULT_IMPORTANCE
+    rows.add(
+        i, r.id, r.content, r.memory_type, importance, list(r.tags), metadata,
+        r.session_id, r.agent_id, r.entity_id,
+    )  # fmt: skip
+
+
+def _check_fully(
+    batch: ParsedBatch, i: int, r: memory_pb2.Memory, field_name: str, duplicate_of: int
 ) -> None:
-    """Record why record i is refused, every violation of it."""
+    """Every rule, for a record the fast path did not take: append it or record its violations."""
     checker = Checker(f"{field_name}[{i}]")
-    _check(checker, r)
-    if duplicate_of >= 0:
+    metadata = _check(checker, r)
+    if duplicate_of != i:
         checker.add("id", f"duplicates {field_name}[{duplicate_of}].id", "DUPLICATE_ID")
-    batch.failures[i] = checker.violations
+    if checker.violations:
+        batch.failures[i] = checker.violations
+    else:  # valid after all (e.g. long content within the byte limit)
+        _append(batch.rows, i, r, metadata)
 
 
 def _check(c: Checker, r: memory_pb2.Memory) -> str:

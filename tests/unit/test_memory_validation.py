@@ -1,0 +1,80 @@
+"""Memory record validation: the fast path and the full Checker must agree."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from google.protobuf import struct_pb2
+
+from zerodb.v1 import memory_pb2
+from zerodb_batch.domain.memory import parse_records
+from zerodb_batch.domain.validate import struct_to_dict
+from zerodb_batch.errors import InvalidArgument
+
+
+def parse(*records: memory_pb2.Memory, partial: bool = True):  # type: ignore[no-untyped-def]
+    return parse_records(list(records), field_name="records", partial=partial)
+
+
+def struct(value: dict[str, object]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        memory_pb2.Memory(content="x" * 20_000),  # past the fast path, within 64 KiB
+        memory_pb2.Memory(content="é" * 30_000),  # 60,000 bytes of UTF-8
+        memory_pb2.Memory(metadata=struct({"blob": "y" * 40_000})),
+        memory_pb2.Memory(tags=["t" * 128] * 64, importance=1.0),
+        memory_pb2.Memory(id="i" * 128, session_id="s" * 128, importance=0.0),
+    ],
+)
+def test_valid_at_the_limits(record: memory_pb2.Memory) -> None:
+    batch = parse(record)
+    assert batch.failures == {} and len(batch.rows) == 1
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        (memory_pb2.Memory(content="é" * 40_000), "records[0].content"),
+        (memory_pb2.Memory(metadata=struct({"blob": "y" * 70_000})), "records[0].metadata"),
+        (memory_pb2.Memory(metadata=struct({"n": math.nan})), "records[0].metadata"),
+        (memory_pb2.Memory(tags=["t"] * 65), "records[0].tags"),
+        (memory_pb2.Memory(tags=["t" * 129]), "records[0].tags[0]"),
+        (memory_pb2.Memory(importance=-0.1), "records[0].importance"),
+        (memory_pb2.Memory(importance=math.nan), "records[0].importance"),
+        (memory_pb2.Memory(memory_type="Semantic"), "records[0].memory_type"),
+        (memory_pb2.Memory(agent_id="a" * 129), "records[0].agent_id"),
+        (memory_pb2.Memory(entity_id="a\x00"), "records[0].entity_id"),
+    ],
+)
+def test_each_rule_names_its_field(record: memory_pb2.Memory, field: str) -> None:
+    batch = parse(record)
+    assert [v.field for v in batch.failures[0]] == [field]
+    assert len(batch.rows) == 0
+
+
+def test_defaults_and_generated_ids() -> None:
+    batch = parse(memory_pb2.Memory(), memory_pb2.Memory(id="keep"))
+    assert batch.rows.memory_types == ["episodic", "episodic"]
+    assert batch.rows.importances == [0.5, 0.5]
+    assert batch.rows.ids[1] == "keep" and len(batch.rows.ids[0]) == 36
+    assert batch.generated == {0}
+
+
+def test_atomic_batch_raises_with_every_violation() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse(memory_pb2.Memory(importance=2), memory_pb2.Memory(), memory_pb2.Memory(id="a"),
+              memory_pb2.Memory(id="a", memory_type="x"), partial=False)  # fmt: skip
+    assert [v.field for v in caught.value.violations] == [
+        "records[0].importance", "records[3].memory_type", "records[3].id"]  # fmt: skip
+
+
+def test_struct_to_dict_matches_json_semantics() -> None:
+    value = {"s": "x", "i": 3, "f": 0.5, "b": True, "n": None, "l": [1, {"k": "v"}], "o": {}}
+    assert struct_to_dict(struct(value)) == value
