@@ -19,7 +19,7 @@ OUT = ROOT / "generated"
 DEPS = ROOT / "build" / "protodeps"
 
 
-def _googleapis_root() -> Path:
+def googleapis_root() -> Path:
     """The site-packages directory that holds googleapis-common-protos' google/api/*.proto."""
     import google.api.annotations_pb2 as annotations
 
@@ -35,8 +35,13 @@ def _copy_deps(googleapis: Path) -> None:
             shutil.copy(proto, target / proto.name)
 
 
+def well_known_root() -> Path:
+    """grpc_tools' copy of google/protobuf/*.proto."""
+    return Path(str(importlib.resources.files("grpc_tools"))) / "_proto"
+
+
 def _protoc(sources: list[Path], googleapis: Path) -> None:
-    well_known = Path(str(importlib.resources.files("grpc_tools"))) / "_proto"
+    well_known = well_known_root()
     bindir = Path(sys.executable).parent
     cmd = [
         sys.executable,
@@ -57,7 +62,7 @@ def _protoc(sources: list[Path], googleapis: Path) -> None:
 
 
 def main() -> None:
-    googleapis = _googleapis_root()
+    googleapis = googleapis_root()
     _copy_deps(googleapis)
     shutil.rmtree(OUT / "zerodb", ignore_errors=True)
     sources = sorted(PROTOS.rglob("*.proto"))
