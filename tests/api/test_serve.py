@@ -168,3 +168,22 @@ def test_keys_cli_beside_a_running_serve(running: Running) -> None:
     assert revoked.exit_code() == 0
     again = Serve(env, "keys", "revoke", key_id)
     assert again.exit_code() == 1 and "no active key" in "".join(again.stderr)
+
+
+def test_restart_after_a_crash(tmp_path: Path) -> None:
+    """SIGKILL leaves PostgreSQL running and stale pid files; the next serve carries on."""
+    r = Running(tmp_path / "data")
+    serve = r.start()
+    r.project_id = serve.wait_for(r"project_id: (\S+)")[1]
+    r.key = serve.wait_for(r"api_key: (zdb_\S+)")[1]
+    ids = r.call("BatchUpsertMemories", SEED_UPSERT)["ids"]
+    assert serve.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    r.start()
+    assert len(r.call("BatchGetMemories", {"ids": ids})["memories"]) == 2  # type: ignore[arg-type]
+    assert r.serve.stop(signal.SIGTERM) == 0
+    leftovers = [
+        p for p in psutil.process_iter(["cmdline"])
+        if str(r.data_dir) in " ".join(p.info["cmdline"] or ())
+    ]  # fmt: skip
+    assert leftovers == []
