@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from tests.plugins.serve import Serve, free_port, grpcurl, serve_env
+from tests.plugins.services import scratch_dir
 
 SEED_UPSERT = {
     "records": [
@@ -60,8 +61,13 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    r = Running(tmp_path_factory.mktemp("serve") / "data")
+def running() -> Iterator[Running]:
+    with scratch_dir() as scratch:
+        yield from _running(scratch / "data")
+
+
+def _running(data_dir: Path) -> Iterator[Running]:
+    r = Running(data_dir)
     serve = Serve(serve_env(r.data_dir, r.address))
     serve.wait_for(r"zerodb-batch serving on")
     r.project_id = serve.wait_for(r"project_id: (\S+)")[1]
@@ -124,18 +130,18 @@ def test_second_serve_on_same_data_dir_refused(running: Running) -> None:
     assert "in use" in "".join(second.stderr)
 
 
-def test_port_in_use_is_a_start_up_error(running: Running, tmp_path: Path) -> None:
+def test_port_in_use_is_a_start_up_error(running: Running, data_dir: Path) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        serve = Serve(serve_env(tmp_path / "d", f"127.0.0.1:{port}"))
+        serve = Serve(serve_env(data_dir, f"127.0.0.1:{port}"))
         assert serve.exit_code() == 2
     assert "cannot listen on" in "".join(serve.stderr)
 
 
-def test_clean_stop_leaves_no_servers(tmp_path: Path) -> None:
-    r = Running(tmp_path / "data")
+def test_clean_stop_leaves_no_servers(data_dir: Path) -> None:
+    r = Running(data_dir)
     serve = r.start()
     children = psutil.Process(serve.proc.pid).children(recursive=True)
     assert serve.stop(signal.SIGINT) == 0
@@ -170,9 +176,9 @@ def test_keys_cli_beside_a_running_serve(running: Running) -> None:
     assert again.exit_code() == 1 and "no active key" in "".join(again.stderr)
 
 
-def test_restart_after_a_crash(tmp_path: Path) -> None:
+def test_restart_after_a_crash(data_dir: Path) -> None:
     """SIGKILL leaves PostgreSQL running and stale pid files; the next serve carries on."""
-    r = Running(tmp_path / "data")
+    r = Running(data_dir)
     serve = r.start()
     r.project_id = serve.wait_for(r"project_id: (\S+)")[1]
     r.key = serve.wait_for(r"api_key: (zdb_\S+)")[1]

@@ -6,7 +6,10 @@ the session works in a database of its own (created here, dropped at the end).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +29,33 @@ class Backends:
     redis_url: str
 
 
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A data dir for embedded servers, outside pytest's tmp tree: every pytest start resets
+    /tmp/pytest-of-<user> to 0700, which locks the PostgreSQL system user out of a running
+    server's files when two sessions overlap."""
+    path = Path(tempfile.mkdtemp(prefix="zdb-test-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    with scratch_dir() as path:
+        yield path / "data"
+
+
 @pytest.fixture(scope="session")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+def backends() -> Iterator[Backends]:
+    with scratch_dir() as data_dir:
+        yield from _backends(data_dir)
+
+
+def _backends(data_dir: Path) -> Iterator[Backends]:
     db_url = os.environ.get("ZERODB_TEST_DATABASE_URL")
     redis_url = os.environ.get("ZERODB_TEST_REDIS_URL")
-    data_dir = tmp_path_factory.mktemp("zdb")
     postgres = None if db_url else EmbeddedPostgres(data_dir)
     valkey = None if redis_url else EmbeddedValkey(data_dir)
     try:
@@ -72,8 +97,3 @@ def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A plain connection for checking what the server wrote."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
-
-
-@pytest.fixture
-def short_tmp(tmp_path: Path) -> Path:
-    return tmp_path
