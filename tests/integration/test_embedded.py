@@ -20,7 +20,6 @@ import psycopg
 import pytest
 import redis
 
-from zerodb_batch import embedded
 from zerodb_batch.embedded import (
     Embedded,
     EmbeddedBusy,
@@ -28,6 +27,7 @@ from zerodb_batch.embedded import (
     EmbeddedPostgres,
     EmbeddedValkey,
 )
+from zerodb_batch.embedded import valkey as valkey_module
 
 # Each runs in a child process that we SIGKILL, as a crashed `serve` would be.
 START_POSTGRES = """
@@ -274,7 +274,7 @@ def test_valkey_ends_orphan_from_earlier_run(tmp_path: Path) -> None:
 def test_valkey_failure_is_embedded_error(
     valkey: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded, "get_binary_path", lambda: Path("/bin/false"))
+    monkeypatch.setattr(valkey_module, "get_binary_path", lambda: Path("/bin/false"))
     with pytest.raises(EmbeddedError, match="exited with code 1"):
         valkey.start()
     assert not valkey.running()
