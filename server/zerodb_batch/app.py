@@ -27,6 +27,7 @@ from zerodb.v1 import (
     vector_pb2,
     vector_pb2_grpc,
 )
+from zerodb_batch.api.loads import LoadServicer
 from zerodb_batch.api.memory import MemoryServicer
 from zerodb_batch.api.unimplemented import placeholder
 from zerodb_batch.config import Settings
@@ -125,6 +126,7 @@ async def _build(
         ],
     )
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(pool), server)
+    load_pb2_grpc.add_LoadServiceServicer_to_server(LoadServicer(pool), server)
     # Services whose RPCs later issues build answer UNIMPLEMENTED until then.
     table_pb2_grpc.add_TableServiceServicer_to_server(
         placeholder(table_pb2_grpc.TableServiceServicer), server
@@ -137,9 +139,6 @@ async def _build(
     )
     rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(
         placeholder(rlhf_pb2_grpc.RlhfServiceServicer), server
-    )
-    load_pb2_grpc.add_LoadServiceServicer_to_server(
-        placeholder(load_pb2_grpc.LoadServiceServicer), server
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -1,4 +1,4 @@
-"""The `zerodb-batch` command: serve, migrate, keys create|list|revoke."""
+"""The `zerodb-batch` command: serve, migrate, keys create|list|revoke, load memories."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 
 from zerodb_batch import app as app_module
-from zerodb_batch.config import Settings
+from zerodb_batch import loader
+from zerodb_batch.config import ClientSettings, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
 from zerodb_batch.storage import keys
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = key_cmds.add_parser("revoke", help="revoke a key by its key id")
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
+    _add_load(sub)
     return parser
 
 
@@ -170,3 +173,27 @@ def _keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
         print(f"zerodb-batch: no active key {args.key_id}", file=sys.stderr)
         sys.exit(1)
     print(f"revoked {args.key_id}")
+
+
+# ---- load (a client of a running server) ----------------------------------------------------
+
+
+def _add_load(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kinds = sub.add_parser("load", help="bulk-load a file through a running server").add_subparsers(
+        required=True, metavar="KIND"
+    )
+    memories = kinds.add_parser(
+        "memories", help="stream a JSON-lines file of memories (resumable; see --resume)"
+    )
+    memories.add_argument("file", type=Path, help="one JSON memory record per line")
+    memories.add_argument("--project", required=True, help="project id to load into")
+    memories.add_argument("--target", default="localhost:50051", help="server address")
+    memories.add_argument("--api-key", help="API key (default: $ZERODB_API_KEY)")
+    memories.add_argument("--load-id", help="name of the load (default: from file and chunking)")
+    memories.add_argument("--resume", action="store_true", help="continue an interrupted load")
+    memories.add_argument("--chunk-size", type=int, default=500, help="records per chunk")
+    memories.set_defaults(run=_load_memories)
+
+
+def _load_memories(_: Settings, args: argparse.Namespace) -> None:
+    sys.exit(loader.run_cli(args, ClientSettings.from_env()))

@@ -49,3 +49,15 @@ class Settings:
     def with_backends(self, database_url: str, redis_url: str) -> Settings:
         """These settings pointed at concrete servers (the embedded ones, once started)."""
         return replace(self, database_url=database_url, redis_url=redis_url)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the client commands (`zerodb-batch load`) take from the environment."""
+
+    api_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
+        e = os.environ if env is None else env
+        return cls(api_key=e.get("ZERODB_API_KEY") or None)

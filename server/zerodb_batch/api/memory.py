@@ -1,6 +1,10 @@
-"""MemoryService: batch upsert and reads of agent memories."""
+"""MemoryService: batch upsert, update and delete, reads by id and by page, streamed loads."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -9,13 +13,22 @@ from psycopg_pool import AsyncConnectionPool
 from zerodb.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from zerodb_batch import limits
 from zerodb_batch.api import results
+from zerodb_batch.api.memory_stream import MemoryLoad
 from zerodb_batch.domain.memory import ParsedBatch, parse_records
-from zerodb_batch.domain.validate import check_batch_size, check_request_id, dict_to_struct
+from zerodb_batch.domain.memory_query import parse_list
+from zerodb_batch.domain.memory_update import ParsedUpdates, parse_updates
+from zerodb_batch.domain.validate import (
+    check_batch_size,
+    check_ids,
+    check_request_id,
+    dict_to_struct,
+)
 from zerodb_batch.storage import memories
 from zerodb_batch.storage.idempotency import Idempotency
 from zerodb_batch.storage.pool import Conn, connection, transaction
 
-Ctx = grpc.aio.ServicerContext
+# Generic in the type stubs only; quoted so nothing subscripts the runtime class.
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
@@ -27,7 +40,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.BatchUpsertMemoriesResponse:
         check_batch_size("records", len(request.records), limits.MAX_MEMORY_UPSERT)
         check_request_id(request.request_id)
-        batch = parse_records(request.records, field_name="records", partial=request.partial_success)
+        batch = parse_records(
+            request.records, field_name="records", partial=request.partial_success
+        )
         async with transaction(self._pool) as conn:
             idem = Idempotency(conn, request.project_id, "BatchUpsertMemories", request)
             if replay := await idem.replay(memory_pb2.BatchUpsertMemoriesResponse):
@@ -48,6 +63,57 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             not_found=[i for i in request.ids if i not in found],
         )
 
+    async def BatchUpdateMemories(
+        self, request: memory_pb2.BatchUpdateMemoriesRequest, context: Ctx
+    ) -> memory_pb2.BatchUpdateMemoriesResponse:
+        check_batch_size("updates", len(request.updates), limits.MAX_MEMORY_UPDATE)
+        check_request_id(request.request_id)
+        parsed = parse_updates(request)
+        async with transaction(self._pool) as conn:
+            idem = Idempotency(conn, request.project_id, "BatchUpdateMemories", request)
+            if replay := await idem.replay(memory_pb2.BatchUpdateMemoriesResponse):
+                return replay
+            found = await memories.update(conn, request.project_id, parsed.rows)
+            response = update_response(parsed, found, len(request.updates))
+            await idem.record(response)
+        return response
+
+    async def BatchDeleteMemories(
+        self, request: memory_pb2.BatchDeleteMemoriesRequest, context: Ctx
+    ) -> memory_pb2.BatchDeleteMemoriesResponse:
+        check_batch_size("ids", len(request.ids), limits.MAX_MEMORY_DELETE)
+        check_request_id(request.request_id)
+        check_ids("ids", request.ids)
+        async with transaction(self._pool) as conn:
+            idem = Idempotency(conn, request.project_id, "BatchDeleteMemories", request)
+            if replay := await idem.replay(memory_pb2.BatchDeleteMemoriesResponse):
+                return replay
+            deleted = await memories.delete(conn, request.project_id, request.ids)
+            response = delete_response(request.ids, deleted)
+            await idem.record(response)
+        return response
+
+    async def ListMemories(
+        self, request: memory_pb2.ListMemoriesRequest, context: Ctx
+    ) -> memory_pb2.ListMemoriesResponse:
+        query = parse_list(request)
+        async with connection(self._pool) as conn:
+            # One row more than the page says whether another page follows.
+            rows = await memories.list_page(
+                conn, request.project_id, query.params, query.page_size + 1
+            )
+        page = rows[: query.page_size]
+        more = len(rows) > query.page_size
+        return memory_pb2.ListMemoriesResponse(
+            memories=[to_message(row) for row in page],
+            next_page_token=query.next_token(_position(page[-1])) if more else "",
+        )
+
+    async def StreamUpsertMemories(
+        self, request_iterator: AsyncIterator[memory_pb2.StreamUpsertMemoriesRequest], context: Ctx
+    ) -> memory_pb2.StreamUpsertMemoriesResponse:
+        return await MemoryLoad(self._pool).run(request_iterator)
+
 
 def upsert_response(
     batch: ParsedBatch, written: dict[str, bool], total: int
@@ -57,7 +123,7 @@ def upsert_response(
     for index, violations in batch.failures.items():
         items[index] = results.failed(index, "", violations)
     inserted = 0
-    for index, memory_id in zip(batch.rows.index, batch.rows.ids):
+    for index, memory_id in zip(batch.rows.index, batch.rows.ids, strict=True):
         was_inserted = written[memory_id]
         inserted += was_inserted
         outcome = common_pb2.OUTCOME_INSERTED if was_inserted else common_pb2.OUTCOME_UPDATED
@@ -72,8 +138,48 @@ def upsert_response(
     )
 
 
+def update_response(
+    parsed: ParsedUpdates, found: set[str], total: int
+) -> memory_pb2.BatchUpdateMemoriesResponse:
+    """One result per update in request order: UPDATED, NOT_FOUND or (partial) FAILED."""
+    items: list[common_pb2.ItemResult | None] = [None] * total
+    for index, violations in parsed.failures.items():
+        items[index] = results.failed(index, "", violations)
+    for index, memory_id in zip(parsed.rows.index, parsed.rows.ids, strict=True):
+        outcome = common_pb2.OUTCOME_UPDATED if memory_id in found else common_pb2.OUTCOME_NOT_FOUND
+        items[index] = results.ok(index, memory_id, outcome)
+    return memory_pb2.BatchUpdateMemoriesResponse(
+        updated=len(found),
+        not_found=len(parsed.rows) - len(found),
+        failed=len(parsed.failures),
+        results=[item for item in items if item is not None],
+    )
+
+
+def delete_response(
+    ids: Sequence[str], deleted: set[str]
+) -> memory_pb2.BatchDeleteMemoriesResponse:
+    """One result per id in request order; an id repeated in the request is deleted once."""
+    items, counted = [], set()
+    for index, memory_id in enumerate(ids):
+        gone = memory_id in deleted and memory_id not in counted
+        counted.add(memory_id)
+        outcome = common_pb2.OUTCOME_DELETED if gone else common_pb2.OUTCOME_NOT_FOUND
+        items.append(results.ok(index, memory_id, outcome))
+    return memory_pb2.BatchDeleteMemoriesResponse(
+        deleted=len(deleted), not_found=len(ids) - len(deleted), results=items
+    )
+
+
+def _position(row: memories.MemoryRow) -> tuple[datetime, str]:
+    """Where a page ends: the keyset (create_time, id) of its last row."""
+    return row[9], row[0]
+
+
 def to_message(row: memories.MemoryRow) -> memory_pb2.Memory:
-    (mid, content, mtype, importance, tags, metadata, session, agent, entity, created, updated) = row
+    (mid, content, mtype, importance, tags, metadata, session, agent, entity, created, updated) = (
+        row
+    )
     return memory_pb2.Memory(
         id=mid,
         content=content,

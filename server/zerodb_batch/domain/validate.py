@@ -139,3 +139,11 @@ def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     if value:
         s.update(value)
     return s
+
+
+def check_ids(field: str, ids: Sequence[str]) -> None:
+    """Ids to look up: each present, bounded and free of NUL; every bad one reported."""
+    checker = Checker("")
+    for i, item_id in enumerate(ids):
+        checker.text(f"{field}[{i}]", item_id, limits.MAX_ID_CHARS, required=True)
+    checker.raise_if_any(f"{len(checker.violations)} of {len(ids)} {field} are invalid")

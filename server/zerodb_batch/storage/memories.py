@@ -1,20 +1,35 @@
-"""The memories table: set-based upsert, reads by id."""
+"""The memories table: set-based upsert, update and delete, reads by id and by page, COPY loads."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+
 from zerodb_batch.domain.memory import MemoryColumns
+from zerodb_batch.domain.memory_update import UPDATABLE, UpdateColumns
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
 # Column order of memory_get, shared with the api layer's row -> message conversion.
 MemoryRow = tuple[
-    str, str, str, float, list[str], dict[str, Any],
-    str | None, str | None, str | None, datetime, datetime,
+    str,
+    str,
+    str,
+    float,
+    list[str],
+    dict[str, Any],
+    str | None,
+    str | None,
+    str | None,
+    datetime,
+    datetime,
 ]
 
 
@@ -41,3 +56,101 @@ async def upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> dict[str, 
 async def get(conn: Conn, project_id: str, ids: Sequence[str]) -> dict[str, MemoryRow]:
     cur = await conn.execute(Q["memory_get"], {"project_id": project_id, "ids": list(ids)})
     return {row[0]: row for row in await cur.fetchall()}  # type: ignore[misc]
+
+
+async def update(conn: Conn, project_id: str, rows: UpdateColumns) -> set[str]:
+    """Apply every update in one statement; returns the ids that named a memory."""
+    if not rows:
+        return set()
+    params: dict[str, object] = {"project_id": project_id, "ids": rows.ids}
+    for name in UPDATABLE:
+        params[f"set_{name}"] = rows.flags[name]
+        params[name] = rows.values[name]
+    cur = await conn.execute(Q["memory_update"], params)
+    return {row[0] for row in await cur.fetchall()}  # type: ignore[misc]
+
+
+async def delete(conn: Conn, project_id: str, ids: Sequence[str]) -> set[str]:
+    """Delete in one statement; returns the ids that named a memory."""
+    cur = await conn.execute(Q["memory_delete"], {"project_id": project_id, "ids": list(ids)})
+    return {row[0] for row in await cur.fetchall()}  # type: ignore[misc]
+
+
+async def list_page(
+    conn: Conn, project_id: str, filters: dict[str, object], limit: int
+) -> list[MemoryRow]:
+    """Up to `limit` memories matching `filters`, newest first (see memory_list)."""
+    params = {**filters, "project_id": project_id, "limit": limit}
+    # Unprepared, so every run is planned with its values and the unset filters fold away.
+    cur = await conn.execute(Q["memory_list"], params, prepare=False)
+    return await cur.fetchall()  # type: ignore[return-value]
+
+
+_STAGE_TYPES = ["text", "text", "text", "float8", "text[]", "text", "text", "text", "text"]
+_COPY_TYPES = ["text", *_STAGE_TYPES[:5], "jsonb", *_STAGE_TYPES[6:]]
+
+
+class _JsonbText(Dumper):
+    """Our JSON text as binary jsonb (a version byte, then the text): no re-encoding in Python."""
+
+    format = Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return b"\x01" + obj.encode()
+
+
+class _JsonText(str):
+    """Registers _JsonbText on one cursor (by its oid, which is what COPY's set_types uses)."""
+
+
+async def copy_insert(conn: Conn, project_id: str, rows: MemoryColumns) -> bool:
+    """Insert a chunk of new memories by binary COPY, all or nothing; False if an id exists.
+
+    Must run inside a transaction: the attempt runs in a savepoint, so a duplicate id costs the
+    attempt and leaves the transaction usable for copy_upsert.
+    """
+    try:
+        async with conn.transaction():
+            cursor = conn.cursor()
+            cursor.adapters.register_dumper(_JsonText, _JsonbText)
+            async with cursor.copy(Q["memory_copy"]) as copy:
+                copy.set_types(_COPY_TYPES)
+                for row in _tuples(rows):
+                    await copy.write_row((project_id, *row))
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
+
+
+async def copy_upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> tuple[int, int]:
+    """Upsert a chunk: binary COPY into a staging table, then one INSERT ... ON CONFLICT.
+
+    Must run inside a transaction (the staging table empties at commit). Returns
+    (inserted, updated).
+    """
+    await conn.execute(Q["memory_stage_create"])
+    async with conn.cursor().copy(Q["memory_stage_copy"]) as copy:
+        copy.set_types(_STAGE_TYPES)
+        for row in _tuples(rows):
+            await copy.write_row(row)
+    cur = await conn.execute(Q["memory_stage_upsert"], {"project_id": project_id})
+    counted = await cur.fetchone()
+    assert counted is not None  # an aggregate always returns a row
+    inserted, written = int(counted[0]), int(counted[1])  # type: ignore[call-overload]
+    return inserted, written - inserted
+
+
+def _tuples(rows: MemoryColumns) -> Iterator[tuple[object, ...]]:
+    return zip(
+        rows.ids,
+        rows.contents,
+        rows.memory_types,
+        rows.importances,
+        rows.tags,
+        rows.metadata,
+        rows.session_ids,
+        rows.agent_ids,
+        rows.entity_ids,
+        strict=True,
+    )

@@ -28,3 +28,103 @@ SELECT id, content, memory_type, importance, tags, metadata,
        session_id, agent_id, entity_id, create_time, update_time
 FROM memories
 WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[]);
+
+-- name: memory_update
+-- One statement for the whole batch. Each column comes with a "set this column?" flag, so one
+-- shape of statement serves every mix of present fields and masks; unflagged columns keep their
+-- value. create_time is never touched.
+UPDATE memories AS m SET
+    content = CASE WHEN u.set_content THEN u.content ELSE m.content END,
+    memory_type = CASE WHEN u.set_memory_type THEN u.memory_type ELSE m.memory_type END,
+    importance = CASE WHEN u.set_importance THEN u.importance ELSE m.importance END,
+    tags = CASE WHEN u.set_tags
+                THEN ARRAY(SELECT jsonb_array_elements_text(u.tags)) ELSE m.tags END,
+    metadata = CASE WHEN u.set_metadata THEN u.metadata ELSE m.metadata END,
+    session_id = CASE WHEN u.set_session_id THEN u.session_id ELSE m.session_id END,
+    agent_id = CASE WHEN u.set_agent_id THEN u.agent_id ELSE m.agent_id END,
+    entity_id = CASE WHEN u.set_entity_id THEN u.entity_id ELSE m.entity_id END,
+    update_time = now()
+FROM unnest(%(ids)b::text[],
+            %(set_content)b::bool[], %(content)b::text[],
+            %(set_memory_type)b::bool[], %(memory_type)b::text[],
+            %(set_importance)b::bool[], %(importance)b::float8[],
+            %(set_tags)b::bool[], %(tags)b::jsonb[],
+            %(set_metadata)b::bool[], %(metadata)b::jsonb[],
+            %(set_session_id)b::bool[], %(session_id)b::text[],
+            %(set_agent_id)b::bool[], %(agent_id)b::text[],
+            %(set_entity_id)b::bool[], %(entity_id)b::text[])
+     AS u(id, set_content, content, set_memory_type, memory_type, set_importance, importance,
+          set_tags, tags, set_metadata, metadata, set_session_id, session_id,
+          set_agent_id, agent_id, set_entity_id, entity_id)
+WHERE m.project_id = %(project_id)s AND m.id = u.id
+RETURNING m.id;
+
+-- name: memory_delete
+DELETE FROM memories
+WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
+RETURNING id;
+
+-- name: memory_list
+-- Newest first with a (create_time, id) keyset: the row comparison is an index condition on
+-- memories_recent, so every page costs the same however deep it is. Unset filters are NULL and
+-- fold away when the statement is planned with its values (run it unprepared).
+SELECT id, content, memory_type, importance, tags, metadata,
+       session_id, agent_id, entity_id, create_time, update_time
+FROM memories
+WHERE project_id = %(project_id)s
+  AND (%(memory_type)s::text IS NULL OR memory_type = %(memory_type)s::text)
+  AND (%(tags_any)s::text[] IS NULL OR tags && %(tags_any)s::text[])
+  AND (%(tags_all)s::text[] IS NULL OR tags @> %(tags_all)s::text[])
+  AND (%(session_id)s::text IS NULL OR session_id = %(session_id)s::text)
+  AND (%(agent_id)s::text IS NULL OR agent_id = %(agent_id)s::text)
+  AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s::text)
+  AND (%(min_importance)s::float8 IS NULL OR importance >= %(min_importance)s::float8)
+  AND (%(start_time)s::timestamptz IS NULL OR create_time >= %(start_time)s::timestamptz)
+  AND (%(end_time)s::timestamptz IS NULL OR create_time < %(end_time)s::timestamptz)
+  AND (%(after_time)s::timestamptz IS NULL
+       OR (create_time, id) < (%(after_time)s::timestamptz, %(after_id)s::text))
+ORDER BY create_time DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: memory_stage_create
+-- A session-local staging table for streamed chunks; ON COMMIT DELETE ROWS empties it at every
+-- commit, so a pooled connection can reuse it and a rolled-back chunk leaves nothing behind.
+-- Metadata stays text here and is parsed once, by the cast in memory_stage_upsert.
+CREATE TEMP TABLE IF NOT EXISTS memory_stage (
+    id text, content text, memory_type text, importance float8, tags text[], metadata text,
+    session_id text, agent_id text, entity_id text
+) ON COMMIT DELETE ROWS;
+
+-- name: memory_stage_copy
+COPY memory_stage (id, content, memory_type, importance, tags, metadata,
+                   session_id, agent_id, entity_id)
+FROM STDIN (FORMAT BINARY);
+
+-- name: memory_stage_upsert
+-- The staged chunk into memories with upsert semantics; counts (inserted, written).
+WITH written AS (
+    INSERT INTO memories AS m (
+        project_id, id, content, memory_type, importance, tags, metadata,
+        session_id, agent_id, entity_id)
+    SELECT %(project_id)s, s.id, s.content, s.memory_type, s.importance, s.tags,
+           s.metadata::jsonb, s.session_id, s.agent_id, s.entity_id
+    FROM memory_stage AS s
+    ON CONFLICT (project_id, id) DO UPDATE SET
+        content = EXCLUDED.content,
+        memory_type = EXCLUDED.memory_type,
+        importance = EXCLUDED.importance,
+        tags = EXCLUDED.tags,
+        metadata = EXCLUDED.metadata,
+        session_id = EXCLUDED.session_id,
+        agent_id = EXCLUDED.agent_id,
+        entity_id = EXCLUDED.entity_id,
+        update_time = now()
+    RETURNING (m.xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FROM written;
+
+-- name: memory_copy
+-- A chunk of new memories straight into the table (the fast path of streamed loads).
+COPY memories (project_id, id, content, memory_type, importance, tags, metadata,
+               session_id, agent_id, entity_id)
+FROM STDIN (FORMAT BINARY);

@@ -1,0 +1,157 @@
+"""A streamed load through StreamUpsertMemories vs a raw psycopg binary COPY of the same rows.
+
+Records: ~200 bytes of content, 3 tags, small metadata, client-chosen ids. The service path
+streams chunks to `zerodb-batch serve` (a subprocess on loopback), which validates each chunk,
+binary-COPYs it into `memories` (through a staging table and an upsert once an id exists) and
+commits it with the load's progress. The raw path is one binary COPY straight into the same
+table in one transaction: no validation, no upsert semantics, no progress, no network. Each
+round starts from an empty table.
+
+The server's resident memory is read from /proc when the 100,000th record is sent and at the end
+of each load (it must not grow with the stream), and its CPU time per record is printed too.
+
+    python -m bench.memory_stream [--records 200000] [--chunk-size 500] [--rounds 1]
+    python -m bench.memory_stream --records 1000000      # the issue's full size
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import grpc
+import psycopg
+from psycopg.types.json import Jsonb
+
+from bench.harness import Service, backends, report, service, timed
+from zerodb.v1 import memory_pb2, memory_pb2_grpc
+
+FILLER = "x" * 200
+TAGS = ["bench", "load", "memory"]
+METADATA = {"source": "bench", "kind": "fact", "v": 1}
+RSS_MARK = 100_000
+COLUMNS = "project_id, id, content, memory_type, importance, tags, metadata, session_id"
+TYPES = ["text", "text", "text", "text", "float8", "text[]", "jsonb", "text"]
+
+
+def content(i: int) -> str:
+    text = f"memory {i}: "
+    return text + FILLER[: 200 - len(text)]
+
+
+@dataclass
+class Memory:
+    """Resident memory of the server process (kB), sampled during a load."""
+
+    pid: int
+    samples: dict[str, tuple[int, int]] = field(default_factory=dict)  # label -> (rss, peak)
+
+    def sample(self, label: str) -> None:
+        with open(f"/proc/{self.pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status.read().splitlines())
+        self.samples[label] = (_kb(fields["VmRSS"]), _kb(fields["VmHWM"]))
+
+
+def _kb(value: str) -> int:
+    return int(value.split()[0])
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def chunks(
+    project_id: str, load_id: str, records: int, size: int, rss: Memory
+) -> Iterator[memory_pb2.StreamUpsertMemoriesRequest]:
+    """The load's messages, built as a client would, from a template (cheap for the client)."""
+    template = memory_pb2.StreamUpsertMemoriesRequest(project_id=project_id, load_id=load_id)
+    for _ in range(size):
+        m = template.records.add(memory_type="semantic", importance=0.7, tags=TAGS)
+        m.metadata.update(METADATA)
+    for offset, start in enumerate(range(0, records, size)):
+        message = memory_pb2.StreamUpsertMemoriesRequest()
+        message.CopyFrom(template)
+        message.offset = offset
+        n = min(size, records - start)
+        del message.records[n:]
+        for k, record in enumerate(message.records):
+            record.id = f"m{start + k:09d}"
+            record.content = content(start + k)
+        if start < RSS_MARK <= start + size:
+            rss.sample(f"{RSS_MARK // 1000}k")
+        yield message
+
+
+def service_load(svc: Service, records: int, size: int, rss: Memory, tag: str) -> None:
+    with grpc.insecure_channel(svc.address) as channel:
+        stub = memory_pb2_grpc.MemoryServiceStub(channel)
+        reply = stub.StreamUpsertMemories(
+            chunks(svc.project_id, f"bench-{tag}", records, size, rss),
+            metadata=(("x-api-key", svc.api_key),),
+        )
+    assert reply.load.inserted == records, reply.load
+    rss.sample("end")
+
+
+def raw_load(conn: psycopg.Connection[tuple[object, ...]], records: int) -> None:
+    with (
+        conn.transaction(),
+        conn.cursor().copy(f"COPY memories ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(TYPES)
+        for i in range(records):
+            copy.write_row(
+                ("raw", f"m{i:09d}", content(i), "semantic", 0.7, TAGS, Jsonb(METADATA), None)
+            )
+
+
+def empty(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Each load starts from an empty table and a fresh checkpoint, so neither pays the other's."""
+    conn.execute("TRUNCATE memories")
+    conn.execute("CHECKPOINT")
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__)
+    args.add_argument("--records", type=int, default=200_000)
+    args.add_argument("--chunk-size", type=int, default=500)
+    args.add_argument("--rounds", type=int, default=1)
+    opts = args.parse_args()
+    with (
+        backends() as (db_url, redis_url),
+        service(db_url, redis_url) as svc,
+        psycopg.connect(db_url, autocommit=True) as conn,
+    ):
+        ours, raw, cpu_per_record, rss = [], [], [], Memory(svc.pid)
+        rss.sample("idle")
+        for n in range(opts.rounds):
+            empty(conn)
+            cpu = server_cpu(svc.pid)
+            load = partial(service_load, svc, opts.records, opts.chunk_size, rss, str(n))
+            ours.append(opts.records / timed(load))
+            cpu_per_record.append((server_cpu(svc.pid) - cpu) / opts.records)
+            empty(conn)
+            raw.append(opts.records / timed(partial(raw_load, conn, opts.records)))
+        report(
+            f"Streamed load of {opts.records:,} memories, {opts.chunk_size} a chunk "
+            "(service: StreamUpsertMemories; raw: one binary COPY)",
+            "records/s",
+            ours,
+            raw,
+        )
+        print(f"  server CPU per record: {statistics.median(cpu_per_record) * 1e6:.1f} µs")
+        for label, (now, peak) in rss.samples.items():
+            print(
+                f"  server RSS at {label:>5}: {now / 1024:7.1f} MiB (peak so far {peak / 1024:.1f})"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""500-item BatchUpdateMemories and BatchDeleteMemories through our service vs psycopg.
+
+The raw path runs the very statements the service runs (memory_update, memory_delete) with the
+same parameters, one transaction a call, without gRPC, validation, auth or idempotency. Each
+update sets two present fields (importance and tags) of 500 existing memories; each delete
+removes 500 existing memories. Rounds alternate between the two paths; medians print.
+
+    python -m bench.memory_update_delete [--calls 40] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+import grpc
+import psycopg
+
+from bench.harness import backends, report, service, timed
+from zerodb.v1 import memory_pb2, memory_pb2_grpc
+from zerodb_batch.domain.memory_update import UPDATABLE
+from zerodb_batch.storage.queries import Q
+
+BATCH = 500
+Conn = psycopg.Connection[tuple[object, ...]]
+Stub = memory_pb2_grpc.MemoryServiceStub
+
+
+def seed(conn: Conn, project_id: str, prefix: str, count: int) -> list[list[str]]:
+    """`count` memories by COPY, returned as batches of ids."""
+    ids = [f"{prefix}-{i:07d}" for i in range(count)]
+    with (
+        conn.transaction(),
+        conn.cursor().copy(
+            "COPY memories (project_id, id, content, memory_type, importance) FROM STDIN"
+        ) as copy,
+    ):
+        for memory_id in ids:
+            copy.write_row((project_id, memory_id, "fact " + "x" * 190, "semantic", 0.5))
+    return [ids[i : i + BATCH] for i in range(0, count, BATCH)]
+
+
+def tags(n: int) -> list[str]:
+    return ["bench", "updated", f"t{n % 7}"]
+
+
+def update_request(project_id: str, ids: list[str]) -> memory_pb2.BatchUpdateMemoriesRequest:
+    return memory_pb2.BatchUpdateMemoriesRequest(
+        project_id=project_id,
+        updates=[
+            memory_pb2.MemoryUpdate(id=i, importance=0.9, tags=tags(n)) for n, i in enumerate(ids)
+        ],
+    )
+
+
+def update_params(project_id: str, ids: list[str]) -> dict[str, object]:
+    """memory_update's parameters for the same change, as the service's store builds them."""
+    params: dict[str, object] = {"project_id": project_id, "ids": ids}
+    for name in UPDATABLE:
+        changed = name in ("importance", "tags")
+        params[f"set_{name}"] = [changed] * len(ids)
+        params[name] = [None] * len(ids)
+    params["importance"] = [0.9] * len(ids)
+    params["tags"] = [json.dumps(tags(n)) for n in range(len(ids))]
+    return params
+
+
+def service_updates(stub: Stub, project_id: str, key: str, work: list[list[str]]) -> float:
+    def run() -> None:
+        for ids in work:  # the request is built inside the timing, as a client would
+            reply = stub.BatchUpdateMemories(
+                update_request(project_id, ids), metadata=(("x-api-key", key),)
+            )
+            assert reply.updated == len(ids)
+
+    return len(work) / timed(run)
+
+
+def raw_updates(conn: Conn, project_id: str, work: list[list[str]]) -> float:
+    def run() -> None:
+        for ids in work:
+            with conn.transaction():
+                rows = conn.execute(Q["memory_update"], update_params(project_id, ids)).fetchall()
+                assert len(rows) == len(ids)
+
+    return len(work) / timed(run)
+
+
+def service_deletes(stub: Stub, project_id: str, key: str, work: list[list[str]]) -> float:
+    def run() -> None:
+        for ids in work:
+            request = memory_pb2.BatchDeleteMemoriesRequest(project_id=project_id, ids=ids)
+            reply = stub.BatchDeleteMemories(request, metadata=(("x-api-key", key),))
+            assert reply.deleted == len(ids)
+
+    return len(work) / timed(run)
+
+
+def raw_deletes(conn: Conn, project_id: str, work: list[list[str]]) -> float:
+    def run() -> None:
+        for ids in work:
+            with conn.transaction():
+                params = {"project_id": project_id, "ids": ids}
+                assert len(conn.execute(Q["memory_delete"], params).fetchall()) == len(ids)
+
+    return len(work) / timed(run)
+
+
+def rounds(
+    count: int, one: Callable[[int], tuple[float, float]]
+) -> tuple[list[float], list[float]]:
+    ours, raw = [], []
+    for n in range(count):
+        o, r = one(n)
+        ours.append(o)
+        raw.append(r)
+    return ours, raw
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__)
+    args.add_argument("--calls", type=int, default=40, help="calls per round")
+    args.add_argument("--rounds", type=int, default=5)
+    opts = args.parse_args()
+    size = opts.calls * BATCH
+    with (
+        backends() as (db_url, redis_url),
+        service(db_url, redis_url) as svc,
+        grpc.insecure_channel(svc.address) as channel,
+        psycopg.connect(db_url, autocommit=True) as conn,
+    ):
+        stub, key, ours_p, raw_p = Stub(channel), svc.api_key, svc.project_id, "raw"
+        ours_ids, raw_ids = seed(conn, ours_p, "m", size), seed(conn, raw_p, "m", size)
+        service_updates(stub, ours_p, key, ours_ids[:3])  # warm-up
+        raw_updates(conn, raw_p, raw_ids[:3])
+        conn.execute("ANALYZE memories")
+        ours, raw = rounds(
+            opts.rounds,
+            lambda _: (
+                service_updates(stub, ours_p, key, ours_ids),
+                raw_updates(conn, raw_p, raw_ids),
+            ),
+        )
+        report(f"BatchUpdateMemories, {BATCH} updates a call", "calls/s", ours, raw)
+
+        def delete_round(n: int) -> tuple[float, float]:
+            mine = seed(conn, ours_p, f"d{n}", size)  # fresh rows each round, outside the timing
+            theirs = seed(conn, raw_p, f"d{n}", size)
+            return service_deletes(stub, ours_p, key, mine), raw_deletes(conn, raw_p, theirs)
+
+        ours, raw = rounds(opts.rounds, delete_round)
+        report(f"BatchDeleteMemories, {BATCH} ids a call", "calls/s", ours, raw)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""StreamUpsertMemories: a client stream of chunks, each committed with its load's progress.
+
+Each chunk is one transaction: its records and the load's progress row advanced to the chunk's
+offset. So after a broken stream `GetLoad` says exactly which chunks are in; a chunk at or below
+that offset is a duplicate from a resumed stream and is skipped, and a chunk past the next offset
+is refused, as it would leave a gap. A cancelled stream rolls back the chunk in flight: no chunk
+is ever half written.
+
+Memory stays flat however long the stream: the next chunk is decoded and validated while the one
+before it is being written (that overlap keeps PostgreSQL and Python busy at once), and at most
+one more waits between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+
+from zerodb.v1 import common_pb2, memory_pb2
+from zerodb_batch import limits
+from zerodb_batch.api.loads import check_load_id, to_message
+from zerodb_batch.domain.memory import MemoryColumns, ParsedBatch, parse_records
+from zerodb_batch.domain.validate import check_batch_size
+from zerodb_batch.errors import FailedPrecondition, InvalidArgument, NotFound, Violation
+from zerodb_batch.storage import loads, memories
+from zerodb_batch.storage.pool import Conn, connection, transaction
+
+KIND = "memories"
+
+Chunk = memory_pb2.StreamUpsertMemoriesRequest
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    chunk: Chunk
+    batch: ParsedBatch | None  # None: known to be a duplicate when it arrived, so not parsed
+
+
+class _Moved(Exception):
+    """Another stream of the same load advanced its progress under this chunk."""
+
+
+class MemoryLoad:
+    """One StreamUpsertMemories call."""
+
+    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
+        self._pool = pool
+        self._project_id = ""
+        self._load_id = ""
+        self._progress: loads.LoadProgress | None = None  # as last read or written
+        self._opened = False
+        self._all_new = True  # no chunk of this stream has met an existing id yet
+        self._committed = 0
+        self._skipped = 0
+        self._unrecorded_skips = 0  # duplicates not yet added to the progress row
+        self._failures: list[common_pb2.RecordFailure] = []
+
+    async def run(self, chunks: AsyncIterator[Chunk]) -> memory_pb2.StreamUpsertMemoriesResponse:
+        ready: asyncio.Queue[_Prepared | Exception | None] = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self._read_ahead(chunks, ready))
+        try:
+            while (item := await ready.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item  # in stream order: every chunk before it is committed
+                await self._commit(item)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        return await self._finish()
+
+    async def _read_ahead(
+        self, chunks: AsyncIterator[Chunk], ready: asyncio.Queue[_Prepared | Exception | None]
+    ) -> None:
+        """Check and parse each chunk as it arrives; a refusal goes down the queue in order."""
+        try:
+            async for chunk in chunks:
+                await ready.put(self._prepare(chunk))
+        except Exception as e:  # our refusals, and the interceptor's (a foreign project_id)
+            await ready.put(e)
+            return
+        await ready.put(None)
+
+    def _prepare(self, chunk: Chunk) -> _Prepared:
+        """Message-level checks, then the records (skipped for a chunk known to be in)."""
+        check_batch_size("records", len(chunk.records), limits.MAX_STREAM_CHUNK_RECORDS)
+        if chunk.offset < 0:
+            raise InvalidArgument(
+                f"offset must be 0 or more, got {chunk.offset}",
+                violations=[Violation("offset", "must be 0 or more", "OUT_OF_RANGE")],
+            )
+        if not self._load_id:
+            check_load_id(chunk.load_id)
+            self._project_id, self._load_id = chunk.project_id, chunk.load_id
+        elif chunk.load_id != self._load_id:
+            violation = Violation(
+                "load_id", f"changed from {self._load_id!r} mid-stream", "LOAD_ID_CHANGED"
+            )
+            raise InvalidArgument(
+                f"every chunk of a stream must name load {self._load_id!r}", violations=[violation]
+            )
+        if self._progress is not None and chunk.offset < self._progress.next_offset:
+            return _Prepared(chunk, None)
+        return _Prepared(chunk, self._parse(chunk))
+
+    def _parse(self, chunk: Chunk) -> ParsedBatch:
+        """Every record checked; by default one invalid record refuses the whole chunk."""
+        batch = parse_records(chunk.records, field_name="records", partial=True)
+        if batch.failures and not chunk.partial_success:
+            raise InvalidArgument(
+                f"chunk {chunk.offset} of load {self._load_id!r}: {len(batch.failures)} of "
+                f"{len(chunk.records)} records are invalid; nothing of this chunk was written "
+                "(earlier chunks are committed: see GetLoad)",
+                violations=[v for vs in batch.failures.values() for v in vs],
+                metadata={"load_id": self._load_id, "offset": chunk.offset},
+            )
+        return batch
+
+    async def _commit(self, prepared: _Prepared) -> None:
+        if not self._opened:
+            self._progress = await self._read()
+            self._opened = True
+        offset = prepared.chunk.offset
+        while not self._is_duplicate(offset):
+            batch = prepared.batch if prepared.batch is not None else self._parse(prepared.chunk)
+            if await self._write(offset, batch):
+                self._committed += 1
+                self._report(offset, batch)
+                return
+            self._progress = await self._read()
+        self._skipped += 1
+        self._unrecorded_skips += 1
+
+    async def _read(self) -> loads.LoadProgress | None:
+        async with connection(self._pool) as conn:
+            progress = await loads.get(conn, self._project_id, self._load_id)
+        if progress is not None and progress.kind != KIND:
+            raise FailedPrecondition(
+                f"load {self._load_id!r} loads {progress.kind}, not {KIND}; use another load_id",
+                reason="LOAD_KIND_MISMATCH",
+                metadata={"load_id": self._load_id, "kind": progress.kind},
+            )
+        return progress
+
+    def _is_duplicate(self, offset: int) -> bool:
+        """True for an already committed chunk; refuses one that would leave a gap."""
+        expected = self._progress.next_offset if self._progress else 0
+        if offset > expected:
+            raise FailedPrecondition(
+                f"chunk offset {offset} of load {self._load_id!r} would leave a gap: the next "
+                f"offset to send is {expected} (GetLoad tells it after a broken stream)",
+                reason="OFFSET_GAP",
+                metadata={"load_id": self._load_id, "offset": offset, "expected_offset": expected},
+            )
+        return offset < expected
+
+    async def _write(self, offset: int, batch: ParsedBatch) -> bool:
+        """Commit the chunk with the load's progress; False if the load moved on meanwhile."""
+        try:
+            async with transaction(self._pool) as conn:
+                await loads.relax_commit(conn)
+                inserted, updated = await self._store(conn, batch.rows)
+                counts = loads.ChunkCounts(
+                    inserted, updated, len(batch.failures), self._unrecorded_skips
+                )
+                progress = await loads.advance(
+                    conn, self._project_id, self._load_id, KIND, offset, counts
+                )
+                if progress is None:
+                    raise _Moved  # roll the chunk back
+        except _Moved:
+            return False
+        self._progress = progress
+        self._unrecorded_skips = 0
+        return True
+
+    async def _store(self, conn: Conn, rows: MemoryColumns) -> tuple[int, int]:
+        """New records go straight in by COPY. Once a chunk of this stream met an existing id,
+        the rest take the staging upsert at once (a failed insert attempt costs its COPY)."""
+        if not rows:
+            return 0, 0
+        if self._all_new and await memories.copy_insert(conn, self._project_id, rows):
+            return len(rows), 0
+        self._all_new = False
+        return await memories.copy_upsert(conn, self._project_id, rows)
+
+    def _report(self, offset: int, batch: ParsedBatch) -> None:
+        room = limits.MAX_FAILURES_REPORTED - len(self._failures)
+        for index, violations in list(batch.failures.items())[: max(room, 0)]:
+            error = InvalidArgument(
+                f"record {index} of chunk {offset} is invalid", violations=violations
+            )
+            self._failures.append(
+                common_pb2.RecordFailure(offset=offset, index=index, error=error.to_status())
+            )
+
+    async def _finish(self) -> memory_pb2.StreamUpsertMemoriesResponse:
+        """Mark the load done. This commit is synchronous, so it also makes every earlier
+        (asynchronously committed) chunk durable before the client hears the answer."""
+        if not self._opened:
+            raise InvalidArgument(
+                "the stream carried no chunks; send at least one",
+                violations=[Violation("records", "no chunk was sent", "EMPTY_STREAM")],
+            )
+        async with connection(self._pool) as conn:
+            progress = await loads.finish(
+                conn, self._project_id, self._load_id, self._unrecorded_skips
+            )
+        if progress is None:
+            raise NotFound(f"load {self._load_id!r} has no progress row", reason="LOAD_NOT_FOUND")
+        return memory_pb2.StreamUpsertMemoriesResponse(
+            load=to_message(progress),
+            failures=self._failures,
+            chunks_committed=self._committed,
+            chunks_skipped=self._skipped,
+        )

@@ -1,0 +1,170 @@
+"""Partial updates of memories: which columns each update sets, as flag and value arrays.
+
+Without a mask an update sets the fields it carries: optional scalars when present, `tags` and
+`metadata` when non-empty. A mask (the item's own, else the batch's) sets exactly the named
+fields, and a named field the item leaves unset goes back to its default: that is how a caller
+clears a field (AIP-134).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from zerodb.v1 import memory_pb2
+from zerodb_batch import limits
+from zerodb_batch.domain.validate import Checker
+from zerodb_batch.errors import InvalidArgument, Violation
+
+UPDATABLE: Final = (
+    "content",
+    "memory_type",
+    "importance",
+    "tags",
+    "metadata",
+    "session_id",
+    "agent_id",
+    "entity_id",
+)
+_ValueOf = Callable[[Checker, memory_pb2.MemoryUpdate], object]
+_OPTIONAL: Final = ("content", "memory_type", "importance", "session_id", "agent_id", "entity_id")
+
+
+@dataclass
+class UpdateColumns:
+    """Valid updates as parallel arrays: per column, a "set it?" flag and the new value."""
+
+    index: list[int] = field(default_factory=list)  # position of each row in the request
+    ids: list[str] = field(default_factory=list)
+    flags: dict[str, list[bool]] = field(default_factory=lambda: {f: [] for f in UPDATABLE})
+    values: dict[str, list[object]] = field(default_factory=lambda: {f: [] for f in UPDATABLE})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def append(self, index: int, memory_id: str, values: dict[str, object]) -> None:
+        self.index.append(index)
+        self.ids.append(memory_id)
+        for name in UPDATABLE:
+            self.flags[name].append(name in values)
+            self.values[name].append(values.get(name))
+
+
+@dataclass
+class ParsedUpdates:
+    rows: UpdateColumns
+    failures: dict[int, list[Violation]]  # by request index
+
+
+def parse_updates(request: memory_pb2.BatchUpdateMemoriesRequest) -> ParsedUpdates:
+    """Validate every update; an atomic batch raises INVALID_ARGUMENT listing every violation."""
+    batch_checker = Checker("")
+    batch_mask = _mask(batch_checker, "update_mask", request.update_mask.paths)
+    batch_checker.raise_if_any("update_mask names fields that cannot be updated")
+    parsed = ParsedUpdates(UpdateColumns(), {})
+    seen: dict[str, int] = {}
+    for i, update in enumerate(request.updates):
+        checker = Checker(f"updates[{i}]")
+        values = _values(checker, update, batch_mask)
+        checker.text("id", update.id, limits.MAX_ID_CHARS, required=True)
+        if update.id and (first := seen.setdefault(update.id, i)) != i:
+            checker.add("id", f"duplicates updates[{first}].id", "DUPLICATE_ID")
+        if checker.violations:
+            parsed.failures[i] = checker.violations
+        else:
+            parsed.rows.append(i, update.id, values)
+    if parsed.failures and not request.partial_success:
+        raise InvalidArgument(
+            f"{len(parsed.failures)} of {len(request.updates)} updates are invalid; "
+            "nothing was written",
+            violations=[v for vs in parsed.failures.values() for v in vs],
+        )
+    return parsed
+
+
+def _mask(checker: Checker, name: str, paths: Sequence[str]) -> tuple[str, ...] | None:
+    """The fields a mask names (`*` is all of them); None for no mask."""
+    if not paths:
+        return None
+    for j, path in enumerate(paths):
+        if path != "*" and path not in UPDATABLE:
+            checker.add(
+                f"{name}.paths[{j}]",
+                f"{path!r} cannot be updated; use {', '.join(UPDATABLE)} or *",
+                "UNKNOWN_FIELD",
+            )
+    return UPDATABLE if "*" in paths else tuple(p for p in UPDATABLE if p in paths)
+
+
+def _values(
+    c: Checker, u: memory_pb2.MemoryUpdate, batch_mask: tuple[str, ...] | None
+) -> dict[str, object]:
+    """The new value of every field this update sets, checked."""
+    own = _mask(c, "update_mask", u.update_mask.paths)
+    fields = own if own is not None else batch_mask if batch_mask is not None else _present(u)
+    if own is None and not fields:
+        c.add(
+            "update_mask",
+            "nothing to change: set a field, or name fields in update_mask",
+            "EMPTY_UPDATE",
+        )
+    return {name: _VALUE[name](c, u) for name in fields}
+
+
+def _present(u: memory_pb2.MemoryUpdate) -> tuple[str, ...]:
+    present = [name for name in _OPTIONAL if u.HasField(name)]
+    if u.tags:
+        present.append("tags")
+    if u.metadata.fields:
+        present.append("metadata")
+    return tuple(present)
+
+
+def _content(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
+    c.body("content", u.content, limits.MAX_CONTENT_BYTES)
+    return u.content
+
+
+def _memory_type(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
+    if u.memory_type:
+        c.choice("memory_type", u.memory_type, limits.MEMORY_TYPES)
+    return u.memory_type or limits.DEFAULT_MEMORY_TYPE
+
+
+def _importance(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
+    if not u.HasField("importance"):
+        return limits.DEFAULT_IMPORTANCE
+    c.unit_interval("importance", u.importance)
+    return u.importance
+
+
+def _tags(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
+    c.tags("tags", u.tags)
+    return json.dumps(list(u.tags))
+
+
+def _metadata(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
+    return c.json_object("metadata", u.metadata, limits.MAX_METADATA_BYTES)
+
+
+def _scope(name: str) -> _ValueOf:
+    def value(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
+        text: str = getattr(u, name)
+        c.text(name, text, limits.MAX_ID_CHARS)
+        return text or None  # an empty scope is no scope (NULL), as on insert
+
+    return value
+
+
+_VALUE: Final[dict[str, _ValueOf]] = {
+    "content": _content,
+    "memory_type": _memory_type,
+    "importance": _importance,
+    "tags": _tags,
+    "metadata": _metadata,
+    "session_id": _scope("session_id"),
+    "agent_id": _scope("agent_id"),
+    "entity_id": _scope("entity_id"),
+}

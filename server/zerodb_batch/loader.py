@@ -1,0 +1,331 @@
+"""The bulk loader: a JSON-lines file of memories streamed through StreamUpsertMemories.
+
+The file is cut into chunks deterministically: only good lines count, `chunk_size` of them to a
+chunk, so chunk n holds the same records on every run. That is what makes a load resumable: after
+a broken stream (or with `--resume`, in a new process) the loader asks GetLoad for the next offset,
+skips that many chunks of the file and streams the rest; the server skips any chunk it already
+has. Bad lines are reported with their line numbers and left out; the rest load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from tqdm import tqdm
+
+from zerodb.v1 import load_pb2, load_pb2_grpc, memory_pb2, memory_pb2_grpc
+from zerodb_batch.config import ClientSettings
+from zerodb_batch.limits import MAX_STREAM_CHUNK_RECORDS as MAX_CHUNK_RECORDS
+
+_TEXT_FIELDS = ("id", "content", "memory_type", "session_id", "agent_id", "entity_id")
+_KNOWN = {*_TEXT_FIELDS, "importance", "tags", "metadata"}
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+
+
+class LoaderError(Exception):
+    """The load cannot go on; the message says why, for a human."""
+
+
+class BadLine(ValueError):
+    """A line that is not a memory record."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    offset: int
+    records: list[memory_pb2.Memory]
+    lines: array[int]  # the file line of each record
+    last_line: int  # the last line read for this chunk (bad and blank lines included)
+
+
+@dataclass
+class Outcome:
+    """What a finished load did, for the summary and the exit status."""
+
+    load: load_pb2.Load
+    bad_lines: int = 0
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (line, why) refused records
+
+    @property
+    def complete(self) -> bool:
+        return self.bad_lines == 0 and self.load.failed == 0
+
+
+def default_load_id(path: Path, chunk_size: int) -> str:
+    """The same file with the same chunking is the same load, so `--resume` needs no id."""
+    digest = hashlib.sha256(f"{path.resolve()}\0{chunk_size}".encode()).hexdigest()[:16]
+    return f"{path.stem[:80]}-{digest}"
+
+
+def parse_line(text: str) -> memory_pb2.Memory:
+    """One JSON object with the seed's record keys; BadLine says what is wrong."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadLine(f"not JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(obj, dict):
+        raise BadLine("not a JSON object")
+    if unknown := sorted(obj.keys() - _KNOWN):
+        raise BadLine(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
+    memory = memory_pb2.Memory()
+    for name in _TEXT_FIELDS:
+        if obj.get(name) is not None:
+            setattr(memory, name, _typed(obj, name, str, "a string"))
+    if obj.get("importance") is not None:
+        memory.importance = _typed(obj, "importance", (int, float), "a number")
+    if obj.get("tags") is not None:
+        tags = _typed(obj, "tags", list, "a list of strings")
+        if not all(isinstance(tag, str) for tag in tags):
+            raise BadLine("tags must be a list of strings")
+        memory.tags.extend(tags)
+    if obj.get("metadata") is not None:
+        memory.metadata.update(_typed(obj, "metadata", dict, "a JSON object"))
+    return memory
+
+
+def _typed(obj: dict[str, Any], name: str, kind: Any, expected: str) -> Any:
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadLine(f"{name} must be {expected}")
+    return value
+
+
+def read_chunks(path: Path, chunk_size: int, on_bad: Callable[[int, str], None]) -> Iterator[Chunk]:
+    """The file's chunks, in order; bad lines go to `on_bad` and never into a chunk."""
+    records: list[memory_pb2.Memory] = []
+    lines: array[int] = array("I")
+    offset = number = 0
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            if not raw.strip():
+                continue
+            try:
+                records.append(parse_line(_decode(raw)))
+            except BadLine as e:
+                on_bad(number, str(e))
+                continue
+            lines.append(number)
+            if len(records) == chunk_size:
+                yield Chunk(offset, records, lines, number)
+                records, lines, offset = [], array("I"), offset + 1
+    if records:
+        yield Chunk(offset, records, lines, number)
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as e:
+        raise BadLine(f"not UTF-8 (byte {e.start + 1})") from e
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as file:
+        return sum(block.count(b"\n") for block in iter(lambda: file.read(1 << 20), b""))
+
+
+class Loader:
+    """Streams one file as one load; resumes from GetLoad when the stream breaks."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        project_id: str,
+        api_key: str,
+        load_id: str,
+        chunk_size: int = 500,
+        *,
+        retries: int = 5,
+        backoff: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        progress: bool = True,
+    ) -> None:
+        self._memories = memory_pb2_grpc.MemoryServiceStub(channel)
+        self._loads = load_pb2_grpc.LoadServiceStub(channel)
+        self._project_id, self._load_id, self._chunk_size = project_id, load_id, chunk_size
+        self._auth = (("x-api-key", api_key),)
+        self._retries, self._backoff, self._sleep = retries, backoff, sleep
+        self._progress = progress
+        self._bad: dict[int, str] = {}  # reported once each, however often the file is read
+        self._lines: dict[int, array[int]] = {}  # chunk offset -> record lines, this stream
+
+    def run(self, path: Path, *, resume: bool) -> Outcome:
+        if next(read_chunks(path, self._chunk_size, self._report_bad), None) is None:
+            raise LoaderError(f"{path} holds no valid record; nothing to load")
+        start = self.committed_offset() if resume else self._fresh()
+        with tqdm(
+            total=count_lines(path),
+            unit=" rec",
+            unit_scale=True,
+            disable=not self._progress,
+            desc=f"load {self._load_id}",
+            file=sys.stderr,
+        ) as bar:
+            response = self._stream_with_retries(path, start, bar)
+        return self._outcome(response)
+
+    def committed_offset(self) -> int:
+        """The offset to send next, by GetLoad; 0 for a load with nothing committed."""
+        request = load_pb2.GetLoadRequest(project_id=self._project_id, load_id=self._load_id)
+        try:
+            return self._loads.GetLoad(request, metadata=self._auth).load.next_offset
+        except grpc.RpcError as e:
+            if e.code() is grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+
+    def _fresh(self) -> int:
+        """A new load must not silently continue an old one: that is what --resume is for."""
+        if committed := self.committed_offset():
+            raise LoaderError(
+                f"load {self._load_id!r} already has {committed} chunk(s) committed; "
+                "pass --resume to continue it, or --load-id for a new load"
+            )
+        return 0
+
+    def _stream_with_retries(
+        self, path: Path, start: int, bar: tqdm[Any]
+    ) -> memory_pb2.StreamUpsertMemoriesResponse:
+        failures = 0
+        while True:
+            try:
+                return self._memories.StreamUpsertMemories(
+                    self._requests(path, start, bar), metadata=self._auth
+                )
+            except grpc.RpcError as e:
+                failures += 1
+                if e.code() not in _RETRYABLE or failures > self._retries:
+                    raise
+                delay = self._backoff * 2 ** (failures - 1)
+                bar.write(f"stream broke ({e.code().name}); resuming in {delay:.1f}s")
+                self._sleep(delay)
+                resumed = self._resume_point(start)
+                failures = 0 if resumed > start else failures  # progress resets the budget
+                start = resumed
+
+    def _resume_point(self, start: int) -> int:
+        try:
+            return self.committed_offset()
+        except grpc.RpcError as e:
+            if e.code() not in _RETRYABLE:
+                raise
+            return start  # the server is still away: try the stream again from where we were
+
+    def _requests(
+        self, path: Path, start: int, bar: tqdm[Any]
+    ) -> Iterator[memory_pb2.StreamUpsertMemoriesRequest]:
+        """The chunks from `start` on. If none is left, the last committed chunk is sent again:
+        the server skips it as a duplicate, and the stream's clean close marks the load done."""
+        self._lines = {}
+        bar.reset()
+        last: Chunk | None = None
+        sent = False
+        for chunk in read_chunks(path, self._chunk_size, self._report_bad):
+            bar.update(chunk.last_line - bar.n)
+            if chunk.offset < start:
+                last = chunk
+                continue
+            sent = True
+            yield self._message(chunk)
+        if not sent and last is not None:
+            yield self._message(last)
+
+    def _message(self, chunk: Chunk) -> memory_pb2.StreamUpsertMemoriesRequest:
+        self._lines[chunk.offset] = chunk.lines
+        return memory_pb2.StreamUpsertMemoriesRequest(
+            project_id=self._project_id,
+            load_id=self._load_id,
+            offset=chunk.offset,
+            records=chunk.records,
+            partial_success=True,  # a bad record is reported with its line; the rest load
+        )
+
+    def _report_bad(self, line: int, reason: str) -> None:
+        if line not in self._bad:
+            self._bad[line] = reason
+            tqdm.write(f"line {line}: skipped: {reason}", file=sys.stderr)
+
+    def _outcome(self, response: memory_pb2.StreamUpsertMemoriesResponse) -> Outcome:
+        outcome = Outcome(response.load, bad_lines=len(self._bad))
+        for failure in response.failures:
+            lines = self._lines.get(failure.offset)
+            line = lines[failure.index] if lines is not None else -1
+            outcome.failures.append((line, _describe(failure.error)))
+        return outcome
+
+
+def _describe(status: status_pb2.Status) -> str:
+    """The field violations of a refused record, in one line."""
+    bad = error_details_pb2.BadRequest()
+    for detail in status.details:
+        if detail.Unpack(bad):
+            return "; ".join(f"{v.field}: {v.description}" for v in bad.field_violations)
+    return str(status.message)
+
+
+def run_cli(args: Any, settings: ClientSettings) -> int:
+    """`zerodb-batch load memories`: 0 when every record loaded, 1 when some were left out
+    (bad lines, refused records), 2 when the load could not run."""
+    problem = _check_args(args, settings)
+    if problem:
+        print(f"zerodb-batch: {problem}", file=sys.stderr)
+        return 2
+    load_id = args.load_id or default_load_id(args.file, args.chunk_size)
+    print(f"load {load_id}: {args.file} -> {args.target}", file=sys.stderr)
+    with grpc.insecure_channel(args.target) as channel:
+        loader = Loader(
+            channel,
+            args.project,
+            args.api_key or settings.api_key or "",
+            load_id,
+            args.chunk_size,
+            progress=sys.stderr.isatty(),
+        )
+        try:
+            outcome = loader.run(args.file, resume=args.resume)
+        except LoaderError as e:
+            print(f"zerodb-batch: {e}", file=sys.stderr)
+            return 2
+        except grpc.RpcError as e:
+            print(f"zerodb-batch: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 2
+    print(summary(outcome))
+    return 0 if outcome.complete else 1
+
+
+def _check_args(args: Any, settings: ClientSettings) -> str | None:
+    if not (args.api_key or settings.api_key):
+        return "no API key: pass --api-key or set ZERODB_API_KEY"
+    if not 1 <= args.chunk_size <= MAX_CHUNK_RECORDS:
+        return f"--chunk-size must be from 1 to {MAX_CHUNK_RECORDS}"
+    if not args.file.is_file():
+        return f"no such file: {args.file}"
+    return None
+
+
+def summary(outcome: Outcome) -> str:
+    """The closing report: counts of the whole load, then every record left out, by line."""
+    load = outcome.load
+    state = "done" if load.state == load_pb2.LOAD_STATE_DONE else "running"
+    out = [
+        f"load {load.load_id}: {state}",
+        f"  records: {load.inserted} inserted, {load.updated} updated, {load.failed} refused",
+        f"  chunks: {load.chunks_committed} committed, {load.chunks_skipped} skipped as "
+        "already committed",
+    ]
+    if outcome.bad_lines:
+        out.append(f"  bad lines (not sent): {outcome.bad_lines}, listed above")
+    out.extend(f"  line {line}: refused: {why}" for line, why in outcome.failures)
+    if load.failed > len(outcome.failures):
+        out.append(f"  ({load.failed - len(outcome.failures)} refused records not listed)")
+    return "\n".join(out)

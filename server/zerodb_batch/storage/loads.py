@@ -1,0 +1,78 @@
+"""The loads table: the committed progress of each streamed load, advanced with every chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from zerodb_batch.storage.pool import Conn
+from zerodb_batch.storage.queries import Q
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """One row of `loads` (column order of the load_* queries)."""
+
+    load_id: str
+    kind: str
+    done: bool
+    last_offset: int
+    chunks_committed: int
+    chunks_skipped: int
+    inserted: int
+    updated: int
+    failed: int
+    create_time: datetime
+    update_time: datetime
+
+    @property
+    def next_offset(self) -> int:
+        return self.last_offset + 1
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    """What one committed chunk adds to its load."""
+
+    inserted: int = 0
+    updated: int = 0
+    failed: int = 0
+    skipped: int = 0  # duplicate chunks seen since the last write of the progress row
+
+
+async def relax_commit(conn: Conn) -> None:
+    """Let the current chunk transaction commit without waiting for its WAL flush (see SQL)."""
+    await conn.execute(Q["load_relax_commit"])
+
+
+async def get(conn: Conn, project_id: str, load_id: str) -> LoadProgress | None:
+    cur = await conn.execute(Q["load_get"], {"project_id": project_id, "load_id": load_id})
+    row = await cur.fetchone()
+    return LoadProgress(*row) if row else None  # type: ignore[arg-type]
+
+
+async def advance(
+    conn: Conn, project_id: str, load_id: str, kind: str, offset: int, counts: ChunkCounts
+) -> LoadProgress | None:
+    """Count chunk `offset` as committed with this transaction; None if the load moved on."""
+    params = {
+        "project_id": project_id,
+        "load_id": load_id,
+        "kind": kind,
+        "offset": offset,
+        "inserted": counts.inserted,
+        "updated": counts.updated,
+        "failed": counts.failed,
+        "skipped": counts.skipped,
+    }
+    cur = await conn.execute(Q["load_advance"], params)
+    row = await cur.fetchone()
+    return LoadProgress(*row) if row else None  # type: ignore[arg-type]
+
+
+async def finish(conn: Conn, project_id: str, load_id: str, skipped: int) -> LoadProgress | None:
+    """Mark the load done after a clean close, adding the duplicates not yet counted."""
+    params = {"project_id": project_id, "load_id": load_id, "skipped": skipped}
+    cur = await conn.execute(Q["load_finish"], params)
+    row = await cur.fetchone()
+    return LoadProgress(*row) if row else None  # type: ignore[arg-type]

@@ -1,0 +1,44 @@
+-- name: load_relax_commit
+-- A chunk's commit need not wait for its WAL flush: a crash can lose only the latest chunks
+-- together with the progress row that counts them, so GetLoad and the data never disagree and a
+-- resumed load resends exactly what was lost. The stream's closing update commits synchronously,
+-- which flushes every earlier chunk before the client hears that the load is done.
+SET LOCAL synchronous_commit = off;
+
+-- name: load_get
+SELECT load_id, kind, done, last_offset, chunks_committed, chunks_skipped,
+       inserted, updated, failed, create_time, update_time
+FROM loads
+WHERE project_id = %(project_id)s AND load_id = %(load_id)s;
+
+-- name: load_advance
+-- Record chunk `offset` as committed. The first chunk creates the row; later ones apply only if
+-- the row is still at offset - 1 and of the same kind. No row back means another stream of the
+-- same load moved it meanwhile: the caller rolls back and looks again.
+INSERT INTO loads AS l (
+    project_id, load_id, kind, last_offset, chunks_committed, chunks_skipped,
+    inserted, updated, failed)
+VALUES (%(project_id)s, %(load_id)s, %(kind)s, %(offset)s, 1, %(skipped)s,
+        %(inserted)s, %(updated)s, %(failed)s)
+ON CONFLICT (project_id, load_id) DO UPDATE SET
+    done = false,
+    last_offset = EXCLUDED.last_offset,
+    chunks_committed = l.chunks_committed + 1,
+    chunks_skipped = l.chunks_skipped + EXCLUDED.chunks_skipped,
+    inserted = l.inserted + EXCLUDED.inserted,
+    updated = l.updated + EXCLUDED.updated,
+    failed = l.failed + EXCLUDED.failed,
+    update_time = now()
+WHERE l.last_offset = EXCLUDED.last_offset - 1 AND l.kind = EXCLUDED.kind
+RETURNING load_id, kind, done, last_offset, chunks_committed, chunks_skipped,
+          inserted, updated, failed, create_time, update_time;
+
+-- name: load_finish
+-- A stream closed cleanly: the load is done (until another stream continues it).
+UPDATE loads SET
+    done = true,
+    chunks_skipped = chunks_skipped + %(skipped)s,
+    update_time = now()
+WHERE project_id = %(project_id)s AND load_id = %(load_id)s
+RETURNING load_id, kind, done, last_offset, chunks_committed, chunks_skipped,
+          inserted, updated, failed, create_time, update_time;

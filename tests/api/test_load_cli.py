@@ -1,0 +1,132 @@
+"""`zerodb-batch load memories` end to end: the real command against the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from tests.api.test_memory_stream import Feed, contents, wait_until
+from tests.plugins.server import Project, ServerThread
+from zerodb.v1 import load_pb2, memory_pb2
+from zerodb.v1.load_pb2_grpc import LoadServiceStub
+from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
+from zerodb_batch import cli
+from zerodb_batch.loader import default_load_id, read_chunks
+
+Db = psycopg.Connection[tuple[object, ...]]
+
+
+def facts(path: Path, n: int, extra: dict[int, str] | None = None) -> Path:
+    """n good records, one a line; `extra` puts other text at given (1-based) lines."""
+    lines = [json.dumps({"content": f"fact {i}", "tags": ["cli"]}) for i in range(n)]
+    for at, text in sorted((extra or {}).items()):
+        lines.insert(at - 1, text)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def load(
+    server: ServerThread, project: Project, path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """The installed command as a user runs it, the key in the environment."""
+    command = [
+        sys.executable,
+        "-m",
+        "zerodb_batch",
+        "load",
+        "memories",
+        str(path),
+        "--project",
+        project.id,
+        "--target",
+        server.address,
+        *args,
+    ]
+    env = {**os.environ, "ZERODB_API_KEY": project.key}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_loads_a_file_reporting_bad_lines_and_refused_records(
+    server: ServerThread, project: Project, db: Db, tmp_path: Path
+) -> None:
+    refused = json.dumps({"content": "too important", "importance": 5})
+    path = facts(tmp_path / "facts.jsonl", 10, {3: "{oops", 7: refused, 9: '{"colour": 1}'})
+    done = load(server, project, path, "--chunk-size", "3")
+    assert done.returncode == 1, done.stderr  # loaded, but not every line
+    assert "line 3: skipped: not JSON" in done.stderr
+    assert "line 9: skipped: unknown field(s) colour" in done.stderr
+    assert "line 7: refused: records[2].importance" in done.stdout
+    assert "10 inserted, 0 updated, 1 refused" in done.stdout
+    assert contents(db, project) == sorted(f"fact {i}" for i in range(10))
+
+    again = load(server, project, path, "--chunk-size", "3")
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert len(contents(db, project)) == 10
+
+
+def test_resume_continues_an_interrupted_load(
+    server: ServerThread,
+    project: Project,
+    db: Db,
+    tmp_path: Path,
+    memories: MemoryServiceStub,
+    channel: grpc.Channel,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = facts(tmp_path / "facts.jsonl", 11)
+    load_id = default_load_id(path, 4)
+    _interrupted_run(memories, LoadServiceStub(channel), project, path, load_id)
+    assert len(contents(db, project)) == 8
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(
+            [
+                "load",
+                "memories",
+                str(path),
+                "--project",
+                project.id,
+                "--target",
+                server.address,
+                "--api-key",
+                project.key,
+                "--chunk-size",
+                "4",
+                "--resume",
+            ]
+        )
+    assert exited.value.code == 0
+    assert f"load {load_id}: done" in capsys.readouterr().out
+    assert contents(db, project) == sorted(f"fact {i}" for i in range(11))
+
+
+def _interrupted_run(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, path: Path, load_id: str
+) -> None:
+    """What a loader killed after its second chunk leaves: chunks 0 and 1 committed."""
+    feed = Feed()
+    call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+    for chunk in list(read_chunks(path, 4, lambda *_: None))[:2]:
+        feed.send(
+            memory_pb2.StreamUpsertMemoriesRequest(
+                project_id=project.id, load_id=load_id, offset=chunk.offset, records=chunk.records
+            )
+        )
+    request = load_pb2.GetLoadRequest(project_id=project.id, load_id=load_id)
+
+    def committed() -> bool:
+        try:
+            return loads.GetLoad(request, metadata=project.auth).load.last_offset == 1
+        except grpc.RpcError:
+            return False
+
+    wait_until(committed, "two chunks to commit")
+    call.cancel()
+    feed.close()

@@ -1,0 +1,87 @@
+"""Update, delete, list, streamed loads and GetLoad when PostgreSQL goes away: UNAVAILABLE."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from tests.api.test_dependencies import Outage
+from tests.api.test_memory_stream import chunk, wait_until
+from tests.api.test_memory_upsert import details
+from tests.plugins.server import Project, ServerThread, server_settings
+from tests.plugins.services import Backends, drop_database
+from zerodb.v1 import load_pb2, memory_pb2
+from zerodb.v1.load_pb2_grpc import LoadServiceStub
+from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
+
+
+@pytest.fixture
+def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
+    down = Outage(backends)
+    # The key stays cached, so the outage hits each RPC's own work rather than authentication;
+    # a short pool timeout, as each call waits that long for a connection that never comes.
+    settings = server_settings(
+        down.url, backends.redis_url, pool_timeout=0.5, auth_cache_seconds=600
+    )
+    running = ServerThread(settings)
+    yield down, running
+    running.close()
+    down.allow(True)
+    drop_database(backends.admin_url, down.url)
+
+
+def test_each_rpc_is_unavailable_then_recovers(outage: tuple[Outage, ServerThread]) -> None:
+    down, running = outage
+    project = Project(*running.new_key())
+    with grpc.insecure_channel(running.address) as channel:
+        memories, loads = MemoryServiceStub(channel), LoadServiceStub(channel)
+        calls = _calls(memories, loads, project)
+        assert memories.StreamUpsertMemories(iter([chunk(project, 0)]), metadata=project.auth)
+        # (the call above also put the key in the server's auth cache)
+
+        down.allow(False)
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, name
+            assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE", name
+
+        down.allow(True)  # the same server serves again, without a restart, once its pool
+        for call in calls.values():  # has reconnected: clients retry UNAVAILABLE meanwhile
+            wait_until(lambda call=call: _succeeds(call), "the server to serve again")
+
+
+def _succeeds(call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except grpc.RpcError as e:
+        if e.code() is not grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False
+    return True
+
+
+def _calls(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project
+) -> dict[str, Callable[[], object]]:
+    auth = project.auth
+    return {
+        "update": lambda: memories.BatchUpdateMemories(
+            memory_pb2.BatchUpdateMemoriesRequest(
+                project_id=project.id, updates=[memory_pb2.MemoryUpdate(id="x", content="y")]
+            ),
+            metadata=auth,
+        ),
+        "delete": lambda: memories.BatchDeleteMemories(
+            memory_pb2.BatchDeleteMemoriesRequest(project_id=project.id, ids=["x"]), metadata=auth
+        ),
+        "list": lambda: memories.ListMemories(
+            memory_pb2.ListMemoriesRequest(project_id=project.id), metadata=auth
+        ),
+        "stream": lambda: memories.StreamUpsertMemories(iter([chunk(project, 0)]), metadata=auth),
+        "get_load": lambda: loads.GetLoad(
+            load_pb2.GetLoadRequest(project_id=project.id, load_id="load-1"), metadata=auth
+        ),
+    }

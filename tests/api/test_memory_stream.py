@@ -1,0 +1,363 @@
+"""StreamUpsertMemories and LoadService.GetLoad through a real server and channel."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import grpc
+import psycopg
+import pytest
+from google.rpc import error_details_pb2
+
+from tests.api.test_memory_upsert import count, details
+from tests.plugins.server import Project, ServerThread
+from zerodb.v1 import load_pb2, memory_pb2
+from zerodb.v1.load_pb2_grpc import LoadServiceStub
+from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
+
+Db = psycopg.Connection[tuple[object, ...]]
+Request = memory_pb2.StreamUpsertMemoriesRequest
+
+
+@pytest.fixture
+def loads(channel: grpc.Channel) -> LoadServiceStub:
+    return LoadServiceStub(channel)
+
+
+def chunk(
+    project: Project, offset: int, n: int = 4, load_id: str = "load-1", **kw: object
+) -> Request:
+    """n records without ids: a chunk written twice would leave twice the rows."""
+    records = [
+        memory_pb2.Memory(content=f"{load_id}/{offset}/{i}", tags=["bulk"]) for i in range(n)
+    ]
+    return Request(project_id=project.id, load_id=load_id, offset=offset, records=records, **kw)
+
+
+def stream(
+    stub: MemoryServiceStub, project: Project, requests: Iterable[Request]
+) -> memory_pb2.StreamUpsertMemoriesResponse:
+    return stub.StreamUpsertMemories(iter(requests), metadata=project.auth)
+
+
+def get_load(stub: LoadServiceStub, project: Project, load_id: str = "load-1") -> load_pb2.Load:
+    request = load_pb2.GetLoadRequest(project_id=project.id, load_id=load_id)
+    return stub.GetLoad(request, metadata=project.auth).load
+
+
+def contents(db: Db, project: Project) -> list[str]:
+    rows = db.execute(
+        "SELECT content FROM memories WHERE project_id = %s ORDER BY content", (project.id,)
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    """Poll for a state the test needs next; fails (not a timing check) if it never comes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+class Feed:
+    """A request stream the test writes to while the call runs."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Request | None] = queue.Queue()
+
+    def send(self, request: Request) -> None:
+        self._queue.put(request)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._queue.get, None)
+
+
+def test_chunks_commit_and_get_load_reports_them(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, db: Db
+) -> None:
+    reply = stream(memories, project, [chunk(project, o) for o in range(3)])
+    assert (reply.chunks_committed, reply.chunks_skipped, list(reply.failures)) == (3, 0, [])
+    load = reply.load
+    assert (load.load_id, load.kind, load.state) == ("load-1", "memories", load_pb2.LOAD_STATE_DONE)
+    assert (load.last_offset, load.next_offset, load.chunks_committed, load.inserted) == (
+        2,
+        3,
+        3,
+        12,
+    )
+    assert get_load(loads, project) == load
+    assert count(db, project) == 12
+
+
+def test_cut_stream_resumed_from_get_load_writes_every_record_once(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, db: Db
+) -> None:
+    feed = Feed()
+    call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+    for offset in range(3):
+        feed.send(chunk(project, offset))
+    wait_until(lambda: _last_offset(loads, project) == 2, "chunk 2 to commit")
+    call.cancel()  # the stream breaks
+    feed.close()
+    load = get_load(loads, project)
+    assert (load.next_offset, load.state) == (3, load_pb2.LOAD_STATE_RUNNING)
+
+    # The client resends from an earlier offset than needed: duplicates are skipped and counted.
+    reply = stream(memories, project, [chunk(project, o) for o in range(1, 6)])
+    assert (reply.chunks_committed, reply.chunks_skipped) == (3, 2)
+    assert (reply.load.last_offset, reply.load.chunks_committed, reply.load.chunks_skipped) == (
+        5,
+        6,
+        2,
+    )
+    assert reply.load.state == load_pb2.LOAD_STATE_DONE
+    expected = sorted(f"load-1/{o}/{i}" for o in range(6) for i in range(4))
+    assert contents(db, project) == expected
+
+
+def _last_offset(loads: LoadServiceStub, project: Project) -> int:
+    try:
+        return get_load(loads, project).last_offset
+    except grpc.RpcError:
+        return -1
+
+
+def test_cancel_mid_chunk_leaves_no_half_written_chunk(
+    memories: MemoryServiceStub,
+    loads: LoadServiceStub,
+    project: Project,
+    db: Db,
+    database_url: str,
+) -> None:
+    stream(memories, project, [chunk(project, 0)])
+    first = contents(db, project)
+    # Chunk 1 also rewrites a record of chunk 0, whose row this test holds locked: the server
+    # gets the chunk into its staging table, then waits inside the chunk's transaction.
+    locked = Request()
+    locked.CopyFrom(chunk(project, 1, n=50))
+    held = db.execute(
+        "SELECT id FROM memories WHERE project_id = %s LIMIT 1", (project.id,)
+    ).fetchone()
+    assert held is not None
+    locked.records[0].id = str(held[0])
+    with psycopg.connect(database_url) as locker:
+        locker.execute(
+            "SELECT 1 FROM memories WHERE project_id = %s AND id = %s FOR UPDATE",
+            (project.id, held[0]),
+        )
+        feed = Feed()
+        call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+        feed.send(locked)
+        wait_until(lambda: _upserts(db, on_lock=True) == 1, "the chunk to wait on the lock")
+        call.cancel()
+        feed.close()
+        wait_until(lambda: _upserts(db, on_lock=False) == 0, "the chunk to be rolled back")
+        locker.rollback()
+    assert contents(db, project) == first
+    assert get_load(loads, project).last_offset == 0
+
+    reply = stream(memories, project, [locked])  # resending the chunk writes it, once
+    assert (reply.chunks_committed, reply.load.inserted, reply.load.updated) == (1, 53, 1)
+    assert len(contents(db, project)) == 53
+
+
+def _upserts(db: Db, *, on_lock: bool) -> int:
+    """Server sessions busy in the chunk upsert (or waiting there on a lock), not this test's."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE '%FROM memory_stage%'"
+    )
+    row = db.execute(query + " AND wait_event_type = 'Lock'" if on_lock else query).fetchone()
+    assert row is not None
+    return int(row[0])  # type: ignore[call-overload]
+
+
+def test_gap_refused_naming_the_expected_offset(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, db: Db
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(memories, project, [chunk(project, 1)])
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    info = details(caught.value)[0]
+    assert (info.reason, info.metadata["expected_offset"]) == ("OFFSET_GAP", "0")
+    assert "next offset to send is 0" in (caught.value.details() or "")
+
+    with pytest.raises(grpc.RpcError) as later:
+        stream(memories, project, [chunk(project, 0), chunk(project, 2)])
+    assert details(later.value)[0].metadata["expected_offset"] == "1"
+    assert get_load(loads, project).last_offset == 0
+    assert count(db, project) == 4
+
+
+def test_invalid_record_refuses_its_chunk_atomically(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, db: Db
+) -> None:
+    bad = chunk(project, 1)
+    bad.records[2].importance = 1.5
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(memories, project, [chunk(project, 0), bad, chunk(project, 2)])
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    info, violations = details(caught.value)
+    assert [v.field for v in violations.field_violations] == ["records[2].importance"]
+    assert info.metadata["offset"] == "1"
+    assert "chunk 1" in (caught.value.details() or "")
+    assert get_load(loads, project).last_offset == 0
+    assert count(db, project) == 4
+
+
+def test_partial_success_reports_each_refused_record(
+    memories: MemoryServiceStub, project: Project, db: Db
+) -> None:
+    mixed = chunk(project, 1, partial_success=True)
+    mixed.records[1].memory_type = "forever"
+    mixed.records[3].tags.append("")
+    reply = stream(memories, project, [chunk(project, 0), mixed])
+    assert [(f.offset, f.index) for f in reply.failures] == [(1, 1), (1, 3)]
+    bad = error_details_pb2.BadRequest()
+    assert reply.failures[1].error.details[1].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == ["records[3].tags[1]"]
+    assert (reply.load.inserted, reply.load.failed, reply.load.last_offset) == (6, 2, 1)
+    assert count(db, project) == 6
+
+
+def test_failures_listed_are_capped(memories: MemoryServiceStub, project: Project) -> None:
+    bad = chunk(project, 0, n=1001, partial_success=True)
+    for record in bad.records:
+        record.importance = 2.0
+    reply = stream(memories, project, [bad])
+    assert (len(reply.failures), reply.load.failed, reply.load.inserted) == (1000, 1001, 0)
+
+
+def test_records_with_ids_upsert(memories: MemoryServiceStub, project: Project) -> None:
+    with_ids = chunk(project, 0)
+    for i, record in enumerate(with_ids.records):
+        record.id = f"fixed-{i}"
+    first = stream(memories, project, [with_ids])
+    with_ids.load_id = "load-2"
+    again = stream(memories, project, [with_ids])
+    assert (first.load.inserted, again.load.inserted, again.load.updated) == (4, 0, 4)
+
+
+def test_chunk_limits(memories: MemoryServiceStub, project: Project, db: Db) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(memories, project, [chunk(project, 0, n=5001)])
+    info, bad = details(caught.value)
+    assert (caught.value.code(), info.reason, info.metadata["max"]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BATCH_TOO_LARGE",
+        "5000",
+    )
+    assert bad.field_violations[0].field == "records"
+    assert count(db, project) == 0
+    assert stream(memories, project, [chunk(project, 0, n=5000)]).load.inserted == 5000
+
+    for requests in ([chunk(project, 1, n=0)], []):
+        with pytest.raises(grpc.RpcError) as empty:
+            stream(memories, project, requests)
+        assert empty.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_load_id_checked(memories: MemoryServiceStub, project: Project) -> None:
+    with pytest.raises(grpc.RpcError) as missing:
+        stream(memories, project, [chunk(project, 0, load_id="")])
+    assert details(missing.value)[1].field_violations[0].field == "load_id"
+    with pytest.raises(grpc.RpcError) as changed:
+        stream(memories, project, [chunk(project, 0), chunk(project, 1, load_id="other")])
+    assert details(changed.value)[1].field_violations[0].reason == "LOAD_ID_CHANGED"
+    with pytest.raises(grpc.RpcError) as negative:
+        stream(memories, project, [chunk(project, -1, load_id="neg")])
+    assert details(negative.value)[1].field_violations[0].field == "offset"
+
+
+def test_load_of_another_kind_refused(
+    memories: MemoryServiceStub, project: Project, db: Db
+) -> None:
+    db.execute(
+        "INSERT INTO loads (project_id, load_id, kind, last_offset) "
+        "VALUES (%s, 'load-1', 'vectors', 0)",
+        (project.id,),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(memories, project, [chunk(project, 1)])
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert details(caught.value)[0].reason == "LOAD_KIND_MISMATCH"
+
+
+def test_get_load_not_found_and_invalid(loads: LoadServiceStub, project: Project) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        get_load(loads, project, "never")
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    assert details(caught.value)[0].reason == "LOAD_NOT_FOUND"
+    with pytest.raises(grpc.RpcError) as invalid:
+        get_load(loads, project, "")
+    assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_another_projects_key_on_a_stream_message(
+    memories: MemoryServiceStub,
+    loads: LoadServiceStub,
+    project: Project,
+    server: ServerThread,
+    db: Db,
+) -> None:
+    other = Project(*server.new_key())
+    foreign = chunk(project, 1)
+    foreign.project_id = other.id  # one message of the stream names another project
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(memories, project, [chunk(project, 0), foreign])
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert details(caught.value)[0].reason == "PROJECT_MISMATCH"
+    assert count(db, other) == 0 and count(db, project) == 4
+
+    with pytest.raises(grpc.RpcError) as keyless:
+        memories.StreamUpsertMemories(iter([chunk(project, 1)]))
+    assert keyless.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as peeking:
+        loads.GetLoad(
+            load_pb2.GetLoadRequest(project_id=project.id, load_id="load-1"), metadata=other.auth
+        )
+    assert peeking.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as elsewhere:
+        get_load(loads, other)  # the same load id in another project is another load
+    assert elsewhere.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_two_streams_of_one_load_never_write_a_chunk_twice(
+    memories: MemoryServiceStub,
+    loads: LoadServiceStub,
+    project: Project,
+    db: Db,
+    database_url: str,
+) -> None:
+    stream(memories, project, [chunk(project, 0)])
+    # Stream B's chunk 1 rewrites a row this test holds locked, so B waits inside its chunk
+    # transaction while stream A commits its own chunk 1 of the same load.
+    held = db.execute(
+        "SELECT id FROM memories WHERE project_id = %s LIMIT 1", (project.id,)
+    ).fetchone()
+    assert held is not None
+    late = chunk(project, 1, load_id="load-1")
+    late.records[0].id = str(held[0])
+    with psycopg.connect(database_url) as locker:
+        locker.execute(
+            "SELECT 1 FROM memories WHERE project_id = %s AND id = %s FOR UPDATE",
+            (project.id, held[0]),
+        )
+        feed = Feed()
+        b = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+        feed.send(late)
+        feed.close()
+        wait_until(lambda: _upserts(db, on_lock=True) == 1, "stream B to wait on the lock")
+        a = stream(memories, project, [chunk(project, 1)])
+        assert a.chunks_committed == 1
+        locker.rollback()
+    reply = b.result(timeout=30)
+    assert (reply.chunks_committed, reply.chunks_skipped) == (0, 1)  # rolled back, then skipped
+    assert reply.load.chunks_committed == 2
+    assert len(contents(db, project)) == 8
