@@ -27,11 +27,14 @@ from zerodb.v1 import (
     vector_pb2,
     vector_pb2_grpc,
 )
+from zerodb_batch.api.events import EventServicer
 from zerodb_batch.api.loads import LoadServicer
 from zerodb_batch.api.memory import MemoryServicer
 from zerodb_batch.api.unimplemented import placeholder
 from zerodb_batch.config import Settings
 from zerodb_batch.errors import StartupError
+from zerodb_batch.events.relay import Relay
+from zerodb_batch.events.streams import Streams
 from zerodb_batch.interceptors.auth import Authenticator
 from zerodb_batch.interceptors.pipeline import ApiInterceptor
 from zerodb_batch.storage import idempotency, keys
@@ -64,6 +67,7 @@ class App:
     port: int = 0
     bootstrap_key: tuple[str, str] | None = None  # (project_id, key) made on first start
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    streams: Streams | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: stop taking calls, let running ones finish for `grace` seconds, then close."""
@@ -72,6 +76,8 @@ class App:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.streams is not None:
+            await self.streams.close()
         await self.pool.close()
 
 
@@ -79,17 +85,24 @@ async def start(settings: Settings) -> App:
     """Connect, migrate, and serve on `settings.listen`. Raises StartupError with a reason."""
     if not settings.database_url:
         raise StartupError("no database URL: start the embedded PostgreSQL first")
+    if not settings.redis_url:
+        raise StartupError("no Redis URL: start the embedded Valkey first")
     pool = await _open(settings)
+    # No connection yet: a Redis that is down only delays events (the outbox keeps them).
+    streams = Streams.open(settings.redis_url, settings.event_stream_maxlen)
+    relay = Relay(pool, streams, settings.database_url, settings.event_relay_poll_seconds)
     try:
         bootstrap = await _prepare(pool)
-        server, health = await _build(settings, pool)
+        server, health = await _build(settings, pool, EventServicer(pool, streams, relay))
         port = _bind(server, settings.listen)
         await server.start()
     except BaseException:
+        await streams.close()
         await pool.close()
         raise
-    app = App(settings, pool, server, health, port, bootstrap)
+    app = App(settings, pool, server, health, port, bootstrap, streams=streams)
     app.tasks.append(asyncio.create_task(_expire_requests(pool, settings.idempotency_ttl_hours)))
+    app.tasks.append(asyncio.create_task(relay.run()))
     return app
 
 
@@ -115,7 +128,7 @@ async def _prepare(pool: AsyncConnectionPool[Conn]) -> tuple[str, str] | None:
 
 
 async def _build(
-    settings: Settings, pool: AsyncConnectionPool[Conn]
+    settings: Settings, pool: AsyncConnectionPool[Conn], event_service: EventServicer
 ) -> tuple[grpc.aio.Server, HealthServicer]:
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(Authenticator(pool, settings.auth_cache_seconds))],
@@ -127,15 +140,13 @@ async def _build(
     )
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(pool), server)
     load_pb2_grpc.add_LoadServiceServicer_to_server(LoadServicer(pool), server)
+    event_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
     # Services whose RPCs later issues build answer UNIMPLEMENTED until then.
     table_pb2_grpc.add_TableServiceServicer_to_server(
         placeholder(table_pb2_grpc.TableServiceServicer), server
     )
     vector_pb2_grpc.add_VectorServiceServicer_to_server(
         placeholder(vector_pb2_grpc.VectorServiceServicer), server
-    )
-    event_pb2_grpc.add_EventServiceServicer_to_server(
-        placeholder(event_pb2_grpc.EventServiceServicer), server
     )
     rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(
         placeholder(rlhf_pb2_grpc.RlhfServiceServicer), server

@@ -24,6 +24,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024 * 1024
     drain_seconds: float = 10.0
     log_level: str = "INFO"
+    event_stream_maxlen: int = 100_000  # entries kept per project stream (approximately)
+    event_relay_poll_seconds: float = 1.0  # how often the relay looks for events left behind
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -44,6 +46,10 @@ class Settings:
             max_message_bytes=int(e.get("ZERODB_MAX_MESSAGE_BYTES", d.max_message_bytes)),
             drain_seconds=float(e.get("ZERODB_DRAIN_SECONDS", d.drain_seconds)),
             log_level=e.get("ZERODB_LOG_LEVEL", d.log_level).upper(),
+            event_stream_maxlen=int(e.get("ZERODB_EVENT_STREAM_MAXLEN", d.event_stream_maxlen)),
+            event_relay_poll_seconds=float(
+                e.get("ZERODB_EVENT_RELAY_POLL_SECONDS", d.event_relay_poll_seconds)
+            ),
         )
 
     def with_backends(self, database_url: str, redis_url: str) -> Settings:

@@ -40,9 +40,10 @@ class Event(_message.Message):
     topic: _builtins.str
     """The topic: 1-256 characters of letters, digits, `.`, `_`, `:` and `-`."""
     stream_id: _builtins.str
-    """The event's Redis stream entry id, such as `1718000000000-0` (output only): set on events
-    delivered by `SubscribeEvents`, where it is the position to resume after and the id to pass to
-    `AckEvents`; may be empty elsewhere.
+    """The event's Redis stream entry id (output only): `<publish_time in ms>-<n>`, where `n` numbers
+    the project's events 1, 2, 3, ... in publish order, such as `1718000000000-42`. The id is the
+    same in `ListEvents` and in every delivery; it is the position to resume a subscription after
+    and the id to pass to `AckEvents`.
     """
     @_builtins.property
     def event_payload(self) -> _struct_pb2.Struct:
@@ -170,10 +171,10 @@ class SubscribeEventsRequest(_message.Message):
     project_id: _builtins.str
     """The project whose events to receive."""
     start_from_new: _builtins.bool
-    """Only events appended to the stream after the subscription is established."""
+    """Only events published after the subscription is established."""
     start_after_stream_id: _builtins.str
     """Events after this stream entry id (exclusive), as received in `Event.stream_id` or
-    `Heartbeat.last_stream_id`. `0` starts at the oldest retained event.
+    `Heartbeat.last_stream_id`. `0` starts at the project's first event.
     """
     consumer_group: _builtins.str
     """Optional consumer group for durable delivery: 1-128 characters of letters, digits, `.`, `_`,
@@ -196,9 +197,7 @@ class SubscribeEventsRequest(_message.Message):
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Events appended to the stream at or after this time. An event relayed late after a Redis
-        outage is positioned by when it reached the stream, not by its `publish_time`.
-        """
+        """Events published at or after this time (by `publish_time`)."""
 
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:

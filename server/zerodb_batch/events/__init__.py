@@ -1,0 +1,1 @@
+"""Events beyond PostgreSQL: the Redis streams, the outbox relay, and subscriptions."""

@@ -1,0 +1,168 @@
+"""The events table, which is also the outbox: numbered inserts, relay claims, replay and pages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import LiteralString, NamedTuple
+
+import psycopg
+from psycopg.rows import class_row
+
+from zerodb_batch.domain.events import EventColumns, Position, StoredEvent, epoch_ms
+from zerodb_batch.storage.pool import Conn
+from zerodb_batch.storage.queries import Q
+
+LAST_SEQ = 2**63 - 1
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+class Published(NamedTuple):
+    seq: int
+    id: str
+    publish_time: datetime
+
+
+class RelayBusy(Exception):
+    """Another process is relaying this project's events right now."""
+
+
+async def insert(conn: Conn, project_id: str, rows: EventColumns) -> list[StoredEvent]:
+    """Number and write every event in one statement; returns them in input order."""
+    if not rows:
+        return []
+    params = {
+        "project_id": project_id,
+        "count": len(rows),
+        "topics": rows.topics,
+        "payloads": rows.payloads,
+    }
+    async with conn.cursor(row_factory=class_row(Published)) as cur:
+        await cur.execute(Q["event_insert"], params)
+        written = sorted(await cur.fetchall())  # by seq: input order (RETURNING has none)
+    return [
+        StoredEvent(w.seq, w.id, topic, payload, w.publish_time)
+        for w, topic, payload in zip(written, rows.topics, rows.payloads, strict=True)
+    ]
+
+
+async def lock_relay(conn: Conn, project_id: str, *, wait: bool, lock_timeout_ms: int) -> None:
+    """Take the project's relay lock for this transaction, or raise RelayBusy.
+
+    Publishers wait (at most `lock_timeout_ms`) so that their own events go out in order behind
+    those of the current relayer; the background relay skips a busy project.
+    """
+    params = {"project_id": project_id}
+    try:
+        async with conn.pipeline():  # one round trip
+            await _relay_row(conn, project_id, lock_timeout_ms)
+            query = Q["event_relay_lock"] if wait else Q["event_relay_try_lock"]
+            cur = await conn.execute(query, params)
+    except psycopg.errors.LockNotAvailable as e:
+        raise RelayBusy(project_id) from e
+    if await cur.fetchone() is None:
+        raise RelayBusy(project_id)
+
+
+async def _relay_row(conn: Conn, project_id: str, lock_timeout_ms: int) -> None:
+    """The transaction's relay settings, and the project's relay row if it has none yet."""
+    await conn.execute(Q["event_relay_settings"], {"lock_timeout": f"{lock_timeout_ms}ms"})
+    await conn.execute(Q["event_relay_row"], {"project_id": project_id})
+
+
+async def claim(conn: Conn, project_id: str, up_to: int, limit: int) -> list[StoredEvent]:
+    """Under the relay lock: the project's oldest pending events (seq <= up_to), in order."""
+    params = {"project_id": project_id, "up_to": up_to, "limit": limit}
+    return await _events(conn, Q["event_claim"], params)
+
+
+async def lock_and_mark_own(
+    conn: Conn, project_id: str, first: int, last: int, lock_timeout_ms: int
+) -> set[int]:
+    """Wait for the project's relay lock, then, if no older event is pending, mark first..last
+    relayed (those not relayed yet) and return their seqs; empty when older events must go out
+    first. One round trip (a pipeline) for the publisher's hot path; RelayBusy on lock timeout.
+    """
+    params = {"project_id": project_id, "first": first, "last": last}
+    try:
+        async with conn.pipeline():
+            await _relay_row(conn, project_id, lock_timeout_ms)
+            await conn.execute(Q["event_relay_lock"], params)
+            cur = await conn.execute(Q["event_mark_own"], params)
+    except psycopg.errors.LockNotAvailable as e:
+        raise RelayBusy(project_id) from e
+    return {int(row[0]) for row in await cur.fetchall()}  # type: ignore[call-overload]
+
+
+async def mark_relayed(conn: Conn, project_id: str, first: int, last: int) -> None:
+    params = {"project_id": project_id, "first": first, "last": last}
+    await conn.execute(Q["event_mark_relayed"], params)
+
+
+async def pending_projects(conn: Conn, limit: int) -> list[str]:
+    cur = await conn.execute(Q["event_pending_projects"], {"limit": limit})
+    return [str(row[0]) for row in await cur.fetchall()]
+
+
+async def notify(conn: Conn, project_id: str) -> None:
+    """Wake the relay of every server: this project has events left to relay."""
+    await conn.execute(Q["event_notify"], {"project_id": project_id})
+
+
+async def head(conn: Conn, project_id: str) -> Position:
+    """The position of the project's newest committed event (`0-0` before the first)."""
+    cur = await conn.execute(Q["event_head"], {"project_id": project_id})
+    row = await cur.fetchone()
+    if row is None:
+        return Position(0, 0)
+    last_seq, last_time = row
+    return Position(epoch_ms(last_time), int(last_seq))  # type: ignore[arg-type, call-overload]
+
+
+async def first_seq_at(conn: Conn, project_id: str, time: datetime) -> int | None:
+    """The seq of the first event published at or after `time`, if any."""
+    cur = await conn.execute(Q["event_first_at"], {"project_id": project_id, "time": time})
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])  # type: ignore[call-overload]
+
+
+async def between(
+    conn: Conn, project_id: str, after: int, before: int, limit: int
+) -> list[StoredEvent]:
+    """Up to `limit` events with after < seq < before, in order."""
+    params = {"project_id": project_id, "after": after, "before": before, "limit": limit}
+    return await _events(conn, Q["event_range"], params)
+
+
+async def page(
+    conn: Conn,
+    project_id: str,
+    *,
+    topic: str | None,
+    prefix: str,
+    start: datetime | None,
+    end: datetime | None,
+    after: int,
+    limit: int,
+) -> list[StoredEvent]:
+    """A ListEvents page: one exact `topic`, or topics starting with `prefix` ('' for all)."""
+    params = {
+        "project_id": project_id,
+        "topic": topic,
+        "prefix": prefix,
+        "start_time": start or EARLIEST,
+        "end_time": end or LATEST,
+        "after": after,
+        "limit": limit,
+    }
+    query = Q["event_list"] if topic is None else Q["event_list_topic"]
+    return await _events(conn, query, params)
+
+
+async def _events(
+    conn: Conn, query: LiteralString, params: Mapping[str, object]
+) -> list[StoredEvent]:
+    async with conn.cursor(row_factory=class_row(StoredEvent)) as cur:
+        await cur.execute(query, params)
+        return await cur.fetchall()

@@ -1,0 +1,36 @@
+-- Events: the outbox of BatchPublishEvents and the full history behind each project's stream.
+--
+-- Each project numbers its events 1, 2, 3, ... without gaps (`seq`). Publishers take the next
+-- numbers by updating the project's row in event_heads, and that row lock is held until commit,
+-- so a project's events commit in `seq` order: a reader that has seen `seq` n never later finds
+-- a new event below n. The stream entry id of an event is `<publish_time in ms>-<seq>`.
+
+CREATE TABLE event_heads (
+    project_id text PRIMARY KEY,
+    last_seq   bigint NOT NULL,
+    last_time  timestamptz NOT NULL  -- never decreases, so entry ids grow even if the clock steps back
+);
+
+-- One row per project with events. A relayer locks it while it appends the project's events to
+-- Redis, so that one process at a time relays a project, in `seq` order. It is a table of its own
+-- because publishers hold event_heads rows locked, and relaying must not block publishing.
+CREATE TABLE event_relays (
+    project_id text PRIMARY KEY
+);
+
+CREATE TABLE events (
+    project_id   text NOT NULL,
+    seq          bigint NOT NULL,
+    id           uuid NOT NULL DEFAULT gen_random_uuid(),
+    topic        text NOT NULL,
+    payload      jsonb NOT NULL,
+    publish_time timestamptz NOT NULL,   -- millisecond precision, as in the stream entry id
+    relay_time   timestamptz,            -- when it was appended to the Redis stream; NULL: pending
+    PRIMARY KEY (project_id, seq)
+);
+-- The relay looks only at pending rows. A partial index stays tiny and selective however large
+-- the table grows (a plain index on relay_time was slow to update before statistics existed).
+CREATE INDEX events_unrelayed ON events (project_id, seq) WHERE relay_time IS NULL;
+-- ListEvents by exact topic, and the mapping of a time to a position (publish_time grows with seq).
+CREATE INDEX events_topic ON events (project_id, topic, seq);
+CREATE INDEX events_time ON events (project_id, publish_time, seq);

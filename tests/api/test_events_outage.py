@@ -1,0 +1,237 @@
+"""Events when a dependency goes away, and with several servers relaying from one database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.api.test_dependencies import Outage
+from tests.api.test_memory_upsert import details
+from tests.plugins.events import (
+    Subscription,
+    failed_xadds,
+    make_events,
+    own_server,
+    publish,
+    stream_key,
+    wait_for,
+)
+from tests.plugins.serve import Serve, serve_env
+from tests.plugins.server import Project
+from tests.plugins.services import Backends, drop_database
+from zerodb.v1 import event_pb2
+from zerodb.v1.event_pb2_grpc import EventServiceStub
+from zerodb_batch.embedded import EmbeddedValkey
+from zerodb_batch.storage.migrate import migrate
+from zerodb_batch.storage.queries import Q
+
+
+def in_stream(client: redis.Redis, project_id: str) -> list[str]:
+    return [f["event_id"] for _, f in client.xrange(stream_key(project_id))]
+
+
+def in_postgres(url: str, project_id: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id::text FROM events WHERE project_id = %s ORDER BY seq", (project_id,)
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def test_redis_down_publish_succeeds_and_every_event_arrives_once_when_it_is_back(
+    own_database: str, own_valkey: EmbeddedValkey
+) -> None:
+    redis_url = own_valkey.start()
+    with (
+        own_server(own_database, redis_url) as running,
+        grpc.insecure_channel(running.address) as channel,
+        redis.Redis.from_url(redis_url, decode_responses=True) as client,
+    ):
+        stub, project = EventServiceStub(channel), Project(*running.new_key())
+        before = publish(stub, project, make_events(2))
+        live = Subscription(stub, project, start_after_stream_id="0")
+        live.established()
+        live.events(2)
+
+        own_valkey.stop()
+        assert live.error().code() is grpc.StatusCode.UNAVAILABLE
+        during = [publish(stub, project, make_events(10, start=10 * k)) for k in range(3)]
+        assert [(r.published, r.pending_relay) for r in during] == [(10, 10)] * 3
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        unavailable(Subscription(stub, project).error())
+        with pytest.raises(grpc.RpcError) as caught:
+            ack = event_pb2.AckEventsRequest(
+                project_id=project.id, consumer_group="g", stream_ids=["1-1"]
+            )
+            stub.AckEvents(ack, metadata=project.auth)
+        unavailable(caught.value)
+
+        own_valkey.start()  # same socket, same data
+        expected = [*before.ids, *(i for r in during for i in r.ids)]
+        wait_for(lambda: len(in_stream(client, project.id)) >= 32, "the relay after the outage")
+        assert in_stream(client, project.id) == expected  # each once, in publish order
+        after = publish(stub, project, make_events(1))
+        assert after.pending_relay == 0
+        resumed = Subscription(stub, project, start_after_stream_id=live_position(client, project))
+        try:
+            resumed.established()
+            assert [e.id for e in resumed.events(31)] == [*expected[2:], *after.ids]
+        finally:
+            resumed.cancel()
+
+
+def unavailable(error: grpc.RpcError) -> None:
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert details(error)[0].reason == "DEPENDENCY_UNAVAILABLE"
+
+
+def live_position(client: redis.Redis, project: Project) -> str:
+    """The stream id of the project's second event: where the live subscriber had got to."""
+    return str(client.xrange(stream_key(project.id), count=2)[1][0])
+
+
+def test_postgres_down_publish_is_unavailable_and_nothing_reaches_redis(
+    backends: Backends, redis_client: redis.Redis
+) -> None:
+    down = Outage(backends)
+    try:
+        # A long auth cache, so that calls get past authentication to the events themselves.
+        with (
+            own_server(
+                down.url, backends.redis_url, auth_cache_seconds=60, pool_timeout=1
+            ) as running,
+            grpc.insecure_channel(running.address) as channel,
+        ):
+            stub, project = EventServiceStub(channel), Project(*running.new_key())
+            assert publish(stub, project, make_events(1)).published == 1
+            down.allow(False)
+            for call in (
+                lambda: publish(stub, project, make_events(5)),
+                lambda: stub.ListEvents(
+                    event_pb2.ListEventsRequest(project_id=project.id), metadata=project.auth
+                ),
+            ):
+                with pytest.raises(grpc.RpcError) as caught:
+                    call()
+                assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE"
+            assert redis_client.xlen(stream_key(project.id)) == 1
+            down.allow(True)
+    finally:
+        down.allow(True)
+        drop_database(backends.admin_url, down.url)
+
+
+def test_two_server_processes_relay_each_event_once(
+    own_database: str, backends: Backends, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = {
+        "ZERODB_DATABASE_URL": own_database,
+        "ZERODB_REDIS_URL": backends.redis_url,
+        "ZERODB_EVENT_RELAY_POLL_SECONDS": "0.1",
+    }
+    first = Serve(serve_env(tmp_path / "a", "127.0.0.1:0", **env))
+    servers = [first]
+    try:
+        addresses = [first.wait_for(r"serving on (\S+)")[1]]
+        project = Project(
+            first.wait_for(r"project_id: (\S+)")[1], first.wait_for(r"api_key: (\S+)")[1]
+        )
+        second = Serve(serve_env(tmp_path / "b", "127.0.0.1:0", **env))
+        servers.append(second)
+        addresses.append(second.wait_for(r"serving on (\S+)")[1])
+        refused = failed_xadds(redis_client)
+
+        publish_through_both(addresses, project)
+        leave_for_the_relay(own_database, project.id)  # as if publishers died after commit
+
+        wait_for(lambda: len(in_stream(redis_client, project.id)) >= 500, "both relays")
+        committed = in_postgres(own_database, project.id)
+        assert len(committed) == 500
+        assert in_stream(redis_client, project.id) == committed  # each once, in seq order
+        assert failed_xadds(redis_client) == refused  # no event was even sent twice
+    finally:
+        for serve in servers:
+            serve.stop()
+
+
+def publish_through_both(addresses: list[str], project: Project) -> None:
+    """Two publishers on each server, all to one project, at the same time."""
+
+    def publisher(address: str, k: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = EventServiceStub(channel)
+            for b in range(5):
+                reply = publish(stub, project, make_events(20, start=100 * k + 20 * b))
+                assert reply.pending_relay == 0
+
+    threads = [
+        threading.Thread(target=publisher, args=(address, 2 * n + j))
+        for n, address in enumerate(addresses)
+        for j in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+
+def leave_for_the_relay(database_url: str, project_id: str) -> None:
+    """Commit 100 events in 10 transactions without relaying them, then NOTIFY once."""
+    payloads = [json.dumps({"n": n}) for n in range(10)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for _ in range(10):
+            conn.execute(
+                Q["event_insert"],
+                {
+                    "project_id": project_id,
+                    "count": 10,
+                    "topics": ["left"] * 10,
+                    "payloads": payloads,
+                },
+            )
+        conn.execute(Q["event_notify"], {"project_id": project_id})
+
+
+def test_events_appended_before_a_crash_are_not_appended_again(
+    own_database: str, backends: Backends, redis_client: redis.Redis
+) -> None:
+    """A relayer died after XADD but before its mark committed: the next relay skips those."""
+    project_id = f"p-{uuid.uuid4()}"
+    asyncio.run(migrate_database(own_database))
+    leave_for_the_relay(own_database, project_id)
+    with psycopg.connect(own_database) as conn:
+        rows = conn.execute(
+            "SELECT id::text, topic, payload::text, publish_time, seq FROM events"
+            " WHERE project_id = %s ORDER BY seq LIMIT 40",
+            (project_id,),
+        ).fetchall()
+    for event_id, topic, payload, when, seq in rows:
+        ms = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)  # type: ignore[operator]
+        redis_client.xadd(
+            stream_key(project_id),
+            {"event_id": event_id, "topic": topic, "payload": payload, "published_at": "x"},
+            id=f"{ms}-{seq}",
+        )
+    refused = failed_xadds(redis_client)
+
+    with own_server(own_database, backends.redis_url):  # its relay loop finds the 100 pending
+        wait_for(lambda: len(in_stream(redis_client, project_id)) >= 100, "the relay")
+    assert in_stream(redis_client, project_id) == in_postgres(own_database, project_id)
+    assert failed_xadds(redis_client) - refused == 40  # the stream refused the second copies
+
+
+async def migrate_database(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await migrate(conn)
