@@ -3,7 +3,7 @@
 Each batch replaces 250 memories of the previous batch and inserts 250 new ones (the "half
 existing" upsert of DESIGN.md section 9). Rounds alternate between the two paths; medians print.
 
-    python bench/memory_upsert.py [--calls 40] [--rounds 5]
+    python -m bench.memory_upsert [--calls 40] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import json
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import psycopg
@@ -61,14 +62,23 @@ def to_request(
     return request
 
 
-def raw_params(project_id: str, batch: list[dict[str, object]]) -> dict[str, object]:
+def raw_params(project_id: str, batch: list[dict[str, Any]]) -> dict[str, object]:
+    """The statement's parameters built straight from plain records, as a psycopg user would."""
+    tag_values: list[str] = []
+    tag_from, tag_to = [], []
+    for r in batch:
+        tag_from.append(len(tag_values) + 1)
+        tag_values.extend(r["tags"])
+        tag_to.append(len(tag_values))
     return {
         "project_id": project_id,
         "ids": [r["id"] for r in batch],
         "contents": [r["content"] for r in batch],
         "memory_types": [r["memory_type"] for r in batch],
         "importances": [r["importance"] for r in batch],
-        "tags": [json.dumps(r["tags"]) for r in batch],
+        "tag_values": tag_values,
+        "tag_from": tag_from,
+        "tag_to": tag_to,
         "metadata": [json.dumps(r["metadata"]) for r in batch],
         "session_ids": [None] * len(batch),
         "agent_ids": [None] * len(batch),

@@ -119,23 +119,24 @@ def upsert_response(
     batch: ParsedBatch, written: dict[str, bool], total: int
 ) -> memory_pb2.BatchUpsertMemoriesResponse:
     """One result per record in request order, and the counters."""
-    items: list[common_pb2.ItemResult | None] = [None] * total
-    for index, violations in batch.failures.items():
-        items[index] = results.failed(index, "", violations)
-    inserted = 0
+    outcomes: list[tuple[str, common_pb2.Outcome.ValueType]] = [("", 0)] * total
     for index, memory_id in zip(batch.rows.index, batch.rows.ids, strict=True):
-        was_inserted = written[memory_id]
-        inserted += was_inserted
-        outcome = common_pb2.OUTCOME_INSERTED if was_inserted else common_pb2.OUTCOME_UPDATED
-        items[index] = results.ok(index, memory_id, outcome)
-    done = [item for item in items if item is not None]
-    return memory_pb2.BatchUpsertMemoriesResponse(
-        inserted=inserted,
-        updated=len(batch.rows) - inserted,
-        failed=len(batch.failures),
-        results=done,
-        ids=[item.id for item in done],
-    )
+        inserted = written[memory_id]
+        outcomes[index] = (memory_id, OUTCOME_INSERTED if inserted else OUTCOME_UPDATED)
+    response = memory_pb2.BatchUpsertMemoriesResponse(failed=len(batch.failures))
+    add = response.results.add  # building in place: no per-item message copies
+    for index, (memory_id, outcome) in enumerate(outcomes):
+        if index in batch.failures:
+            response.results.append(results.failed(index, "", batch.failures[index]))
+        else:
+            add(index=index, id=memory_id, outcome=outcome)
+    response.ids.extend(item for item, _ in outcomes)
+    response.inserted = sum(written.values())
+    response.updated = len(batch.rows) - response.inserted
+    return response
+
+
+OUTCOME_INSERTED, OUTCOME_UPDATED = common_pb2.OUTCOME_INSERTED, common_pb2.OUTCOME_UPDATED
 
 
 def update_response(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -43,7 +42,7 @@ async def upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> dict[str, 
         "contents": rows.contents,
         "memory_types": rows.memory_types,
         "importances": rows.importances,
-        "tags": [json.dumps(t) for t in rows.tags],
+        **_flat_tags(rows.tags),
         "metadata": rows.metadata,
         "session_ids": rows.session_ids,
         "agent_ids": rows.agent_ids,
@@ -51,6 +50,17 @@ async def upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> dict[str, 
     }
     cur = await conn.execute(Q["memory_upsert"], params)
     return {row[0]: row[1] for row in await cur.fetchall()}  # type: ignore[misc]
+
+
+def _flat_tags(tags: list[list[str]]) -> dict[str, list[Any]]:
+    """All records' tags in one array plus each record's slice: no per-record encoding."""
+    values: list[str] = []
+    starts, ends = [], []
+    for record_tags in tags:
+        starts.append(len(values) + 1)
+        values.extend(record_tags)
+        ends.append(len(values))
+    return {"tag_values": values, "tag_from": starts, "tag_to": ends}
 
 
 async def get(conn: Conn, project_id: str, ids: Sequence[str]) -> dict[str, MemoryRow]:

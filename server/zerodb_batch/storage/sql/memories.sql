@@ -1,16 +1,19 @@
 -- name: memory_upsert
--- One statement for the whole batch: binary arrays unnested into rows. `xmax = 0` is true for
--- a freshly inserted row and false for one the ON CONFLICT branch updated.
+-- One statement for the whole batch: binary arrays unnested into rows. Every record's tags sit in
+-- one flat array; tag_from/tag_to (1-based, inclusive; from > to means none) slice out its own.
+-- `xmax = 0` is true for a freshly inserted row and false for one ON CONFLICT updated.
 INSERT INTO memories AS m (
     project_id, id, content, memory_type, importance, tags, metadata,
     session_id, agent_id, entity_id)
 SELECT %(project_id)s, u.id, u.content, u.memory_type, u.importance,
-       ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.metadata,
+       COALESCE((%(tag_values)b::text[])[u.tag_from:u.tag_to], '{}'), u.metadata,
        u.session_id, u.agent_id, u.entity_id
 FROM unnest(%(ids)b::text[], %(contents)b::text[], %(memory_types)b::text[],
-            %(importances)b::float8[], %(tags)b::jsonb[], %(metadata)b::jsonb[],
-            %(session_ids)b::text[], %(agent_ids)b::text[], %(entity_ids)b::text[])
-     AS u(id, content, memory_type, importance, tags, metadata, session_id, agent_id, entity_id)
+            %(importances)b::float8[], %(tag_from)b::int4[], %(tag_to)b::int4[],
+            %(metadata)b::jsonb[], %(session_ids)b::text[], %(agent_ids)b::text[],
+            %(entity_ids)b::text[])
+     AS u(id, content, memory_type, importance, tag_from, tag_to, metadata,
+          session_id, agent_id, entity_id)
 ON CONFLICT (project_id, id) DO UPDATE SET
     content = EXCLUDED.content,
     memory_type = EXCLUDED.memory_type,
