@@ -119,7 +119,8 @@ def upsert_response(
     batch: ParsedBatch, written: dict[str, bool], total: int
 ) -> memory_pb2.BatchUpsertMemoriesResponse:
     """One result per record in request order, and the counters."""
-    outcomes: list[tuple[str, common_pb2.Outcome.ValueType]] = [("", 0)] * total
+    unset = common_pb2.OUTCOME_UNSPECIFIED
+    outcomes: list[tuple[str, common_pb2.Outcome.ValueType]] = [("", unset)] * total
     for index, memory_id in zip(batch.rows.index, batch.rows.ids, strict=True):
         inserted = written[memory_id]
         outcomes[index] = (memory_id, OUTCOME_INSERTED if inserted else OUTCOME_UPDATED)
