@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from google.protobuf import struct_pb2
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch.domain.memory import parse_records
-from zerodb_batch.domain.validate import struct_to_dict
+from zerodb_batch.domain.validate import metadata_json, struct_to_dict
 from zerodb_batch.errors import InvalidArgument
 
 
@@ -78,3 +79,24 @@ def test_atomic_batch_raises_with_every_violation() -> None:
 def test_struct_to_dict_matches_json_semantics() -> None:
     value = {"s": "x", "i": 3, "f": 0.5, "b": True, "n": None, "l": [1, {"k": "v"}], "o": {}}
     assert struct_to_dict(struct(value)) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"s": 'quote " back \\ nl \n tab \t bell \x07 é 漢 🙂', "empty": ""},
+        {"i": 3, "neg": -7, "big": 2**60, "f": 0.1, "e": 1e300, "tiny": 5e-324, "z": -0.0},
+        {"b": True, "f": False, "n": None, "l": [1, "a", [], {}, [None, {"k": [2.5]}]]},
+        {"nested": {"deeper": {"deepest": {"x": "y"}}}},
+        {},
+    ],
+)
+def test_metadata_json_is_what_json_dumps_writes(value: dict[str, object]) -> None:
+    s = struct(value)
+    expected = json.dumps(struct_to_dict(s), ensure_ascii=False, separators=(",", ":"))
+    assert metadata_json(s) == expected
+    assert json.loads(expected) == struct_to_dict(s)
+
+
+def test_metadata_json_refuses_non_finite_numbers() -> None:
+    assert metadata_json(struct({"x": [1, {"y": math.inf}]})) is None

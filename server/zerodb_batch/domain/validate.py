@@ -7,7 +7,8 @@ atomic batch reports all of them at once and a partial batch reports each item's
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -95,12 +96,36 @@ class Checker:
 
 
 def _dumps(value: struct_pb2.Struct) -> str:
-    if not value.fields:
-        return "{}"
-    return _ENCODER.encode(struct_to_dict(value))
+    """Compact JSON of a Struct, as json.dumps(ensure_ascii=False) would write it.
+
+    Written straight from the message: building a dict first and encoding it costs twice as
+    much, and this runs once per record of every write. Non-finite numbers raise ValueError.
+    """
+    return "{" + ",".join([_quote(k) + ":" + _json(v) for k, v in value.fields.items()]) + "}"
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def _json(v: struct_pb2.Value) -> str:
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return _quote(v.string_value)
+    if kind == "number_value":
+        return _number(v.number_value)
+    if kind == "bool_value":
+        return "true" if v.bool_value else "false"
+    if kind == "struct_value":
+        return _dumps(v.struct_value)
+    if kind == "list_value":
+        return "[" + ",".join([_json(x) for x in v.list_value.values]) + "]"
+    return "null"
+
+
+def _number(n: float) -> str:
+    if not math.isfinite(n):
+        raise ValueError("non-finite number")
+    return repr(int(n)) if n.is_integer() and abs(n) < 2**53 else repr(n)
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # C-accelerated in CPython
 _FAST_JSON = limits.MAX_METADATA_BYTES // 4
 
 
