@@ -189,9 +189,26 @@ def _add_load(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     memories.add_argument("--project", required=True, help="project id to load into")
     memories.add_argument("--target", default="localhost:50051", help="server address")
     memories.add_argument("--api-key", help="API key (default: $ZERODB_API_KEY)")
-    memories.add_argument("--load-id", help="name of the load (default: from file and chunking)")
-    memories.add_argument("--resume", action="store_true", help="continue an interrupted load")
-    memories.add_argument("--chunk-size", type=int, default=500, help="records per chunk")
+    memories.add_argument(
+        "--load-id",
+        help="name of the load (default: a hash of the file's content and the chunking). With "
+        "your own id, consistency is yours: resume it only with the same file and chunking",
+    )
+    memories.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted load (an error if the load has no committed chunk)",
+    )
+    memories.add_argument(
+        "--chunk-size", type=int, default=500, help="records per chunk, at most (default 500)"
+    )
+    memories.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=loader.DEFAULT_CHUNK_BYTES,
+        help=f"bytes of encoded records per chunk, at most (default {loader.DEFAULT_CHUNK_BYTES}; "
+        f"{loader.MIN_CHUNK_BYTES} to {loader.MAX_CHUNK_BYTES})",
+    )
     memories.set_defaults(run=_load_memories)
 
 

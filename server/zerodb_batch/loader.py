@@ -1,10 +1,13 @@
 """The bulk loader: a JSON-lines file of memories streamed through StreamUpsertMemories.
 
-The file is cut into chunks deterministically: only good lines count, `chunk_size` of them to a
-chunk, so chunk n holds the same records on every run. That is what makes a load resumable: after
-a broken stream (or with `--resume`, in a new process) the loader asks GetLoad for the next offset,
-skips that many chunks of the file and streams the rest; the server skips any chunk it already
-has. Bad lines are reported with their line numbers and left out; the rest load.
+The file is cut into chunks deterministically: only good lines count, and a chunk closes at
+`Chunking.records` records or before its encoded records would pass `Chunking.bytes`, so chunk n
+holds the same records on every run. That is what makes a load resumable: after a broken stream
+(or with `--resume`, in a new process) the loader asks GetLoad for the next offset, skips that
+many chunks of the file and streams the rest; the server skips any chunk it already has. The
+default load id is a hash of the file's bytes and the chunking, so an offset is only ever resumed
+against the very chunks it counted. Bad lines are reported with their line numbers and left out;
+the rest load.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from zerodb.v1 import load_pb2, load_pb2_grpc, memory_pb2, memory_pb2_grpc
 from zerodb_batch.config import ClientSettings
 from zerodb_batch.limits import MAX_STREAM_CHUNK_RECORDS as MAX_CHUNK_RECORDS
 
+DEFAULT_CHUNK_BYTES = 8 << 20
+# A chunk is one gRPC message, and servers take 64 MiB by default: the cap stays well below.
+# Every record the server accepts encodes to well under 1 MiB, so none is ever alone over it.
+MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 1 << 20, 48 << 20
+
 _TEXT_FIELDS = ("id", "content", "memory_type", "session_id", "agent_id", "entity_id")
 _KNOWN = {*_TEXT_FIELDS, "importance", "tags", "metadata"}
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
@@ -38,6 +46,17 @@ class LoaderError(Exception):
 
 class BadLine(ValueError):
     """A line that is not a memory record."""
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a file is cut into chunks; part of the default load id, since offsets depend on it."""
+
+    records: int = 500  # at most this many records to a chunk
+    bytes: int = DEFAULT_CHUNK_BYTES  # and at most this many bytes of encoded records
+
+
+DEFAULT_CHUNKING = Chunking()
 
 
 @dataclass(frozen=True)
@@ -61,10 +80,13 @@ class Outcome:
         return self.bad_lines == 0 and self.load.failed == 0
 
 
-def default_load_id(path: Path, chunk_size: int) -> str:
-    """The same file with the same chunking is the same load, so `--resume` needs no id."""
-    digest = hashlib.sha256(f"{path.resolve()}\0{chunk_size}".encode()).hexdigest()[:16]
-    return f"{path.stem[:80]}-{digest}"
+def default_load_id(path: Path, chunking: Chunking) -> str:
+    """The same bytes cut the same way are the same load, wherever the file lies or is called:
+    a moved file resumes, and a changed one is a new load rather than a resume of the old."""
+    with path.open("rb") as file:
+        content = hashlib.file_digest(file, "sha256")  # read in blocks: memory stays flat
+    content.update(f"\0{chunking.records}\0{chunking.bytes}".encode())
+    return f"memories-{content.hexdigest()[:32]}"
 
 
 def parse_line(text: str) -> memory_pb2.Memory:
@@ -100,26 +122,43 @@ def _typed(obj: dict[str, Any], name: str, kind: Any, expected: str) -> Any:
     return value
 
 
-def read_chunks(path: Path, chunk_size: int, on_bad: Callable[[int, str], None]) -> Iterator[Chunk]:
+def read_chunks(
+    path: Path, chunking: Chunking, on_bad: Callable[[int, str], None]
+) -> Iterator[Chunk]:
     """The file's chunks, in order; bad lines go to `on_bad` and never into a chunk."""
     records: list[memory_pb2.Memory] = []
     lines: array[int] = array("I")
-    offset = number = 0
+    offset = number = size = 0
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
             if not raw.strip():
                 continue
             try:
-                records.append(parse_line(_decode(raw)))
+                record = parse_line(_decode(raw))
+                encoded = _encoded_size(record, chunking)
             except BadLine as e:
                 on_bad(number, str(e))
                 continue
+            if records and size + encoded > chunking.bytes:
+                yield Chunk(offset, records, lines, number - 1)
+                records, lines, offset, size = [], array("I"), offset + 1, 0
+            records.append(record)
             lines.append(number)
-            if len(records) == chunk_size:
+            size += encoded
+            if len(records) == chunking.records:
                 yield Chunk(offset, records, lines, number)
-                records, lines, offset = [], array("I"), offset + 1
+                records, lines, offset, size = [], array("I"), offset + 1, 0
     if records:
         yield Chunk(offset, records, lines, number)
+
+
+def _encoded_size(record: memory_pb2.Memory, chunking: Chunking) -> int:
+    """The record's bytes in a chunk message (field tag and length included)."""
+    size = record.ByteSize()
+    framed = 1 + (max(size.bit_length(), 1) + 6) // 7 + size  # tag, varint length, record
+    if framed > chunking.bytes:
+        raise BadLine(f"{framed} bytes encoded, more than a whole chunk ({chunking.bytes} bytes)")
+    return framed
 
 
 def _decode(raw: bytes) -> str:
@@ -143,7 +182,7 @@ class Loader:
         project_id: str,
         api_key: str,
         load_id: str,
-        chunk_size: int = 500,
+        chunking: Chunking = DEFAULT_CHUNKING,
         *,
         retries: int = 5,
         backoff: float = 1.0,
@@ -152,7 +191,7 @@ class Loader:
     ) -> None:
         self._memories = memory_pb2_grpc.MemoryServiceStub(channel)
         self._loads = load_pb2_grpc.LoadServiceStub(channel)
-        self._project_id, self._load_id, self._chunk_size = project_id, load_id, chunk_size
+        self._project_id, self._load_id, self._chunking = project_id, load_id, chunking
         self._auth = (("x-api-key", api_key),)
         self._retries, self._backoff, self._sleep = retries, backoff, sleep
         self._progress = progress
@@ -160,9 +199,9 @@ class Loader:
         self._lines: dict[int, array[int]] = {}  # chunk offset -> record lines, this stream
 
     def run(self, path: Path, *, resume: bool) -> Outcome:
-        if next(read_chunks(path, self._chunk_size, self._report_bad), None) is None:
+        if next(read_chunks(path, self._chunking, self._report_bad), None) is None:
             raise LoaderError(f"{path} holds no valid record; nothing to load")
-        start = self.committed_offset() if resume else self._fresh()
+        start = self._resumed() if resume else self._fresh()
         with tqdm(
             total=count_lines(path),
             unit=" rec",
@@ -183,6 +222,16 @@ class Loader:
             if e.code() is grpc.StatusCode.NOT_FOUND:
                 return 0
             raise
+
+    def _resumed(self) -> int:
+        """--resume continues a load; with none to continue, saying so beats loading afresh."""
+        if committed := self.committed_offset():
+            return committed
+        raise LoaderError(
+            f"load {self._load_id!r} has no committed chunk: nothing to resume. The default load "
+            "id follows the file's content and chunking, so a changed file (or another "
+            "--chunk-size or --chunk-bytes) is a new load; run without --resume to start it"
+        )
 
     def _fresh(self) -> int:
         """A new load must not silently continue an old one: that is what --resume is for."""
@@ -230,7 +279,7 @@ class Loader:
         bar.reset()
         last: Chunk | None = None
         sent = False
-        for chunk in read_chunks(path, self._chunk_size, self._report_bad):
+        for chunk in read_chunks(path, self._chunking, self._report_bad):
             bar.update(chunk.last_line - bar.n)
             if chunk.offset < start:
                 last = chunk
@@ -280,7 +329,8 @@ def run_cli(args: Any, settings: ClientSettings) -> int:
     if problem:
         print(f"zerodb-batch: {problem}", file=sys.stderr)
         return 2
-    load_id = args.load_id or default_load_id(args.file, args.chunk_size)
+    chunking = Chunking(args.chunk_size, args.chunk_bytes)
+    load_id = args.load_id or default_load_id(args.file, chunking)
     print(f"load {load_id}: {args.file} -> {args.target}", file=sys.stderr)
     with grpc.insecure_channel(args.target) as channel:
         loader = Loader(
@@ -288,7 +338,7 @@ def run_cli(args: Any, settings: ClientSettings) -> int:
             args.project,
             args.api_key or settings.api_key or "",
             load_id,
-            args.chunk_size,
+            chunking,
             progress=sys.stderr.isatty(),
         )
         try:
@@ -308,6 +358,8 @@ def _check_args(args: Any, settings: ClientSettings) -> str | None:
         return "no API key: pass --api-key or set ZERODB_API_KEY"
     if not 1 <= args.chunk_size <= MAX_CHUNK_RECORDS:
         return f"--chunk-size must be from 1 to {MAX_CHUNK_RECORDS}"
+    if not MIN_CHUNK_BYTES <= args.chunk_bytes <= MAX_CHUNK_BYTES:
+        return f"--chunk-bytes must be from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES}"
     if not args.file.is_file():
         return f"no such file: {args.file}"
     return None

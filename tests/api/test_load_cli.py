@@ -18,7 +18,7 @@ from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 from zerodb_batch import cli
-from zerodb_batch.loader import default_load_id, read_chunks
+from zerodb_batch.loader import Chunking, default_load_id, read_chunks
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -81,7 +81,7 @@ def test_resume_continues_an_interrupted_load(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = facts(tmp_path / "facts.jsonl", 11)
-    load_id = default_load_id(path, 4)
+    load_id = default_load_id(path, Chunking(4))
     _interrupted_run(memories, LoadServiceStub(channel), project, path, load_id)
     assert len(contents(db, project)) == 8
 
@@ -107,13 +107,75 @@ def test_resume_continues_an_interrupted_load(
     assert contents(db, project) == sorted(f"fact {i}" for i in range(11))
 
 
+def test_resume_follows_the_content_not_the_path(
+    server: ServerThread,
+    project: Project,
+    db: Db,
+    tmp_path: Path,
+    memories: MemoryServiceStub,
+    channel: grpc.Channel,
+) -> None:
+    path = facts(tmp_path / "facts.jsonl", 11)
+    load_id = default_load_id(path, Chunking(4))
+    _interrupted_run(memories, LoadServiceStub(channel), project, path, load_id)
+    moved = tmp_path / "archive" / "renamed.jsonl"
+    moved.parent.mkdir()
+    path.rename(moved)
+    fresh = load(server, project, moved, "--chunk-size", "4")
+    assert fresh.returncode == 2 and "--resume" in fresh.stderr  # the same load: not anew
+    resumed = load(server, project, moved, "--chunk-size", "4", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"load {load_id}: done" in resumed.stdout
+    assert contents(db, project) == sorted(f"fact {i}" for i in range(11))  # each once
+
+
+def test_resume_of_a_regenerated_file_is_refused(
+    server: ServerThread, project: Project, db: Db, tmp_path: Path
+) -> None:
+    path = facts(tmp_path / "facts.jsonl", 8)
+    assert load(server, project, path, "--chunk-size", "4").returncode == 0
+    path.write_text("".join(json.dumps({"content": f"new {i}"}) + "\n" for i in range(10)))
+    resumed = load(server, project, path, "--chunk-size", "4", "--resume")
+    assert resumed.returncode == 2
+    assert "nothing to resume" in resumed.stderr
+    assert len(contents(db, project)) == 8  # nothing of the new file was skipped or loaded
+    fresh = load(server, project, path, "--chunk-size", "4")
+    assert fresh.returncode == 0, fresh.stderr
+    assert len(contents(db, project)) == 18
+
+
+def test_a_file_of_large_records_loads_in_byte_capped_chunks(
+    server: ServerThread, project: Project, db: Db, tmp_path: Path
+) -> None:
+    """500 valid records of ~138 KiB: one 500-record chunk would pass the 64 MiB a server
+    takes in one message (RESOURCE_EXHAUSTED on every try); 8 MiB chunks load."""
+    record = {
+        "content": "c" * 65_000,
+        "metadata": {"blob": "m" * 65_000},
+        "tags": [f"{t:03d}" + "t" * 125 for t in range(64)],
+    }
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as file:
+        for i in range(500):
+            file.write(json.dumps({**record, "id": f"big-{i}"}) + "\n")
+    done = load(server, project, path)
+    assert done.returncode == 0, done.stderr
+    assert "500 inserted" in done.stdout
+    committed = int(done.stdout.split("chunks: ")[1].split()[0])
+    assert committed == 9  # 8 MiB of ~138 KiB records: 60 to a chunk
+    row = db.execute(
+        "SELECT count(*) FROM memories WHERE project_id = %s", (project.id,)
+    ).fetchone()
+    assert row == (500,)
+
+
 def _interrupted_run(
     memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, path: Path, load_id: str
 ) -> None:
     """What a loader killed after its second chunk leaves: chunks 0 and 1 committed."""
     feed = Feed()
     call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
-    for chunk in list(read_chunks(path, 4, lambda *_: None))[:2]:
+    for chunk in list(read_chunks(path, Chunking(4), lambda *_: None))[:2]:
         feed.send(
             memory_pb2.StreamUpsertMemoriesRequest(
                 project_id=project.id, load_id=load_id, offset=chunk.offset, records=chunk.records

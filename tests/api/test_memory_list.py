@@ -14,6 +14,7 @@ from tests.api.test_memory_upsert import details, upsert
 from tests.plugins.server import Project
 from zerodb.v1 import memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
+from zerodb_batch.domain import page_token
 
 
 def page(
@@ -162,6 +163,28 @@ def test_invalid_page_token(memories: MemoryServiceStub, project: Project, token
     info, bad = details(caught.value)
     assert info.reason == "INVALID_PAGE_TOKEN"
     assert bad.field_violations[0].field == "page_token"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"t": 0, "id": "a\x00b"},  # PostgreSQL text cannot hold NUL
+        {"t": 0, "id": "\ud800"},  # nor a lone surrogate (not UTF-8)
+        {"t": 0, "id": "i" * 129},
+        {"t": True, "id": "m"},
+    ],
+)
+def test_forged_page_token_of_this_query_refused_not_internal(
+    memories: MemoryServiceStub, project: Project, body: dict[str, object]
+) -> None:
+    """Tokens are not signed: one forged with the right fingerprint must still be checked."""
+    query = memory_pb2.ListMemoriesRequest(project_id=project.id)
+    forged = {**body, "q": page_token.query_fingerprint(query, "page_size", "page_token")}
+    token = base64.urlsafe_b64encode(json.dumps(forged).encode()).decode()
+    with pytest.raises(grpc.RpcError) as caught:
+        page(memories, project, page_token=token)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert details(caught.value)[0].reason == "INVALID_PAGE_TOKEN"
 
 
 def test_page_token_of_other_filters_refused(memories: MemoryServiceStub, project: Project) -> None:

@@ -361,3 +361,29 @@ def test_two_streams_of_one_load_never_write_a_chunk_twice(
     assert (reply.chunks_committed, reply.chunks_skipped) == (0, 1)  # rolled back, then skipped
     assert reply.load.chunks_committed == 2
     assert len(contents(db, project)) == 8
+
+
+def test_a_stream_closing_behind_another_leaves_the_load_running(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, db: Db
+) -> None:
+    feed = Feed()
+    ahead = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+    for offset in range(3):
+        feed.send(chunk(project, offset))
+    wait_until(lambda: _last_offset(loads, project) == 2, "the open stream to commit chunk 2")
+
+    # A second stream resends chunk 1 and closes while the first is open and ahead of it.
+    behind = stream(memories, project, [chunk(project, 1)])
+    assert (behind.chunks_skipped, behind.load.state) == (1, load_pb2.LOAD_STATE_RUNNING)
+    assert get_load(loads, project).state == load_pb2.LOAD_STATE_RUNNING
+
+    feed.send(chunk(project, 3))
+    feed.close()
+    done = ahead.result(timeout=30)
+    assert (done.load.last_offset, done.load.state) == (3, load_pb2.LOAD_STATE_DONE)
+    # A stale stream closing later leaves a done load done; one resending the last chunk too.
+    for offset in (0, 3):
+        again = stream(memories, project, [chunk(project, offset)])
+        assert again.load.state == load_pb2.LOAD_STATE_DONE
+    assert get_load(loads, project).chunks_skipped == 3
+    assert len(contents(db, project)) == 16

@@ -124,6 +124,40 @@ def test_metadata_round_trips(memories: MemoryServiceStub, project: Project) -> 
     assert got.metadata == meta
 
 
+def test_backslash_u0000_text_in_metadata_is_stored(
+    memories: MemoryServiceStub, project: Project
+) -> None:
+    """A backslash followed by `u0000` is text, not NUL: PostgreSQL's jsonb takes it too."""
+    small, large = struct_pb2.Struct(), struct_pb2.Struct()
+    small.update({"path": "C:\\u0000x"})
+    large.update({"C:\\u0000": "\\\\u0000", "pad": "y" * 20_000})  # the Checker's path
+    records = [memory_pb2.Memory(content="x", metadata=m) for m in (small, large)]
+    reply = upsert(memories, project, records)
+    got = memories.BatchGetMemories(
+        memory_pb2.BatchGetMemoriesRequest(project_id=project.id, ids=reply.ids),
+        metadata=project.auth,
+    ).memories
+    assert [m.metadata for m in got] == [small, large]
+
+
+def test_batch_get_refuses_bad_ids_not_internal(
+    memories: MemoryServiceStub, project: Project
+) -> None:
+    ids = ["ok", "a\x00b", "i" * 129, ""]
+    with pytest.raises(grpc.RpcError) as caught:
+        memories.BatchGetMemories(
+            memory_pb2.BatchGetMemoriesRequest(project_id=project.id, ids=ids),
+            metadata=project.auth,
+        )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    violations = details(caught.value)[1].field_violations
+    assert [(v.field, v.reason) for v in violations] == [
+        ("ids[1]", "INVALID_CHARACTER"),
+        ("ids[2]", "TOO_LONG"),
+        ("ids[3]", "REQUIRED"),
+    ]
+
+
 def test_500_accepted_501_refused(
     memories: MemoryServiceStub, project: Project, db: psycopg.Connection[tuple[object, ...]]
 ) -> None:

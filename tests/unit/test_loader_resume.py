@@ -18,7 +18,7 @@ import pytest
 
 from zerodb.v1 import common_pb2, load_pb2, memory_pb2
 from zerodb_batch.errors import InvalidArgument, Violation
-from zerodb_batch.loader import Loader, LoaderError, Outcome
+from zerodb_batch.loader import Chunking, Loader, LoaderError, Outcome
 
 MEMORY = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"]
 LOADS = load_pb2.DESCRIPTOR.services_by_name["LoadService"]
@@ -38,7 +38,7 @@ class Run:
             "p1",
             "zdb_key",
             "load-x",
-            chunk_size=2,
+            Chunking(2),
             retries=retries,
             sleep=self.sleeps.append,
             progress=False,
@@ -154,6 +154,14 @@ def test_resume_of_a_finished_load_resends_its_last_chunk_to_close_it(tmp_path: 
     rpc.requests_closed()
     rpc.terminate(done(1), (), OK, "")
     assert run.outcome().load.state == load_pb2.LOAD_STATE_DONE
+
+
+def test_resume_with_nothing_committed_is_an_error_not_a_fresh_load(tmp_path: Path) -> None:
+    """A regenerated file has another default load id: resuming it would load it afresh."""
+    run = Run(jsonl(tmp_path, 4), resume=True)
+    run.get_load(None)
+    with pytest.raises(LoaderError, match="nothing to resume"):
+        run.outcome()
 
 
 def test_a_new_load_refuses_to_continue_an_old_one(tmp_path: Path) -> None:

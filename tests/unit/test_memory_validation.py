@@ -100,3 +100,33 @@ def test_metadata_json_is_what_json_dumps_writes(value: dict[str, object]) -> No
 
 def test_metadata_json_refuses_non_finite_numbers() -> None:
     assert metadata_json(struct({"x": [1, {"y": math.inf}]})) is None
+
+
+PAD = "y" * 20_000  # past the fast path: the record goes through the Checker
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"path": "C:\\u0000x"}, {"C:\\u0000": 1}, {"l": ["\\\\\\u0000", "a\\\\u0000"]}],
+)
+def test_a_backslash_before_u0000_is_no_nul(value: dict[str, object]) -> None:
+    """`\\u0000` written as text (a backslash escaped as `\\\\`) is valid metadata."""
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert metadata_json(struct(value)) == expected
+    for record in (struct(value), struct({**value, "pad": PAD})):
+        batch = parse(memory_pb2.Memory(metadata=record))
+        assert batch.failures == {}
+        assert json.loads(batch.rows.metadata[0]) == struct_to_dict(record)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"k": "a\x00"}, {"\x00": 1}, {"k": "\\\x00"}, {"k": ["\\\\\x00"]}, {"k": {"n": "\x00\\"}}],
+)
+def test_a_real_nul_is_refused_on_both_paths(value: dict[str, object]) -> None:
+    assert metadata_json(struct(value)) is None
+    for record in (struct(value), struct({**value, "pad": PAD})):
+        failures = parse(memory_pb2.Memory(metadata=record)).failures[0]
+        assert [(v.field, v.reason) for v in failures] == [
+            ("records[0].metadata", "INVALID_CHARACTER")
+        ]

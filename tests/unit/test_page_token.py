@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -39,3 +41,35 @@ def test_token_of_another_query_refused() -> None:
     with pytest.raises(InvalidArgument) as caught:
         page_token.decode(token, "q2")
     assert caught.value.reason == "PAGE_TOKEN_MISMATCH"
+
+
+def forge(body: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        forge({"t": 0, "id": "a\x00", "q": "q1"}),
+        forge({"t": 0, "id": "\udc00", "q": "q1"}),
+        forge({"t": 0, "id": "", "q": "q1"}),
+        forge({"t": 0, "id": "i" * 129, "q": "q1"}),
+        forge({"t": False, "id": "m", "q": "q1"}),
+        forge({"t": 1.5, "id": "m", "q": "q1"}),
+        forge({"t": 10**20, "id": "m", "q": "q1"}),  # past year 9999
+        forge({"t": 0, "id": "m", "q": None}),
+        base64.urlsafe_b64encode(b"[" * 3000).decode(),  # deep enough for RecursionError
+        "A" * 5000,
+    ],
+)
+def test_forged_fields_refused(token: str) -> None:
+    """A token is not signed: what it decodes to is checked before it can reach a query."""
+    with pytest.raises(InvalidArgument) as caught:
+        page_token.decode(token, "q1")
+    assert caught.value.reason == "INVALID_PAGE_TOKEN"
+
+
+def test_longest_real_token_accepted() -> None:
+    when = datetime(9999, 12, 31, tzinfo=UTC)
+    token = page_token.encode((when, "\U0001f642" * 128), "0123456789abcdef")
+    assert page_token.decode(token, "0123456789abcdef") == (when, "\U0001f642" * 128)

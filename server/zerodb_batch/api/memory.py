@@ -56,6 +56,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.BatchGetMemoriesRequest, context: Ctx
     ) -> memory_pb2.BatchGetMemoriesResponse:
         check_batch_size("ids", len(request.ids), limits.MAX_MEMORY_GET)
+        check_ids("ids", request.ids)
         async with connection(self._pool) as conn:
             found = await memories.get(conn, request.project_id, request.ids)
         return memory_pb2.BatchGetMemoriesResponse(

@@ -53,6 +53,7 @@ class MemoryLoad:
         self._load_id = ""
         self._progress: loads.LoadProgress | None = None  # as last read or written
         self._opened = False
+        self._through = -1  # the highest offset this stream sent (committed or skipped)
         self._all_new = True  # no chunk of this stream has met an existing id yet
         self._committed = 0
         self._skipped = 0
@@ -125,6 +126,7 @@ class MemoryLoad:
             self._progress = await self._read()
             self._opened = True
         offset = prepared.chunk.offset
+        self._through = max(self._through, offset)
         while not self._is_duplicate(offset):
             batch = prepared.batch if prepared.batch is not None else self._parse(prepared.chunk)
             if await self._write(offset, batch):
@@ -199,7 +201,8 @@ class MemoryLoad:
             )
 
     async def _finish(self) -> memory_pb2.StreamUpsertMemoriesResponse:
-        """Mark the load done. This commit is synchronous, so it also makes every earlier
+        """Mark the load done if this stream reached its last chunk (another stream of the load
+        may be ahead). This commit is synchronous, so it also makes every earlier
         (asynchronously committed) chunk durable before the client hears the answer."""
         if not self._opened:
             raise InvalidArgument(
@@ -208,7 +211,7 @@ class MemoryLoad:
             )
         async with connection(self._pool) as conn:
             progress = await loads.finish(
-                conn, self._project_id, self._load_id, self._unrecorded_skips
+                conn, self._project_id, self._load_id, self._through, self._unrecorded_skips
             )
         if progress is None:
             raise NotFound(f"load {self._load_id!r} has no progress row", reason="LOAD_NOT_FOUND")

@@ -3,6 +3,9 @@
 A token is url-safe base64 of a small JSON object. It carries the position exactly (microseconds,
 as PostgreSQL stores them) and a fingerprint of the query's filters, so a token replayed with other
 filters is refused instead of silently paging through a different result (AIP-158).
+
+Tokens are not signed, so a decoded one is checked like any other input before its id reaches
+a query: a forged token is INVALID_ARGUMENT, never a database error.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import Message
 
+from zerodb_batch import limits
 from zerodb_batch.errors import InvalidArgument, Violation
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# The tokens we issue stay under 2,200 characters (a 128-character id, JSON-escaped, in base64);
+# the cap bounds what decoding a forged one can cost.
+_MAX_TOKEN_CHARS = 4096
 
 Position = tuple[datetime, str]  # (create_time, id) of the last row of a page
 
@@ -42,12 +49,13 @@ def encode(position: Position, fingerprint: str) -> str:
 def decode(token: str, fingerprint: str) -> Position:
     """The position in `token`; INVALID_ARGUMENT if it is not ours or belongs to another query."""
     try:
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise ValueError("too long")
         body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         micros, row_id, query = body["t"], body["id"], body["q"]
-        if not (isinstance(micros, int) and isinstance(row_id, str) and isinstance(query, str)):
-            raise TypeError("wrong field types")
+        _check_fields(micros, row_id, query)
         when = _EPOCH + micros * _MICROSECOND
-    except (binascii.Error, ValueError, TypeError, KeyError, OverflowError) as e:
+    except (binascii.Error, ValueError, TypeError, KeyError, OverflowError, RecursionError) as e:
         raise _invalid("is not a page token issued by this API", "INVALID_PAGE_TOKEN") from e
     if query != fingerprint:
         raise _invalid(
@@ -56,6 +64,15 @@ def decode(token: str, fingerprint: str) -> Position:
             "PAGE_TOKEN_MISMATCH",
         )
     return when, row_id
+
+
+def _check_fields(micros: object, row_id: object, query: object) -> None:
+    """Raise unless the fields are what `encode` writes (the id as a stored memory id can be)."""
+    if type(micros) is not int or not isinstance(row_id, str) or not isinstance(query, str):
+        raise TypeError("wrong field types")  # `type() is` also refuses true/false as a time
+    if not 0 < len(row_id) <= limits.MAX_ID_CHARS or "\x00" in row_id:
+        raise ValueError("not a memory id")
+    row_id.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate such as \ud800
 
 
 def _invalid(description: str, reason: str) -> InvalidArgument:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,7 +87,7 @@ class Checker:
             return "{}"
         if len(text) * 4 > max_bytes and len(text.encode()) > max_bytes:
             self.add(field, f"at most {max_bytes} bytes as JSON", "TOO_LONG")
-        elif "\\u0000" in text:
+        elif has_nul(text):
             self.add(field, "must not contain NUL characters", "INVALID_CHARACTER")
         return text
 
@@ -135,7 +136,20 @@ def metadata_json(value: struct_pb2.Struct) -> str | None:
         text = _dumps(value)
     except ValueError:
         return None
-    return text if len(text) <= _FAST_JSON and "\\u0000" not in text else None
+    if len(text) > _FAST_JSON or ("\\u0000" in text and has_nul(text)):
+        return None  # inline substring test first: this runs once per record of every write
+    return text
+
+
+# A NUL in JSON text is the escape `\u0000` after an even number of backslashes (each pair is an
+# escaped backslash). After an odd number its backslash closes a pair, and `u0000` is plain text:
+# {"path": "C:\\u0000x"} holds no NUL.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def has_nul(text: str) -> bool:
+    """Whether JSON text written by `_dumps` holds a NUL in a key or string value."""
+    return "\\u0000" in text and _NUL_ESCAPE.search(text) is not None
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:

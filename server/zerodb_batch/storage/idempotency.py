@@ -2,6 +2,7 @@
 
 The claim row is inserted in the same transaction as the write it guards, so either both commit
 or neither does, and a concurrent duplicate waits on the row lock until the first one finishes.
+Claiming and reading the stored response is one statement, so no expiry sweep can slip between.
 """
 
 from __future__ import annotations
@@ -46,13 +47,12 @@ class Idempotency:
         cur = await self._conn.execute(
             Q["idempotency_claim"], {**self._key, "request_hash": digest}
         )
-        if await cur.fetchone() is not None:
-            return None  # first time: the caller writes, then calls record()
-        cur = await self._conn.execute(Q["idempotency_lookup"], self._key)
         row = await cur.fetchone()
-        assert row is not None  # the conflicting row is committed and visible now
-        stored_hash, stored = bytes(row[0]), row[1]  # type: ignore[call-overload]
-        if stored_hash != digest:
+        assert row is not None  # INSERT ... ON CONFLICT DO UPDATE returns its row either way
+        claimed, stored_hash, stored = row
+        if claimed:
+            return None  # first time: the caller writes, then calls record()
+        if bytes(stored_hash) != digest:  # type: ignore[call-overload]
             raise RequestIdReused(str(self._key["request_id"]))
         return response_type.FromString(bytes(stored))  # type: ignore[call-overload]
 

@@ -70,9 +70,12 @@ async def advance(
     return LoadProgress(*row) if row else None  # type: ignore[arg-type]
 
 
-async def finish(conn: Conn, project_id: str, load_id: str, skipped: int) -> LoadProgress | None:
-    """Mark the load done after a clean close, adding the duplicates not yet counted."""
-    params = {"project_id": project_id, "load_id": load_id, "skipped": skipped}
+async def finish(
+    conn: Conn, project_id: str, load_id: str, through: int, skipped: int
+) -> LoadProgress | None:
+    """After a clean close that reached offset `through`: the load is done if that is its last
+    chunk. Adds the duplicates not yet counted either way."""
+    params = {"project_id": project_id, "load_id": load_id, "through": through, "skipped": skipped}
     cur = await conn.execute(Q["load_finish"], params)
     row = await cur.fetchone()
     return LoadProgress(*row) if row else None  # type: ignore[arg-type]

@@ -34,9 +34,12 @@ RETURNING load_id, kind, done, last_offset, chunks_committed, chunks_skipped,
           inserted, updated, failed, create_time, update_time;
 
 -- name: load_finish
--- A stream closed cleanly: the load is done (until another stream continues it).
+-- A stream closed cleanly. The load is done if the last chunk this stream sent (committed, or
+-- skipped as already in) is the load's last: a stream that closes behind another stream of the
+-- same load leaves the state as it is, for the stream ahead to settle when it closes. Any later
+-- commit (load_advance) makes the load running again.
 UPDATE loads SET
-    done = true,
+    done = done OR last_offset = %(through)s,
     chunks_skipped = chunks_skipped + %(skipped)s,
     update_time = now()
 WHERE project_id = %(project_id)s AND load_id = %(load_id)s
