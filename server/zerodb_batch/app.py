@@ -67,18 +67,37 @@ class App:
     port: int = 0
     bootstrap_key: tuple[str, str] | None = None  # (project_id, key) made on first start
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    streams: Streams | None = None
+    streams: tuple[Streams, ...] = ()
+    events: EventServicer | None = None
+    stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: stop taking calls, let running ones finish for `grace` seconds, then close."""
+        """Drain: stop taking calls, let running ones finish for `grace` seconds, then close.
+
+        Subscriptions never finish on their own: they end first, UNAVAILABLE, so that clients
+        resubscribe elsewhere and the drain waits only for unary calls."""
+        if self.stopped:
+            return
+        self.stopped = True
         await self.health.enter_graceful_shutdown()
+        if self.events is not None:
+            await self.events.shut_down()
         await self.server.stop(self.settings.drain_seconds if grace is None else grace)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.streams is not None:
-            await self.streams.close()
+        await _cancel(self.tasks)
+        for streams in self.streams:
+            await streams.close()
         await self.pool.close()
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the background tasks, again while any is left: a cancel that lands as a wait
+    inside psycopg's `notifies()` times out can be swallowed (asyncio.wait_for on 3.11)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def start(settings: Settings) -> App:
@@ -89,18 +108,27 @@ async def start(settings: Settings) -> App:
         raise StartupError("no Redis URL: start the embedded Valkey first")
     pool = await _open(settings)
     # No connection yet: a Redis that is down only delays events (the outbox keeps them).
-    streams = Streams.open(settings.redis_url, settings.event_stream_maxlen)
-    relay = Relay(pool, streams, settings.database_url, settings.event_relay_poll_seconds)
+    # Publishers and the relay have connections of their own: a crowd of subscriptions holding
+    # blocking reads must not make publishers wait for one.
+    maxlen = settings.event_stream_maxlen
+    streams = Streams.open(settings.redis_url, maxlen, settings.max_subscriptions + 16)
+    relay_streams = Streams.open(settings.redis_url, maxlen, settings.event_relay_redis_connections)
+    relay = Relay(
+        pool, relay_streams, settings.database_url, settings.event_relay_poll_seconds, maxlen
+    )
+    events = EventServicer(pool, streams, relay, settings.max_subscriptions)
     try:
         bootstrap = await _prepare(pool)
-        server, health = await _build(settings, pool, EventServicer(pool, streams, relay))
+        server, health = await _build(settings, pool, events)
         port = _bind(server, settings.listen)
         await server.start()
     except BaseException:
         await streams.close()
+        await relay_streams.close()
         await pool.close()
         raise
-    app = App(settings, pool, server, health, port, bootstrap, streams=streams)
+    app = App(settings, pool, server, health, port, bootstrap, streams=(streams, relay_streams))
+    app.events = events
     app.tasks.append(asyncio.create_task(_expire_requests(pool, settings.idempotency_ttl_hours)))
     app.tasks.append(asyncio.create_task(relay.run()))
     return app

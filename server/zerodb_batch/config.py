@@ -26,6 +26,8 @@ class Settings:
     log_level: str = "INFO"
     event_stream_maxlen: int = 100_000  # entries kept per project stream (approximately)
     event_relay_poll_seconds: float = 1.0  # how often the relay looks for events left behind
+    max_subscriptions: int = 1000  # open SubscribeEvents calls per server; more: RESOURCE_EXHAUSTED
+    event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -49,6 +51,10 @@ class Settings:
             event_stream_maxlen=int(e.get("ZERODB_EVENT_STREAM_MAXLEN", d.event_stream_maxlen)),
             event_relay_poll_seconds=float(
                 e.get("ZERODB_EVENT_RELAY_POLL_SECONDS", d.event_relay_poll_seconds)
+            ),
+            max_subscriptions=int(e.get("ZERODB_MAX_SUBSCRIPTIONS", d.max_subscriptions)),
+            event_relay_redis_connections=int(
+                e.get("ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", d.event_relay_redis_connections)
             ),
         )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -134,11 +134,14 @@ def test_postgres_down_publish_is_unavailable_and_nothing_reaches_redis(
 
 
 def test_two_server_processes_relay_each_event_once(
-    own_database: str, backends: Backends, redis_client: redis.Redis, tmp_path: Path
+    own_database: str, own_valkey: EmbeddedValkey, tmp_path: Path
 ) -> None:
+    # A Valkey of the test's own: its refused-XADD counter counts these servers' XADDs only.
+    redis_url = own_valkey.start()
+    redis_client = redis.Redis.from_url(redis_url, decode_responses=True)
     env = {
         "ZERODB_DATABASE_URL": own_database,
-        "ZERODB_REDIS_URL": backends.redis_url,
+        "ZERODB_REDIS_URL": redis_url,
         "ZERODB_EVENT_RELAY_POLL_SECONDS": "0.1",
     }
     first = Serve(serve_env(tmp_path / "a", "127.0.0.1:0", **env))
@@ -164,27 +167,28 @@ def test_two_server_processes_relay_each_event_once(
     finally:
         for serve in servers:
             serve.stop()
+        redis_client.close()
 
 
 def publish_through_both(addresses: list[str], project: Project) -> None:
     """Two publishers on each server, all to one project, at the same time."""
 
-    def publisher(address: str, k: int) -> None:
+    def publisher(address: str, k: int) -> list[int]:
         with grpc.insecure_channel(address) as channel:
             stub = EventServiceStub(channel)
-            for b in range(5):
-                reply = publish(stub, project, make_events(20, start=100 * k + 20 * b))
-                assert reply.pending_relay == 0
+            return [
+                publish(stub, project, make_events(20, start=100 * k + 20 * b)).pending_relay
+                for b in range(5)
+            ]
 
-    threads = [
-        threading.Thread(target=publisher, args=(address, 2 * n + j))
-        for n, address in enumerate(addresses)
-        for j in range(2)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    with ThreadPoolExecutor(4) as threads:
+        calls = [
+            threads.submit(publisher, address, 2 * n + j)
+            for n, address in enumerate(addresses)
+            for j in range(2)
+        ]
+        # Checked here, in the test's thread: a failed assert in a thread fails nothing.
+        assert [c.result(timeout=60) for c in calls] == [[0] * 5] * 4
 
 
 def leave_for_the_relay(database_url: str, project_id: str) -> None:
@@ -205,9 +209,15 @@ def leave_for_the_relay(database_url: str, project_id: str) -> None:
 
 
 def test_events_appended_before_a_crash_are_not_appended_again(
-    own_database: str, backends: Backends, redis_client: redis.Redis
+    own_database: str, own_valkey: EmbeddedValkey
 ) -> None:
     """A relayer died after XADD but before its mark committed: the next relay skips those."""
+    redis_url = own_valkey.start()  # its own: no other server's XADDs in the refused count
+    with redis.Redis.from_url(redis_url, decode_responses=True) as redis_client:
+        crash_after_xadd(own_database, redis_url, redis_client)
+
+
+def crash_after_xadd(own_database: str, redis_url: str, redis_client: redis.Redis) -> None:
     project_id = f"p-{uuid.uuid4()}"
     asyncio.run(migrate_database(own_database))
     leave_for_the_relay(own_database, project_id)
@@ -226,7 +236,7 @@ def test_events_appended_before_a_crash_are_not_appended_again(
         )
     refused = failed_xadds(redis_client)
 
-    with own_server(own_database, backends.redis_url):  # its relay loop finds the 100 pending
+    with own_server(own_database, redis_url):  # its relay loop finds the 100 pending
         wait_for(lambda: len(in_stream(redis_client, project_id)) >= 100, "the relay")
     assert in_stream(redis_client, project_id) == in_postgres(own_database, project_id)
     assert failed_xadds(redis_client) - refused == 40  # the stream refused the second copies

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -12,10 +12,18 @@ import redis
 from google.protobuf import struct_pb2
 
 from tests.api.test_memory_upsert import details
-from tests.plugins.events import failed_xadds, make_events, publish, stream_key, wait_for
+from tests.plugins.events import (
+    failed_xadds,
+    make_events,
+    own_server,
+    publish,
+    stream_key,
+    wait_for,
+)
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import common_pb2, event_pb2
 from zerodb.v1.event_pb2_grpc import EventServiceStub
+from zerodb_batch.embedded import EmbeddedValkey
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -69,36 +77,55 @@ def test_publish_100_refuse_101(events_stub: EventServiceStub, project: Project,
 
 
 def test_every_event_reaches_the_stream_once_with_its_id(
-    events_stub: EventServiceStub, project: Project, redis_client: redis.Redis, db: Db
+    own_database: str, own_valkey: EmbeddedValkey
 ) -> None:
-    """Concurrent publishers to one project: the stream holds each event once, in seq order."""
-    replies: list[event_pb2.BatchPublishEventsResponse] = []
-    refused = failed_xadds(redis_client)
+    """Concurrent publishers to one project: the stream holds each event once, in seq order.
+    A server and Valkey of the test's own, so the refused-XADD counter is this test's alone."""
+    redis_url = own_valkey.start()
+    with (
+        own_server(own_database, redis_url) as running,
+        grpc.insecure_channel(running.address) as channel,
+        redis.Redis.from_url(redis_url, decode_responses=True) as redis_client,
+        psycopg.connect(own_database, autocommit=True) as db,
+    ):
+        project = Project(*running.new_key())
+        refused = failed_xadds(redis_client)
+        replies = publish_concurrently(EventServiceStub(channel), project)
+        check_stream(redis_client, db, project, replies)
+        assert failed_xadds(redis_client) == refused  # no two relayers sent the same event
 
-    def publisher(k: int) -> None:
-        for b in range(5):
-            replies.append(publish(events_stub, project, make_events(20, start=100 * k + 20 * b)))
 
-    threads = [threading.Thread(target=publisher, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+def publish_concurrently(
+    stub: EventServiceStub, project: Project
+) -> list[event_pb2.BatchPublishEventsResponse]:
+    def publisher(k: int) -> list[event_pb2.BatchPublishEventsResponse]:
+        return [publish(stub, project, make_events(20, start=100 * k + 20 * b)) for b in range(5)]
+
+    with ThreadPoolExecutor(4) as threads:
+        calls = [threads.submit(publisher, k) for k in range(4)]
+        return [r for c in calls for r in c.result(timeout=60)]
+
+
+def check_stream(
+    redis_client: redis.Redis,
+    db: Db,
+    project: Project,
+    replies: list[event_pb2.BatchPublishEventsResponse],
+) -> None:
     assert all(r.pending_relay == 0 for r in replies)
     published = {i for r in replies for i in r.ids}
     assert len(published) == 400
     in_stream = stream_ids(redis_client, project)
     assert in_stream == [i for i, _ in stored(db, project)]  # each once, in seq order
     assert set(in_stream) == published
-    assert failed_xadds(redis_client) == refused  # no two relayers sent the same event
 
     entry_id, fields = redis_client.xrange(stream_key(project.id), count=1)[0]
     assert set(fields) == {"event_id", "topic", "payload", "published_at"}
     assert entry_id.endswith("-1") and fields["published_at"].endswith("Z")
-    unrelayed = db.execute(
-        "SELECT count(*) FROM events WHERE project_id = %s AND relay_time IS NULL", (project.id,)
+    relayed = db.execute(
+        "SELECT relayed_seq FROM event_relays WHERE project_id = %s", (project.id,)
     ).fetchone()
-    assert unrelayed == (0,)
+    assert relayed == (400,)
 
 
 def test_empty_batch_refused(events_stub: EventServiceStub, project: Project) -> None:

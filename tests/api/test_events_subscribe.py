@@ -271,3 +271,118 @@ def test_ack_is_validated(events_stub: EventServiceStub, project: Project) -> No
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert details(caught.value)[1].field_violations[0].field == field
     assert ack(events_stub, project, "never-created", ["1-1"]) == 0
+
+
+def test_consumer_group_from_the_start_gets_events_beyond_retention(
+    backends: Backends, own_database: str
+) -> None:
+    """A group joining from "0" gets what the stream trimmed away from PostgreSQL, in order."""
+    with own_server(own_database, backends.redis_url, event_stream_maxlen=10) as running:
+        project = Project(*running.new_key())
+        with grpc.insecure_channel(running.address) as channel:
+            stub = EventServiceStub(channel)
+            ids = [i for k in range(3) for i in publish_100(stub, project, k).ids]
+            sub = Subscription(
+                stub, project, consumer_group="g", consumer_name="c", start_after_stream_id="0"
+            )
+            try:
+                sub.established()
+                assert [e.id for e in sub.events(300)] == ids
+                more = publish(stub, project, make_events(2, start=300))
+                assert [e.id for e in sub.events(2)] == list(more.ids)
+            finally:
+                sub.cancel()
+
+
+def publish_100(
+    stub: EventServiceStub, project: Project, k: int
+) -> event_pb2.BatchPublishEventsResponse:
+    return publish(stub, project, make_events(100, start=100 * k))
+
+
+def test_pending_entries_trimmed_away_are_delivered_from_postgres(
+    backends: Backends, own_database: str
+) -> None:
+    """Consumer `a` dies holding 5 events; 300 more trim them out of the stream. `a` coming
+    back gets its 5 again, and so does `b` taking over a's entries after the idle timeout."""
+    group = {"consumer_group": "g", "redeliver_after": seconds(1)}
+    with own_server(own_database, backends.redis_url, event_stream_maxlen=10) as running:
+        project = Project(*running.new_key())
+        with grpc.insecure_channel(running.address) as channel:
+            stub = EventServiceStub(channel)
+            held = take_and_die(stub, project, group)
+            publish_trimming(stub, project)
+            back = Subscription(stub, project, consumer_name="a", **group)
+            try:
+                back.established()
+                assert [e.id for e in back.events(5)] == held
+            finally:
+                back.cancel()
+
+            held = take_and_die(stub, project, {**group, "consumer_group": "h"})
+            later = publish_trimming(stub, project)
+            other = Subscription(stub, project, consumer_name="b", consumer_group="h",
+                                 redeliver_after=seconds(1))  # fmt: skip
+            try:
+                other.established()
+                wanted, got = {*held, *later}, set[str]()
+                while not wanted <= got:  # bounded: events() fails after 20 s without one
+                    got.update(e.id for e in other.events(1))
+            finally:
+                other.cancel()
+
+
+def take_and_die(stub: EventServiceStub, project: Project, group: dict[str, object]) -> list[str]:
+    """Consumer `a` gets 5 new events and goes away without acknowledging them. (At its
+    max_unacked, so that its server side reads nothing more before it notices the cancel.)"""
+    first = Subscription(stub, project, consumer_name="a", max_unacked=5, **group)
+    try:
+        first.established()
+        reply = publish(stub, project, make_events(5))
+        assert [e.id for e in first.events(5)] == list(reply.ids)
+    finally:
+        first.cancel()
+    return list(reply.ids)
+
+
+def publish_trimming(stub: EventServiceStub, project: Project) -> list[str]:
+    return [i for k in range(3) for i in publish_100(stub, project, k).ids]
+
+
+def test_a_live_consumer_is_not_redelivered_its_own_unacked_events(
+    events_stub: EventServiceStub,
+    project: Project,
+    subscriptions: list[Subscription],
+    redis_client: redis.Redis,
+) -> None:
+    sub = subscribe(
+        subscriptions,
+        events_stub,
+        project,
+        consumer_group="g",
+        consumer_name="a",
+        redeliver_after=seconds(1),
+        heartbeat_interval=seconds(1),
+    )
+    sub.established()
+    reply = publish(events_stub, project, make_events(1))
+    assert [e.id for e in sub.events(1)] == list(reply.ids)
+    # Three idle heartbeats: several claim sweeps after the entry went idle past 1 s.
+    for _ in range(3):
+        assert sub.next(timeout=10).HasField("heartbeat"), "its own entry was delivered again"
+    pending = redis_client.xpending_range(stream_key(project.id), "g", "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [("a", 1)]
+
+
+def test_a_key_that_is_not_a_stream_is_a_failed_precondition(
+    events_stub: EventServiceStub, project: Project, redis_client: redis.Redis
+) -> None:
+    redis_client.set(stream_key(project.id), "not a stream")
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            ack(events_stub, project, "g", ["1-1"])
+        assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        sub = Subscription(events_stub, project, consumer_group="g", consumer_name="c")
+        assert sub.error().code() is grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        redis_client.delete(stream_key(project.id))

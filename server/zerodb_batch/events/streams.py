@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 from redis.retry import Retry
 
 from zerodb_batch.domain.events import Position, StoredEvent, from_epoch_ms
-from zerodb_batch.errors import Unavailable
+from zerodb_batch.errors import FailedPrecondition, Unavailable
 
 # A blocking read must return before the socket timeout; heartbeats cut reads shorter still.
 SOCKET_TIMEOUT = 5.0
@@ -28,6 +28,25 @@ CONNECT_TIMEOUT = 2.0
 MAX_BLOCK_MS = 2000
 _DUPLICATE = "equal or smaller than the target stream top item"
 _EVENT_FIELDS = frozenset(("event_id", "topic", "payload"))
+# XREADGROUP `>` together with the group's last delivered id before it, atomically: the reader
+# learns whether entries between that id and the first one it got were trimmed away.
+_READ_NEW = """
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, lid
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+  end
+  if name == ARGV[1] then last = lid end
+end
+return {last, redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+                        'STREAMS', KEYS[1], '>')}
+"""
+
+
+class RedisDown(Unavailable):
+    """Redis cannot be reached (as opposed to refusing one command)."""
 
 
 def stream_key(project_id: str) -> str:
@@ -57,20 +76,26 @@ class Streams:
     def __init__(self, client: aredis.Redis, maxlen: int) -> None:
         self._client = client
         self._maxlen = maxlen
+        self._read_new: Any = client.register_script(_READ_NEW)
 
     @classmethod
-    def open(cls, url: str, maxlen: int) -> Streams:
-        """A client for `url` (connections are made on first use, so Redis may be down now)."""
-        client = aredis.Redis.from_url(
+    def open(
+        cls, url: str, maxlen: int, max_connections: int, socket_timeout: float = SOCKET_TIMEOUT
+    ) -> Streams:
+        """A client for `url` with at most `max_connections` (a caller beyond them waits up to
+        the connect timeout). Connections are made on first use, so Redis may be down now."""
+        pool = aredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=CONNECT_TIMEOUT,
             decode_responses=True,
-            socket_timeout=SOCKET_TIMEOUT,
+            socket_timeout=socket_timeout,
             socket_connect_timeout=CONNECT_TIMEOUT,
             # One quick retry replaces a pooled connection that a Redis restart broke; more
             # would only delay the fallback to the outbox.
             retry=Retry(NoBackoff(), 1),
         )
-        return cls(client, maxlen)
+        return cls(aredis.Redis(connection_pool=pool), maxlen)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -90,31 +115,49 @@ class Streams:
         return Packed(b"".join(hiredis.pack_command(cast(Any, c)) for c in commands), len(events))
 
     async def append(self, project_id: str, events: Sequence[StoredEvent]) -> None:
-        await self.send(self.prepare(project_id, events))
+        async with self.connection() as conn:
+            await self.send(conn, self.prepare(project_id, events))
 
-    async def send(self, packed: Packed) -> None:
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AbstractConnection]:
+        """A connected connection of the pool: made (or found) before taking any lock."""
+        pool = self._client.connection_pool
+        async with _translate():
+            conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
+
+    async def send(self, conn: AbstractConnection, packed: Packed) -> None:
         """Send the XADDs in one write (a pipeline) and check every reply.
 
         An id at or below the stream's last one means the event is already there (a relay that
         committed its mark late, or not at all): Redis refuses it, and that counts as appended.
         """
         async with _translate():
-            replies = await self._pipeline(packed)
+            try:
+                await conn.send_packed_command(packed.data)
+                replies = [await _reply(conn) for _ in range(packed.count)]
+            except BaseException:
+                await conn.disconnect()  # replies may be left unread on it
+                raise
         for reply in replies:
             if isinstance(reply, ResponseError) and _DUPLICATE not in str(reply):
                 raise Unavailable(f"Redis refused an event: {reply}")
 
-    async def _pipeline(self, packed: Packed) -> list[object]:
-        pool = self._client.connection_pool
-        conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(packed.data)
-            return [await _reply(conn) for _ in range(packed.count)]
-        except BaseException:
-            await conn.disconnect()  # replies may be left unread on it
-            raise
-        finally:
-            await pool.release(conn)
+    async def top(self, project_id: str) -> int:
+        """The seq of the stream's last entry (0 when it has none)."""
+        async with _translate():
+            last = await self._client.xrevrange(stream_key(project_id), count=1)
+        position = Position.parse(str(last[0][0])) if last else None
+        return position.seq if position else 0
+
+    async def run_id(self) -> str:
+        """Changes whenever Redis restarts, which may have lost the tail of every stream."""
+        async with _translate():
+            info = await self._client.info("server")
+        return str(info["run_id"])
 
     async def read(
         self, project_id: str, after: Position, count: int, block_ms: int
@@ -129,12 +172,12 @@ class Streams:
     async def create_group(self, project_id: str, group: str, start: str) -> None:
         """Create `group` positioned at `start` (exclusive), unless it exists already."""
         try:
-            async with _translate():
+            async with _translate(), _group_errors(group):
                 await self._client.xgroup_create(
                     stream_key(project_id), group, start, mkstream=True
                 )
-        except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
+        except FailedPrecondition as e:
+            if "BUSYGROUP" not in str(e.__cause__):
                 raise
 
     async def read_group(
@@ -146,27 +189,65 @@ class Streams:
         count: int,
         block_ms: int | None,
     ) -> list[Entry]:
-        """`>`: entries new to the group; an id: this consumer's pending entries after it."""
+        """This consumer's pending entries after the id `start` (`event` None if trimmed)."""
         async with _translate(), _group_errors(group):
             reply = await self._client.xreadgroup(
                 group, consumer, {stream_key(project_id): start}, count=count, block=block_ms
             )
         return _entries(reply)
 
-    async def autoclaim(
+    async def read_group_new(
+        self, project_id: str, group: str, consumer: str, count: int
+    ) -> tuple[Position, list[Entry]]:
+        """Entries new to the group (`>`), and the group's last delivered id before them: an
+        entry whose seq jumps past it means the stream lost the events between (trimmed)."""
+        async with _translate(), _group_errors(group):
+            last, reply = await self._read_new(
+                keys=[stream_key(project_id)], args=[group, consumer, count]
+            )
+        found = [_entry(eid, _pairs(fields)) for _, items in reply or () for eid, fields in items]
+        return Position.parse(str(last)) or Position(0, 0), found
+
+    async def wait_after(self, project_id: str, after: Position, block_ms: int) -> None:
+        """Return once the stream holds an entry after `after`, or after `block_ms`."""
+        async with _translate():
+            await self._client.xread({stream_key(project_id): str(after)}, count=1, block=block_ms)
+
+    async def claim_stuck(
         self, project_id: str, group: str, consumer: str, idle_ms: int, cursor: str, count: int
     ) -> tuple[str, list[Entry]]:
-        """Take over entries pending longer than `idle_ms`; returns the next cursor and them."""
+        """Take over entries that *other* consumers have held longer than `idle_ms` (XAUTOCLAIM
+        would also take this consumer's own, delivering them to it again and again).
+
+        Scans the group's pending list a page at a time from `cursor`; returns the next cursor
+        and the entries taken. A pending id whose entry was trimmed comes back with no event.
+        """
+        key, client = stream_key(project_id), cast(Any, self._client)  # replies typed loosely
         async with _translate(), _group_errors(group):
-            reply = await self._client.xautoclaim(
-                stream_key(project_id), group, consumer, idle_ms, cursor, count=count
+            page = await client.xpending_range(
+                key, group, min=cursor, max="+", count=count, idle=idle_ms
             )
-        return str(reply[0]), [_entry(eid, fields) for eid, fields in reply[1]]
+            others = [p["message_id"] for p in page if p["consumer"] != consumer]
+            claimed = await client.xclaim(key, group, consumer, idle_ms, others) if others else []
+            first = await client.xrange(key, count=1) if others else []
+        next_cursor = f"({page[-1]['message_id']}" if len(page) == count else "-"
+        got = {eid: fields for eid, fields in claimed}
+        oldest = Position.parse(first[0][0]) if first else None
+        entries: list[Entry] = []
+        for eid in others:
+            position = Position.parse(eid) or Position(0, 0)
+            if got.get(eid):
+                entries.append(_entry(eid, got[eid]))
+            elif eid not in got and oldest is not None and position >= oldest:
+                continue  # another consumer took it first
+            else:  # trimmed: Redis dropped it from the pending list (or returned it empty)
+                entries.append(Entry(position, None))
+        return next_cursor, entries
 
     async def ack(self, project_id: str, group: str, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        async with _translate():
+        async with _translate(), _group_errors(group):
             return int(await self._client.xack(stream_key(project_id), group, *ids))
 
     async def pending(self, project_id: str, group: str, consumer: str) -> int:
@@ -189,6 +270,11 @@ def _fields(e: StoredEvent) -> tuple[str, ...]:
         "published_at",
         published,
     )
+
+
+def _pairs(flat: list[str] | None) -> dict[str, str] | None:
+    """A script's `[field, value, ...]` as a dict (None for an entry without fields)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
 
 
 async def _reply(conn: AbstractConnection) -> object:
@@ -222,16 +308,17 @@ async def _translate() -> AsyncIterator[None]:
     try:
         yield
     except (ConnectionError, TimeoutError, OSError) as e:
-        raise Unavailable("Redis is unavailable; retry the call") from e
+        raise RedisDown("Redis is unavailable; retry the call") from e
 
 
 @asynccontextmanager
 async def _group_errors(group: str) -> AsyncIterator[None]:
     """A group that vanished (its stream was deleted) ends the subscription; subscribing again
-    creates it anew."""
+    creates it anew. Anything else Redis refuses (say, the key holds something other than a
+    stream) is a state the caller cannot fix by retrying: FAILED_PRECONDITION."""
     try:
         yield
     except ResponseError as e:
-        if "NOGROUP" in str(e):
+        if "NOGROUP" in str(e) or "no such key" in str(e):
             raise Unavailable(f"consumer group {group!r} no longer exists; subscribe again") from e
-        raise
+        raise FailedPrecondition(f"Redis refused the consumer group command: {e}") from e

@@ -3,7 +3,8 @@
 A tail keeps its own position. Event seqs have no gaps, so an entry whose seq jumps past the
 position means the stream no longer holds the events between (trimmed by retention, or lost by
 Redis): those are read from PostgreSQL and delivered first, in order. A consumer group keeps its
-position in Redis; unacknowledged entries are delivered again after an idle time (XAUTOCLAIM).
+position in Redis and finds gaps the same way (the group's last delivered id against the first new
+entry); unacknowledged entries of a consumer are delivered to another after an idle time.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def subscribe(
 ) -> AsyncIterator[Item]:
     """The items of one subscription: a heartbeat once established, then events and heartbeats."""
     if options.group:
-        return GroupReader(streams, options).run()
+        return GroupReader(pool, streams, options).run()
     return Tail(pool, streams, options).run()
 
 
@@ -77,6 +78,21 @@ class _Clock:
         return max(1, int(left * 1000))
 
 
+async def start_position(pool: AsyncConnectionPool[Conn], options: Options) -> Position:
+    """The position to read after. A time (or an id `ms-0`) becomes the seq before the first
+    event at that time, so that gap detection works from the start."""
+    start, project = options.start, options.project_id
+    if isinstance(start, Position) and start.seq > 0:
+        return start
+    async with connection(pool) as conn:
+        if start is None:
+            return await events.head(conn, project)
+        ms = start.ms if isinstance(start, Position) else epoch_ms(start)
+        first = await events.first_seq_at(conn, project, from_epoch_ms(ms))
+        seq = first - 1 if first is not None else (await events.head(conn, project)).seq
+    return Position(ms, seq)
+
+
 class Tail:
     def __init__(self, pool: AsyncConnectionPool[Conn], streams: Streams, options: Options) -> None:
         self._pool = pool
@@ -85,7 +101,7 @@ class Tail:
         self.pos = Position(0, 0)
 
     async def run(self) -> AsyncIterator[Item]:
-        self.pos = await self._start_position()
+        self.pos = await start_position(self._pool, self._o)
         await self._streams.ping()
         yield Heartbeat(self.pos)
         clock = _Clock(self._o.heartbeat)
@@ -99,20 +115,6 @@ class Tail:
             if clock.due():
                 yield Heartbeat(self.pos)
                 clock.reset()
-
-    async def _start_position(self) -> Position:
-        """The position to read after. A time (or an id `ms-0`) becomes the seq before the first
-        event at that time, so that gap detection works from the start."""
-        start, project = self._o.start, self._o.project_id
-        if isinstance(start, Position) and start.seq > 0:
-            return start
-        async with connection(self._pool) as conn:
-            if start is None:
-                return await events.head(conn, project)
-            ms = start.ms if isinstance(start, Position) else epoch_ms(start)
-            first = await events.first_seq_at(conn, project, from_epoch_ms(ms))
-            seq = first - 1 if first is not None else (await events.head(conn, project)).seq
-        return Position(ms, seq)
 
     async def _deliver(self, entries: Sequence[Entry]) -> AsyncIterator[StoredEvent]:
         for entry in entries:
@@ -142,34 +144,35 @@ class Tail:
 
 
 class GroupReader:
-    def __init__(self, streams: Streams, options: Options) -> None:
+    """A consumer of a group. The group's position lives in Redis; what the stream no longer holds
+    (an entry trimmed while pending, or a gap after the group's last delivered id) comes from
+    PostgreSQL. Gap events are not pending in Redis, so acknowledging them is a no-op."""
+
+    def __init__(self, pool: AsyncConnectionPool[Conn], streams: Streams, options: Options) -> None:
+        self._pool = pool
         self._streams = streams
         self._o = options
         self.last: Position | None = None
-        self._cursor = "0-0"  # of the XAUTOCLAIM sweep through the group's pending entries
+        self._cursor = "-"  # of the sweep through the group's pending entries
         self._next_claim = 0.0
 
     async def run(self) -> AsyncIterator[Item]:
         o = self._o
-        await self._streams.create_group(o.project_id, o.group, self._group_start())
+        # Positioned as a tail is, so that a gap up to the stream's first entry is found.
+        start = await start_position(self._pool, o)
+        await self._streams.create_group(o.project_id, o.group, str(start))
         yield Heartbeat(None)
         clock = _Clock(o.heartbeat)
         async for event in self._own_pending():
             yield event
             clock.reset()
         while True:
-            async for event in self._deliver(await self._next_entries(clock)):
+            async for event in self._next_events(clock):
                 yield event
                 clock.reset()
             if clock.due():
                 yield Heartbeat(self.last)
                 clock.reset()
-
-    def _group_start(self) -> str:
-        start = self._o.start
-        if start is None:
-            return "$"
-        return str(start) if isinstance(start, Position) else f"{epoch_ms(start)}-0"
 
     async def _own_pending(self) -> AsyncIterator[StoredEvent]:
         """Entries delivered to this consumer name before and never acknowledged."""
@@ -181,34 +184,79 @@ class GroupReader:
                 yield event
             after = str(entries[-1].position)
 
-    async def _next_entries(self, clock: _Clock) -> list[Entry]:
-        """Stuck entries of the group (at most every CLAIM_EVERY), else new ones, within the
-        consumer's max_unacked."""
+    async def _next_events(self, clock: _Clock) -> AsyncIterator[StoredEvent]:
+        """Stuck entries of other consumers (at most every CLAIM_EVERY), else new ones, within
+        the consumer's max_unacked; waits up to the heartbeat when there are none."""
         o = self._o
         room = min(
             BATCH, o.max_unacked - await self._streams.pending(o.project_id, o.group, o.consumer)
         )
         if room <= 0:
             await asyncio.sleep(min(FULL_WAIT, clock.block_ms() / 1000))
-            return []
+            return
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + min(CLAIM_EVERY, o.redeliver_ms / 2000)
-            self._cursor, claimed = await self._streams.autoclaim(
+            self._cursor, claimed = await self._streams.claim_stuck(
                 o.project_id, o.group, o.consumer, o.redeliver_ms, self._cursor, room
             )
             if claimed:
-                return claimed
-        block = clock.block_ms(cap_s=max(0.001, self._next_claim - time.monotonic()))
-        return await self._streams.read_group(o.project_id, o.group, o.consumer, ">", room, block)
+                async for event in self._deliver(claimed):
+                    yield event
+                return
+        before, entries = await self._streams.read_group_new(
+            o.project_id, o.group, o.consumer, room
+        )
+        if not entries:
+            block = clock.block_ms(cap_s=max(0.001, self._next_claim - time.monotonic()))
+            await self._streams.wait_after(o.project_id, before, block)
+            return
+        async for event in self._deliver_new(before, entries):
+            yield event
+
+    async def _deliver_new(
+        self, before: Position, entries: Sequence[Entry]
+    ) -> AsyncIterator[StoredEvent]:
+        """Entries new to the group, after the events the stream skipped (seqs have no gaps)."""
+        after, start = before.seq, 0
+        for i, entry in enumerate(entries):
+            if entry.position.seq > after + 1:
+                async for event in self._deliver(entries[start:i]):
+                    yield event
+                async for event in self._replay(after, entry.position.seq):
+                    yield event
+                start = i
+            after = entry.position.seq
+        async for event in self._deliver(entries[start:]):
+            yield event
+
+    async def _replay(self, after: int, before: int) -> AsyncIterator[StoredEvent]:
+        while True:
+            async with connection(self._pool) as conn:
+                page = await events.between(conn, self._o.project_id, after, before, REPLAY_PAGE)
+            for event in page:
+                self.last = event.position
+                if self._o.topics.matches(event.topic):
+                    yield event
+            if len(page) < REPLAY_PAGE:
+                return
+            after = page[-1].seq
 
     async def _deliver(self, entries: Sequence[Entry]) -> AsyncIterator[StoredEvent]:
-        """Matching events go out; trimmed entries and other topics are acknowledged at once."""
+        """Matching events go out (trimmed ones read from PostgreSQL); entries of other topics,
+        or of no event at all, are acknowledged at once."""
+        trimmed = [e.position.seq for e in entries if e.event is None]
+        stored: dict[int, StoredEvent] = {}
+        if trimmed:
+            async with connection(self._pool) as conn:
+                found = await events.by_seqs(conn, self._o.project_id, trimmed)
+            stored = {e.seq: e for e in found}
         skipped: list[str] = []
         for entry in entries:
             self.last = entry.position
-            if entry.event is not None and self._o.topics.matches(entry.event.topic):
-                yield entry.event
+            event = entry.event or stored.get(entry.position.seq)
+            if event is not None and self._o.topics.matches(event.topic):
+                yield event
             else:
                 skipped.append(str(entry.position))
         await self._streams.ack(self._o.project_id, self._o.group, skipped)

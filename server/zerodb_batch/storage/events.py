@@ -47,61 +47,89 @@ async def insert(conn: Conn, project_id: str, rows: EventColumns) -> list[Stored
     ]
 
 
-async def lock_relay(conn: Conn, project_id: str, *, wait: bool, lock_timeout_ms: int) -> None:
-    """Take the project's relay lock for this transaction, or raise RelayBusy.
+async def lock_relay(conn: Conn, project_id: str, *, wait: bool, timeouts: Timeouts) -> int:
+    """Take the project's relay lock for this transaction and return its relayed_seq, or raise
+    RelayBusy.
 
-    Publishers wait (at most `lock_timeout_ms`) so that their own events go out in order behind
+    Publishers wait (at most the lock timeout) so that their own events go out in order behind
     those of the current relayer; the background relay skips a busy project.
     """
     params = {"project_id": project_id}
     try:
         async with conn.pipeline():  # one round trip
-            await _relay_row(conn, project_id, lock_timeout_ms)
+            await _relay_row(conn, project_id, timeouts)
             query = Q["event_relay_lock"] if wait else Q["event_relay_try_lock"]
             cur = await conn.execute(query, params)
     except psycopg.errors.LockNotAvailable as e:
         raise RelayBusy(project_id) from e
-    if await cur.fetchone() is None:
+    row = await cur.fetchone()
+    if row is None:
         raise RelayBusy(project_id)
+    return _int(row[0])
 
 
-async def _relay_row(conn: Conn, project_id: str, lock_timeout_ms: int) -> None:
+class Timeouts(NamedTuple):
+    """Of a relay transaction, in ms: waiting for the lock, and idle in between statements."""
+
+    lock_ms: int
+    idle_ms: int
+
+
+async def _relay_row(conn: Conn, project_id: str, timeouts: Timeouts) -> None:
     """The transaction's relay settings, and the project's relay row if it has none yet."""
-    await conn.execute(Q["event_relay_settings"], {"lock_timeout": f"{lock_timeout_ms}ms"})
+    settings = {"lock_timeout": f"{timeouts.lock_ms}ms", "idle_timeout": f"{timeouts.idle_ms}ms"}
+    await conn.execute(Q["event_relay_settings"], settings)
     await conn.execute(Q["event_relay_row"], {"project_id": project_id})
 
 
-async def claim(conn: Conn, project_id: str, up_to: int, limit: int) -> list[StoredEvent]:
-    """Under the relay lock: the project's oldest pending events (seq <= up_to), in order."""
-    params = {"project_id": project_id, "up_to": up_to, "limit": limit}
+async def claim(
+    conn: Conn, project_id: str, after: int, up_to: int, limit: int
+) -> list[StoredEvent]:
+    """Under the relay lock: the project's events after `after` (its relayed_seq) up to `up_to`,
+    in order."""
+    params = {"project_id": project_id, "after": after, "up_to": up_to, "limit": limit}
     return await _events(conn, Q["event_claim"], params)
 
 
 async def lock_and_mark_own(
-    conn: Conn, project_id: str, first: int, last: int, lock_timeout_ms: int
-) -> set[int]:
-    """Wait for the project's relay lock, then, if no older event is pending, mark first..last
-    relayed (those not relayed yet) and return their seqs; empty when older events must go out
-    first. One round trip (a pipeline) for the publisher's hot path; RelayBusy on lock timeout.
+    conn: Conn, project_id: str, first: int, last: int, timeouts: Timeouts
+) -> int:
+    """Wait for the project's relay lock, then, if no event older than `first` is pending, mark
+    everything up to `last` relayed. Returns the relayed_seq found under the lock: the caller
+    appends its events above it, or none when it is below first - 1 (older ones must go out
+    first). One round trip (a pipeline) for the publisher's hot path; RelayBusy on lock timeout.
     """
     params = {"project_id": project_id, "first": first, "last": last}
     try:
         async with conn.pipeline():
-            await _relay_row(conn, project_id, lock_timeout_ms)
-            await conn.execute(Q["event_relay_lock"], params)
-            cur = await conn.execute(Q["event_mark_own"], params)
+            await _relay_row(conn, project_id, timeouts)
+            cur = await conn.execute(Q["event_relay_lock"], params)
+            await conn.execute(Q["event_mark_own"], params)
     except psycopg.errors.LockNotAvailable as e:
         raise RelayBusy(project_id) from e
-    return {int(row[0]) for row in await cur.fetchall()}  # type: ignore[call-overload]
+    row = await cur.fetchone()
+    assert row is not None  # the row exists: the pipeline made it
+    return _int(row[0])
 
 
-async def mark_relayed(conn: Conn, project_id: str, first: int, last: int) -> None:
-    params = {"project_id": project_id, "first": first, "last": last}
-    await conn.execute(Q["event_mark_relayed"], params)
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+async def mark_relayed(conn: Conn, project_id: str, last: int) -> None:
+    """Under the relay lock: every event up to `last` is in the stream."""
+    await conn.execute(Q["event_mark_relayed"], {"project_id": project_id, "last": last})
 
 
 async def pending_projects(conn: Conn, limit: int) -> list[str]:
     cur = await conn.execute(Q["event_pending_projects"], {"limit": limit})
+    return [str(row[0]) for row in await cur.fetchall()]
+
+
+async def relayed_projects(conn: Conn, after: str, limit: int) -> list[str]:
+    """Projects whose streams hold events, in name order after `after`."""
+    cur = await conn.execute(Q["event_relayed_projects"], {"after": after, "limit": limit})
     return [str(row[0]) for row in await cur.fetchall()]
 
 
@@ -133,6 +161,11 @@ async def between(
     """Up to `limit` events with after < seq < before, in order."""
     params = {"project_id": project_id, "after": after, "before": before, "limit": limit}
     return await _events(conn, Q["event_range"], params)
+
+
+async def by_seqs(conn: Conn, project_id: str, seqs: list[int]) -> list[StoredEvent]:
+    """The events with these seqs (those that exist), in order."""
+    return await _events(conn, Q["event_by_seqs"], {"project_id": project_id, "seqs": seqs})
 
 
 async def page(

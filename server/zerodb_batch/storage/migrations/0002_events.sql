@@ -14,8 +14,11 @@ CREATE TABLE event_heads (
 -- One row per project with events. A relayer locks it while it appends the project's events to
 -- Redis, so that one process at a time relays a project, in `seq` order. It is a table of its own
 -- because publishers hold event_heads rows locked, and relaying must not block publishing.
+-- Relaying is strictly in seq order, so one high-water mark says which events are in the stream:
+-- pending are the seqs above relayed_seq (up to event_heads.last_seq). No per-event marks.
 CREATE TABLE event_relays (
-    project_id text PRIMARY KEY
+    project_id  text PRIMARY KEY,
+    relayed_seq bigint NOT NULL DEFAULT 0  -- every event up to this seq has been appended
 );
 
 CREATE TABLE events (
@@ -25,12 +28,8 @@ CREATE TABLE events (
     topic        text NOT NULL,
     payload      jsonb NOT NULL,
     publish_time timestamptz NOT NULL,   -- millisecond precision, as in the stream entry id
-    relay_time   timestamptz,            -- when it was appended to the Redis stream; NULL: pending
     PRIMARY KEY (project_id, seq)
 );
--- The relay looks only at pending rows. A partial index stays tiny and selective however large
--- the table grows (a plain index on relay_time was slow to update before statistics existed).
-CREATE INDEX events_unrelayed ON events (project_id, seq) WHERE relay_time IS NULL;
 -- ListEvents by exact topic, and the mapping of a time to a position (publish_time grows with seq).
 CREATE INDEX events_topic ON events (project_id, topic, seq);
 CREATE INDEX events_time ON events (project_id, publish_time, seq);

@@ -16,10 +16,13 @@ FROM head, unnest(%(topics)b::text[], %(payloads)b::jsonb[]) WITH ORDINALITY AS 
 RETURNING seq, id::text AS id, publish_time;
 
 -- name: event_relay_settings
--- For the relay transaction only: how long a publisher waits for another relayer of its project,
--- and no WAL flush wait at commit. A relay mark lost in a crash only means the event is
--- appended again, which the stream refuses as a duplicate id.
+-- For the relay transaction only: how long a publisher waits for another relayer of its project;
+-- a relayer stuck between statements (on Redis I/O) loses its session, and with it the lock,
+-- rather than stalling every publisher of the project; and no WAL flush wait at commit. A relay
+-- mark lost in a crash only means the events are appended again, which the stream refuses as
+-- duplicate ids.
 SELECT set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true),
        set_config('synchronous_commit', 'off', true);
 
 -- name: event_relay_row
@@ -27,35 +30,42 @@ SELECT set_config('lock_timeout', %(lock_timeout)s, true),
 INSERT INTO event_relays (project_id) VALUES (%(project_id)s) ON CONFLICT DO NOTHING;
 
 -- name: event_relay_lock
-SELECT 1 FROM event_relays WHERE project_id = %(project_id)s FOR UPDATE;
+SELECT relayed_seq FROM event_relays WHERE project_id = %(project_id)s FOR UPDATE;
 
 -- name: event_relay_try_lock
 -- Replicas skip a project that another process is relaying instead of queueing behind it.
-SELECT 1 FROM event_relays WHERE project_id = %(project_id)s FOR UPDATE SKIP LOCKED;
+SELECT relayed_seq FROM event_relays WHERE project_id = %(project_id)s FOR UPDATE SKIP LOCKED;
 
 -- name: event_claim
--- Under the project's relay lock: its oldest pending events, in order.
+-- Under the project's relay lock: its oldest pending events (after the mark), in order.
 SELECT seq, id::text AS id, topic, payload::text AS payload, publish_time
 FROM events
-WHERE project_id = %(project_id)s AND relay_time IS NULL AND seq <= %(up_to)s
+WHERE project_id = %(project_id)s AND seq > %(after)s AND seq <= %(up_to)s
 ORDER BY seq
 LIMIT %(limit)s;
 
 -- name: event_mark_own
 -- A publisher's fast path, under the relay lock: its own events, unless older ones are still
 -- pending (those must reach the stream first). The mark commits only after the XADDs succeed.
-UPDATE events SET relay_time = now()
-WHERE project_id = %(project_id)s AND seq BETWEEN %(first)s AND %(last)s AND relay_time IS NULL
-  AND NOT EXISTS (SELECT 1 FROM events
-                  WHERE project_id = %(project_id)s AND relay_time IS NULL AND seq < %(first)s)
-RETURNING seq;
+UPDATE event_relays SET relayed_seq = %(last)s
+WHERE project_id = %(project_id)s AND relayed_seq BETWEEN %(first)s - 1 AND %(last)s - 1;
 
 -- name: event_mark_relayed
-UPDATE events SET relay_time = now()
-WHERE project_id = %(project_id)s AND seq BETWEEN %(first)s AND %(last)s AND relay_time IS NULL;
+UPDATE event_relays SET relayed_seq = %(last)s
+WHERE project_id = %(project_id)s AND relayed_seq < %(last)s;
 
 -- name: event_pending_projects
-SELECT DISTINCT project_id FROM events WHERE relay_time IS NULL LIMIT %(limit)s;
+-- One row per project (event_heads against event_relays), however many events are pending.
+SELECT h.project_id FROM event_heads h LEFT JOIN event_relays r USING (project_id)
+WHERE h.last_seq > coalesce(r.relayed_seq, 0)
+LIMIT %(limit)s;
+
+-- name: event_relayed_projects
+-- Projects with events in their stream, a page at a time: checked after Redis restarted.
+SELECT project_id FROM event_relays
+WHERE relayed_seq > 0 AND project_id > %(after)s
+ORDER BY project_id
+LIMIT %(limit)s;
 
 -- name: event_notify
 SELECT pg_notify('zerodb_events', %(project_id)s);
@@ -113,3 +123,10 @@ LIMIT %(limit)s;
 
 -- name: event_listen
 LISTEN zerodb_events;
+
+-- name: event_by_seqs
+-- Events a consumer group holds as pending ids whose stream entries were trimmed away.
+SELECT seq, id::text AS id, topic, payload::text AS payload, publish_time
+FROM events
+WHERE project_id = %(project_id)s AND seq = ANY(%(seqs)s::bigint[])
+ORDER BY seq;
