@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -243,9 +244,15 @@ def test_list_refuses_foreign_and_bad_tokens(
 ) -> None:
     publish(events_stub, project, make_events(3))
     token = list_events(events_stub, project, page_size=1).next_page_token
+    bound_to = base64.urlsafe_b64decode(token).decode().partition(":")[2]
+    forged = [  # digits int() refuses, and a number no bigint seq can be
+        base64.urlsafe_b64encode(f"{after}:{bound_to}".encode()).decode()
+        for after in ("\u00b2", "9" * 5000, "\u0661\u0662")
+    ]
     for kw in (
         {"page_token": "not-a-token"},
         {"page_token": token, "topic": "agent.*"},
+        *({"page_token": t} for t in forged),
         {"page_size": 1001},
         {"topic": "bad topic"},
     ):

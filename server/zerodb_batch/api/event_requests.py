@@ -120,7 +120,9 @@ def decode_token(token: str, query: str) -> int:
     """The seq a page continues after; INVALID_ARGUMENT for a token of another query."""
     try:
         after, _, bound_to = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        valid = bound_to == query and after.isdigit()
+        # ASCII digits only, at most 19 of them: isdigit() alone accepts '²' and other digits
+        # int() refuses, and a bigint seq never needs more.
+        valid = bound_to == query and after.isascii() and after.isdigit() and len(after) <= 19
     except (binascii.Error, UnicodeDecodeError, ValueError):
         valid = False
     if not valid:
