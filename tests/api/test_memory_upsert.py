@@ -272,3 +272,47 @@ def test_request_id_is_per_project(
     a = upsert(memories, project, SEED, request_id="shared")
     b = upsert(memories, other, SEED, request_id="shared")
     assert a.ids != b.ids
+
+
+def test_atomic_batch_invalid_in_a_late_slice_writes_nothing(
+    memories: MemoryServiceStub, project: Project, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # The upsert is written a slice at a time while later slices validate: a violation in the
+    # last slice must still roll back the slices already sent, the request_id claim included.
+    records = [memory_pb2.Memory(id=f"m{i}", content=f"fact {i}") for i in range(500)]
+    records[300] = memory_pb2.Memory(id="m0", content="duplicate of the first slice")
+    records[499] = memory_pb2.Memory(id="m499", memory_type="forever")
+    with pytest.raises(grpc.RpcError) as caught:
+        upsert(memories, project, records, request_id="late")
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    fields = [v.field for v in details(caught.value)[1].field_violations]
+    assert fields == ["records[300].id", "records[499].memory_type"]
+    assert count(db, project) == 0
+
+    records[300] = memory_pb2.Memory(id="m300", content="fixed")
+    records[499] = memory_pb2.Memory(id="m499", content="fixed")
+    reply = upsert(memories, project, records, request_id="late")  # the claim was rolled back
+    assert reply.inserted == 500 and count(db, project) == 500
+
+
+def test_partial_batch_across_slices_keeps_request_order(
+    memories: MemoryServiceStub, project: Project, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    records = [memory_pb2.Memory(id=f"m{i}", content=f"fact {i}") for i in range(500)]
+    upsert(memories, project, records[::2])  # the even ones exist beforehand
+    records[7].memory_type = "forever"
+    records[402].memory_type = "forever"
+    reply = upsert(memories, project, records, partial_success=True)
+    assert (reply.inserted, reply.updated, reply.failed) == (249, 249, 2)
+    assert [r.index for r in reply.results] == list(range(500))
+    assert list(reply.ids) == ["" if i in (7, 402) else f"m{i}" for i in range(500)]
+    expected = [
+        common_pb2.OUTCOME_FAILED
+        if i in (7, 402)
+        else common_pb2.OUTCOME_UPDATED
+        if i % 2 == 0
+        else common_pb2.OUTCOME_INSERTED
+        for i in range(500)
+    ]
+    assert [r.outcome for r in reply.results] == expected
+    assert count(db, project) == 499

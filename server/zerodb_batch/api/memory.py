@@ -14,7 +14,7 @@ from zerodb.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from zerodb_batch import limits
 from zerodb_batch.api import results
 from zerodb_batch.api.memory_stream import MemoryLoad
-from zerodb_batch.domain.memory import ParsedBatch, parse_records
+from zerodb_batch.domain.memory import ParsedBatch, RecordParser
 from zerodb_batch.domain.memory_query import parse_list
 from zerodb_batch.domain.memory_update import ParsedUpdates, parse_updates
 from zerodb_batch.domain.validate import (
@@ -25,7 +25,7 @@ from zerodb_batch.domain.validate import (
 )
 from zerodb_batch.storage import memories
 from zerodb_batch.storage.idempotency import Idempotency
-from zerodb_batch.storage.pool import Conn, connection, transaction
+from zerodb_batch.storage.pool import Conn, connection, pipelined_transaction, transaction
 
 # Generic in the type stubs only; quoted so nothing subscripts the runtime class.
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -40,14 +40,23 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.BatchUpsertMemoriesResponse:
         check_batch_size("records", len(request.records), limits.MAX_MEMORY_UPSERT)
         check_request_id(request.request_id)
-        batch = parse_records(
+        parser = RecordParser(
             request.records, field_name="records", partial=request.partial_success
         )
-        async with transaction(self._pool) as conn:
+        async with pipelined_transaction(self._pool) as conn:
             idem = Idempotency(conn, request.project_id, "BatchUpsertMemories", request)
             if replay := await idem.replay(memory_pb2.BatchUpsertMemoriesResponse):
                 return replay
-            written = await memories.upsert(conn, request.project_id, batch.rows)
+            # Each slice's upsert runs in PostgreSQL while the next slice is validated here.
+            sent = []
+            for stop in _slice_ends(len(request.records)):
+                rows = parser.parse(stop)
+                if parser.writable:  # else an atomic batch fails in finish(): no more writes
+                    sent.append(await memories.send_upsert(conn, request.project_id, rows))
+            batch = parser.finish()  # atomic + invalid: raises, and the transaction rolls back
+            written: dict[str, bool] = {}
+            for cur in sent:
+                written.update(await memories.upsert_sent(cur))
             response = upsert_response(batch, written, len(request.records))
             await idem.record(response)
         return response
@@ -136,6 +145,14 @@ def upsert_response(
     response.inserted = sum(written.values())
     response.updated = len(batch.rows) - response.inserted
     return response
+
+
+UPSERT_SLICE = 125  # records validated per upsert statement; the last slice may be smaller
+
+
+def _slice_ends(total: int) -> list[int]:
+    """Where each slice of a batch ends: [125, 250, 375, 500] for 500 records, [] for none."""
+    return [min(end, total) for end in range(UPSERT_SLICE, total + UPSERT_SLICE, UPSERT_SLICE)]
 
 
 OUTCOME_INSERTED, OUTCOME_UPDATED = common_pb2.OUTCOME_INSERTED, common_pb2.OUTCOME_UPDATED

@@ -30,6 +30,15 @@ class MemoryColumns:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def since(self, start: int) -> MemoryColumns:
+        """The rows from position `start` on, as columns of their own."""
+        s = slice(start, None)
+        return MemoryColumns(
+            self.index[s], self.ids[s], self.contents[s], self.memory_types[s],
+            self.importances[s], self.tags[s], self.metadata[s], self.session_ids[s],
+            self.agent_ids[s], self.entity_ids[s],
+        )  # fmt: skip
+
     def add(
         self, index: int, mid: str, content: str, memory_type: str, importance: float,
         tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
@@ -60,22 +69,54 @@ def parse_records(
     records: Sequence[memory_pb2.Memory], *, field_name: str, partial: bool
 ) -> ParsedBatch:
     """Validate every record; atomic batches raise INVALID_ARGUMENT listing every violation."""
-    batch = ParsedBatch(MemoryColumns(), {}, set())
-    seen: dict[str, int] = {}
-    for i, record in enumerate(records):
-        duplicate_of = seen.setdefault(record.id, i) if record.id else i
-        # The fast path takes almost every record; the Checker decides the rest, and explains.
-        if duplicate_of != i or not _append_if_valid(batch.rows, i, record):
-            _check_fully(batch, i, record, field_name, duplicate_of)
-        if not record.id and i not in batch.failures:
-            batch.generated.add(i)
-    if batch.failures and not partial:
-        raise InvalidArgument(
-            f"{len(batch.failures)} of {len(records)} {field_name} are invalid; "
-            "nothing was written",
-            violations=[v for vs in batch.failures.values() for v in vs],
-        )
-    return batch
+    parser = RecordParser(records, field_name=field_name, partial=partial)
+    parser.parse(len(records))
+    return parser.finish()
+
+
+class RecordParser:
+    """Validates a batch a slice at a time, so each slice can be written while the next parses.
+
+    Duplicate ids are caught across slices. `finish()` gives the whole batch; in atomic mode it
+    raises INVALID_ARGUMENT listing every violation, so the caller must not commit before it.
+    """
+
+    def __init__(
+        self, records: Sequence[memory_pb2.Memory], *, field_name: str, partial: bool
+    ) -> None:
+        self._records, self._field_name, self._partial = records, field_name, partial
+        self._seen: dict[str, int] = {}
+        self._parsed = 0  # records validated so far
+        self.batch = ParsedBatch(MemoryColumns(), {}, set())
+
+    @property
+    def writable(self) -> bool:
+        """False once an atomic batch has an invalid record: nothing of it will be written."""
+        return self._partial or not self.batch.failures
+
+    def parse(self, stop: int) -> MemoryColumns:
+        """Validate the records up to index `stop`; returns the valid rows among them."""
+        batch, seen, first_row = self.batch, self._seen, len(self.batch.rows)
+        for i in range(self._parsed, stop):
+            record = self._records[i]
+            duplicate_of = seen.setdefault(record.id, i) if record.id else i
+            # The fast path takes almost every record; the Checker decides the rest, and explains.
+            if duplicate_of != i or not _append_if_valid(batch.rows, i, record):
+                _check_fully(batch, i, record, self._field_name, duplicate_of)
+            if not record.id and i not in batch.failures:
+                batch.generated.add(i)
+        self._parsed = max(self._parsed, stop)
+        return batch.rows.since(first_row)
+
+    def finish(self) -> ParsedBatch:
+        assert self._parsed == len(self._records), "finish() before every record was parsed"
+        if not self.writable:
+            raise InvalidArgument(
+                f"{len(self.batch.failures)} of {len(self._records)} {self._field_name} are "
+                "invalid; nothing was written",
+                violations=[v for vs in self.batch.failures.values() for v in vs],
+            )
+        return self.batch
 
 
 _FAST_TEXT = limits.MAX_CONTENT_BYTES // 4  # this many characters cannot exceed the byte limit

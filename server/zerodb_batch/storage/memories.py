@@ -16,6 +16,8 @@ from zerodb_batch.domain.memory_update import UPDATABLE, UpdateColumns
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
+Cursor = psycopg.AsyncCursor[tuple[object, ...]]
+
 # Column order of memory_get, shared with the api layer's row -> message conversion.
 MemoryRow = tuple[
     str,
@@ -32,10 +34,13 @@ MemoryRow = tuple[
 ]
 
 
-async def upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> dict[str, bool]:
-    """Write every row in one statement; returns id -> True if inserted, False if updated."""
+async def send_upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> Cursor | None:
+    """Write every row in one statement; in pipeline mode, without waiting for the server.
+
+    Pass the cursor to upsert_sent() for the result (None: nothing to write).
+    """
     if not rows:
-        return {}
+        return None
     params = {
         "project_id": project_id,
         "ids": rows.ids,
@@ -48,7 +53,13 @@ async def upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> dict[str, 
         "agent_ids": rows.agent_ids,
         "entity_ids": rows.entity_ids,
     }
-    cur = await conn.execute(Q["memory_upsert"], params)
+    return await conn.execute(Q["memory_upsert"], params)
+
+
+async def upsert_sent(cur: Cursor | None) -> dict[str, bool]:
+    """The result of send_upsert(): id -> True if inserted, False if updated."""
+    if cur is None:
+        return {}
     return {row[0]: row[1] for row in await cur.fetchall()}  # type: ignore[misc]
 
 

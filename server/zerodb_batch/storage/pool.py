@@ -56,6 +56,14 @@ async def transaction(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
 
 
 @asynccontextmanager
+async def pipelined_transaction(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+    """Like transaction(), in pipeline mode: statements go out without waiting for the previous
+    one's result (BEGIN travels with the first), and a result is awaited only when fetched."""
+    async with translate_errors(), pool.connection() as conn, conn.pipeline(), conn.transaction():
+        yield conn
+
+
+@asynccontextmanager
 async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
     """A pooled connection (autocommit) for reads, with driver errors translated."""
     async with translate_errors(), pool.connection() as conn:
