@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -205,11 +204,13 @@ def _bind(server: grpc.aio.Server, listen: str) -> int:
 
 
 async def _expire_requests(pool: AsyncConnectionPool[Conn], hours: int) -> None:
-    """Forget idempotency keys older than the TTL, hourly."""
+    """Forget idempotency keys older than the TTL, hourly; a failed sweep waits for the next."""
     while True:
-        with contextlib.suppress(Exception):
+        try:
             async with pool.connection() as conn:
                 removed = await idempotency.expire(conn, hours)
-                if removed:
-                    log.info("expired %d idempotency keys", removed)
+            if removed:
+                log.info("expired %d idempotency keys", removed)
+        except Exception as e:  # PostgreSQL away: the next sweep catches up
+            log.warning("idempotency key sweep failed: %s", e)
         await asyncio.sleep(3600)
