@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tests.api.test_memory_upsert import SEED, details
+from tests.api.test_memory_upsert import SEED
+from tests.plugins.checks import details
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 import psycopg
 import pytest
-from psycopg import sql
 
-from tests.api.test_memory_upsert import SEED, details
+from tests.api.test_memory_upsert import SEED
+from tests.plugins.checks import Outage, details, outage_database, retry_unavailable
 from tests.plugins.serve import Serve, free_port, serve_env
 from tests.plugins.server import Project, ServerThread, server_settings
-from tests.plugins.services import Backends, create_database, drop_database
+from tests.plugins.services import Backends
 from zerodb.v1 import memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 
@@ -27,36 +26,12 @@ PLAIN_POSTGRES = os.environ.get(
 )
 
 
-class Outage:
-    """A database of its own that can be made unreachable and reachable again."""
-
-    def __init__(self, backends: Backends) -> None:
-        self.admin = backends.admin_url
-        self.url = create_database(backends.admin_url, "zerodb_outage")
-        self.name = psycopg.conninfo.conninfo_to_dict(self.url)["dbname"]
-
-    def allow(self, allowed: bool) -> None:
-        with psycopg.connect(self.admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-                    sql.Identifier(self.name), sql.Literal(allowed)
-                )
-            )
-            if not allowed:
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (self.name,),
-                )
-
-
 @pytest.fixture
 def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
-    down = Outage(backends)
-    running = ServerThread(server_settings(down.url, backends.redis_url))
-    yield down, running
-    running.close()
-    down.allow(True)
-    drop_database(backends.admin_url, down.url)
+    with outage_database(backends) as down:
+        running = ServerThread(server_settings(down.url, backends.redis_url))
+        yield down, running
+        running.close()
 
 
 def test_postgres_down_is_unavailable_then_recovers(outage: tuple[Outage, ServerThread]) -> None:
@@ -87,19 +62,6 @@ def test_postgres_down_is_unavailable_then_recovers(outage: tuple[Outage, Server
             ).inserted
             == 2
         )
-
-
-def retry_unavailable(call: Callable[[], T], deadline: float = 60) -> T:
-    """What a client does with UNAVAILABLE: retry with backoff, within a deadline."""
-    end, pause = time.monotonic() + deadline, 0.2
-    while True:
-        try:
-            return call()
-        except grpc.RpcError as e:
-            if e.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > end:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 2)
 
 
 def test_external_postgres_without_pgvector_fails_at_start(tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.api.test_dependencies import Outage
-from tests.api.test_memory_upsert import details
+from tests.plugins.checks import details, outage_database, wait_for
 from tests.plugins.events import (
     Subscription,
     failed_xadds,
@@ -24,11 +23,10 @@ from tests.plugins.events import (
     own_server,
     publish,
     stream_key,
-    wait_for,
 )
 from tests.plugins.serve import Serve, serve_env
 from tests.plugins.server import Project
-from tests.plugins.services import Backends, drop_database
+from tests.plugins.services import Backends
 from zerodb.v1 import event_pb2
 from zerodb.v1.event_pb2_grpc import EventServiceStub
 from zerodb_batch.embedded import EmbeddedValkey
@@ -104,33 +102,26 @@ def live_position(client: redis.Redis, project: Project) -> str:
 def test_postgres_down_publish_is_unavailable_and_nothing_reaches_redis(
     backends: Backends, redis_client: redis.Redis
 ) -> None:
-    down = Outage(backends)
-    try:
-        # A long auth cache, so that calls get past authentication to the events themselves.
-        with (
-            own_server(
-                down.url, backends.redis_url, auth_cache_seconds=60, pool_timeout=1
-            ) as running,
-            grpc.insecure_channel(running.address) as channel,
+    # A long auth cache, so that calls get past authentication to the events themselves.
+    with (
+        outage_database(backends) as down,
+        own_server(down.url, backends.redis_url, auth_cache_seconds=60, pool_timeout=1) as running,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        stub, project = EventServiceStub(channel), Project(*running.new_key())
+        assert publish(stub, project, make_events(1)).published == 1
+        down.allow(False)
+        for call in (
+            lambda: publish(stub, project, make_events(5)),
+            lambda: stub.ListEvents(
+                event_pb2.ListEventsRequest(project_id=project.id), metadata=project.auth
+            ),
         ):
-            stub, project = EventServiceStub(channel), Project(*running.new_key())
-            assert publish(stub, project, make_events(1)).published == 1
-            down.allow(False)
-            for call in (
-                lambda: publish(stub, project, make_events(5)),
-                lambda: stub.ListEvents(
-                    event_pb2.ListEventsRequest(project_id=project.id), metadata=project.auth
-                ),
-            ):
-                with pytest.raises(grpc.RpcError) as caught:
-                    call()
-                assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-                assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE"
-            assert redis_client.xlen(stream_key(project.id)) == 1
-            down.allow(True)
-    finally:
-        down.allow(True)
-        drop_database(backends.admin_url, down.url)
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE"
+        assert redis_client.xlen(stream_key(project.id)) == 1
 
 
 def test_two_server_processes_relay_each_event_once(

@@ -12,14 +12,13 @@ import pytest
 import redis
 from google.protobuf import struct_pb2
 
-from tests.api.test_memory_upsert import details
+from tests.plugins.checks import details, wait_for
 from tests.plugins.events import (
     failed_xadds,
     make_events,
     own_server,
     publish,
     stream_key,
-    wait_for,
 )
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import common_pb2, event_pb2

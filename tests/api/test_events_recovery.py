@@ -14,13 +14,13 @@ import pytest
 import redis
 
 from tests.api.test_events_outage import leave_for_the_relay, migrate_database
+from tests.plugins.checks import wait_for
 from tests.plugins.events import (
     Subscription,
     make_events,
     own_server,
     publish,
     stream_key,
-    wait_for,
 )
 from tests.plugins.server import Project
 from tests.plugins.services import Backends, scratch_dir

@@ -9,14 +9,13 @@ import pytest
 import redis
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from tests.api.test_memory_upsert import details
+from tests.plugins.checks import details, wait_for
 from tests.plugins.events import (
     Subscription,
     make_events,
     own_server,
     publish,
     stream_key,
-    wait_for,
 )
 from tests.plugins.server import Project
 from tests.plugins.services import Backends

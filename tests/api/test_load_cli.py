@@ -12,7 +12,8 @@ import grpc
 import psycopg
 import pytest
 
-from tests.api.test_memory_stream import Feed, contents, wait_until
+from tests.api.test_memory_stream import Feed, contents
+from tests.plugins.checks import wait_for
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
@@ -189,6 +190,6 @@ def _interrupted_run(
         except grpc.RpcError:
             return False
 
-    wait_until(committed, "two chunks to commit")
+    wait_for(committed, "two chunks to commit")
     call.cancel()
     feed.close()

@@ -6,7 +6,8 @@ import grpc
 import psycopg
 import pytest
 
-from tests.api.test_memory_upsert import count, details, upsert
+from tests.api.test_memory_upsert import count, upsert
+from tests.plugins.checks import details
 from tests.plugins.server import Project
 from zerodb.v1 import common_pb2, memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub

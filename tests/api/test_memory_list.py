@@ -10,7 +10,8 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from tests.api.test_memory_upsert import details, upsert
+from tests.api.test_memory_upsert import upsert
+from tests.plugins.checks import details
 from tests.plugins.server import Project
 from zerodb.v1 import memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub

@@ -7,11 +7,10 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from tests.api.test_dependencies import Outage
-from tests.api.test_memory_stream import chunk, wait_until
-from tests.api.test_memory_upsert import details
+from tests.api.test_memory_stream import chunk
+from tests.plugins.checks import Outage, details, outage_database, wait_for
 from tests.plugins.server import Project, ServerThread, server_settings
-from tests.plugins.services import Backends, drop_database
+from tests.plugins.services import Backends
 from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
@@ -19,7 +18,11 @@ from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 
 @pytest.fixture
 def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
-    down = Outage(backends)
+    with outage_database(backends) as down:
+        yield from _serving(down, backends)
+
+
+def _serving(down: Outage, backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
     # The key stays cached, so the outage hits each RPC's own work rather than authentication;
     # a short pool timeout, as each call waits that long for a connection that never comes.
     settings = server_settings(
@@ -28,8 +31,6 @@ def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
     running = ServerThread(settings)
     yield down, running
     running.close()
-    down.allow(True)
-    drop_database(backends.admin_url, down.url)
 
 
 def test_each_rpc_is_unavailable_then_recovers(outage: tuple[Outage, ServerThread]) -> None:
@@ -50,7 +51,7 @@ def test_each_rpc_is_unavailable_then_recovers(outage: tuple[Outage, ServerThrea
 
         down.allow(True)  # the same server serves again, without a restart, once its pool
         for call in calls.values():  # has reconnected: clients retry UNAVAILABLE meanwhile
-            wait_until(lambda call=call: _succeeds(call), "the server to serve again")
+            wait_for(lambda call=call: _succeeds(call), "the server to serve again")
 
 
 def _succeeds(call: Callable[[], object]) -> bool:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import queue
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import grpc
 import psycopg
 import pytest
 from google.rpc import error_details_pb2
 
-from tests.api.test_memory_upsert import count, details
+from tests.api.test_memory_upsert import count
+from tests.plugins.checks import details, wait_for
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
@@ -54,14 +54,6 @@ def contents(db: Db, project: Project) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    """Poll for a state the test needs next; fails (not a timing check) if it never comes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.02)
-
-
 class Feed:
     """A request stream the test writes to while the call runs."""
 
@@ -102,7 +94,7 @@ def test_cut_stream_resumed_from_get_load_writes_every_record_once(
     call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
     for offset in range(3):
         feed.send(chunk(project, offset))
-    wait_until(lambda: _last_offset(loads, project) == 2, "chunk 2 to commit")
+    wait_for(lambda: _last_offset(loads, project) == 2, "chunk 2 to commit")
     call.cancel()  # the stream breaks
     feed.close()
     load = get_load(loads, project)
@@ -154,10 +146,10 @@ def test_cancel_mid_chunk_leaves_no_half_written_chunk(
         feed = Feed()
         call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
         feed.send(locked)
-        wait_until(lambda: _upserts(db, on_lock=True) == 1, "the chunk to wait on the lock")
+        wait_for(lambda: _upserts(db, on_lock=True) == 1, "the chunk to wait on the lock")
         call.cancel()
         feed.close()
-        wait_until(lambda: _upserts(db, on_lock=False) == 0, "the chunk to be rolled back")
+        wait_for(lambda: _upserts(db, on_lock=False) == 0, "the chunk to be rolled back")
         locker.rollback()
     assert contents(db, project) == first
     assert get_load(loads, project).last_offset == 0
@@ -353,7 +345,7 @@ def test_two_streams_of_one_load_never_write_a_chunk_twice(
         b = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
         feed.send(late)
         feed.close()
-        wait_until(lambda: _upserts(db, on_lock=True) == 1, "stream B to wait on the lock")
+        wait_for(lambda: _upserts(db, on_lock=True) == 1, "stream B to wait on the lock")
         a = stream(memories, project, [chunk(project, 1)])
         assert a.chunks_committed == 1
         locker.rollback()
@@ -370,7 +362,7 @@ def test_a_stream_closing_behind_another_leaves_the_load_running(
     ahead = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
     for offset in range(3):
         feed.send(chunk(project, offset))
-    wait_until(lambda: _last_offset(loads, project) == 2, "the open stream to commit chunk 2")
+    wait_for(lambda: _last_offset(loads, project) == 2, "the open stream to commit chunk 2")
 
     # A second stream resends chunk 1 and closes while the first is open and ahead of it.
     behind = stream(memories, project, [chunk(project, 1)])

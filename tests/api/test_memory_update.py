@@ -6,7 +6,8 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from tests.api.test_memory_upsert import details, upsert
+from tests.api.test_memory_upsert import upsert
+from tests.plugins.checks import details
 from tests.plugins.server import Project
 from zerodb.v1 import common_pb2, memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub

@@ -7,8 +7,8 @@ import psycopg
 import pytest
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from tests.plugins.checks import details
 from tests.plugins.server import Project
 from zerodb.v1 import common_pb2, memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
@@ -34,18 +34,6 @@ def upsert(
 ) -> memory_pb2.BatchUpsertMemoriesResponse:
     request = memory_pb2.BatchUpsertMemoriesRequest(project_id=project.id, records=records, **kw)
     return stub.BatchUpsertMemories(request, metadata=project.auth)
-
-
-def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, "error carries no google.rpc.Status details"
-    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-    for d in status.details:
-        if d.Is(info.DESCRIPTOR):
-            d.Unpack(info)
-        elif d.Is(bad.DESCRIPTOR):
-            d.Unpack(bad)
-    return info, bad
 
 
 def count(db: psycopg.Connection[tuple[object, ...]], project: Project) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,16 +53,6 @@ def publish(
 ) -> event_pb2.BatchPublishEventsResponse:
     request = event_pb2.BatchPublishEventsRequest(project_id=project.id, events=events, **kw)
     return stub.BatchPublishEvents(request, metadata=project.auth)
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20) -> T:
-    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := probe():
-            return found
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 class Subscription:

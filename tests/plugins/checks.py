@@ -1,0 +1,88 @@
+"""What many tests check with: an error's status details, polling for a state, an outage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import grpc
+import psycopg
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from psycopg import sql
+
+from tests.plugins.services import Backends, create_database, drop_database
+
+T = TypeVar("T")
+
+
+def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest]:
+    """The ErrorInfo and BadRequest a failed call carries (empty ones if absent)."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "error carries no google.rpc.Status details"
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    for d in status.details:
+        if d.Is(info.DESCRIPTOR):
+            d.Unpack(info)
+        elif d.Is(bad.DESCRIPTOR):
+            d.Unpack(bad)
+    return info, bad
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20) -> T:
+    """Poll `probe` until it returns something truthy; fail (not a timing check) after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := probe():
+            return found
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def retry_unavailable(call: Callable[[], T], deadline: float = 60) -> T:
+    """What a client does with UNAVAILABLE: retry with backoff, within a deadline."""
+    end, pause = time.monotonic() + deadline, 0.2
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as e:
+            if e.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > end:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 2)
+
+
+class Outage:
+    """A database of its own that can be made unreachable and reachable again."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.admin = backends.admin_url
+        self.url = create_database(backends.admin_url, "zerodb_outage")
+        self.name = psycopg.conninfo.conninfo_to_dict(self.url)["dbname"]
+
+    def allow(self, allowed: bool) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                    sql.Identifier(self.name), sql.Literal(allowed)
+                )
+            )
+            if not allowed:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (self.name,),
+                )
+
+
+@contextmanager
+def outage_database(backends: Backends) -> Iterator[Outage]:
+    """An Outage, reachable again and dropped afterwards."""
+    down = Outage(backends)
+    try:
+        yield down
+    finally:
+        down.allow(True)
+        drop_database(backends.admin_url, down.url)
