@@ -14,7 +14,7 @@ FROM unnest(%(ids)b::text[], %(contents)b::text[], %(memory_types)b::text[],
             %(entity_ids)b::text[])
      AS u(id, content, memory_type, importance, tag_from, tag_to, metadata,
           session_id, agent_id, entity_id)
-ON CONFLICT (project_id, id) DO UPDATE SET
+ON CONFLICT (project_id, id) DO UPDATE SET  -- keep in step with memory_stage_upsert
     content = EXCLUDED.content,
     memory_type = EXCLUDED.memory_type,
     importance = EXCLUDED.importance,
@@ -112,7 +112,7 @@ WITH written AS (
     SELECT %(project_id)s, s.id, s.content, s.memory_type, s.importance, s.tags,
            s.metadata::jsonb, s.session_id, s.agent_id, s.entity_id
     FROM memory_stage AS s
-    ON CONFLICT (project_id, id) DO UPDATE SET
+    ON CONFLICT (project_id, id) DO UPDATE SET  -- keep in step with memory_upsert
         content = EXCLUDED.content,
         memory_type = EXCLUDED.memory_type,
         importance = EXCLUDED.importance,
