@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -26,7 +25,6 @@ _log = logging.getLogger("zerodb_batch.embedded")
 
 _VALKEY_START_TIMEOUT: Final = 10.0
 _PING_TIMEOUT: Final = 1.0
-_PR_SET_PDEATHSIG: Final = 1
 
 # PR_SET_PDEATHSIG fires when the spawning *thread* exits, so Valkey is spawned from this one
 # thread, which lives as long as the process, whichever thread (say, asyncio.to_thread) asks.
@@ -38,19 +36,15 @@ def _valkey_quote(value: object) -> str:
     return f'"{text}"'
 
 
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get SIGTERM when the spawning thread exits."""
-    if sys.platform != "linux":
-        return None
-    # Resolved before fork: loading libraries in the forked child can deadlock.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+def _with_parent_death_signal(command: list[str]) -> list[str]:
+    """`command` run so that it gets SIGTERM when the spawning thread exits (Linux).
 
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
+    util-linux's setpriv sets PR_SET_PDEATHSIG and execs: no Python runs between fork and exec,
+    which a preexec_fn would do, unsafely in a process with gRPC's threads. Without setpriv,
+    Valkey simply outlives a killed parent and the next start ends it as an orphan.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "TERM", *command] if setpriv else command
 
 
 def _answers_ping(socket_path: Path) -> bool:
@@ -169,13 +163,12 @@ class EmbeddedValkey:
                 # stdout/stderr too: a bad config line is reported there, before `logfile` applies.
                 # A new session keeps a terminal's Ctrl-C away, so `serve` stops it in order.
                 return subprocess.Popen(
-                    [str(binary), str(self.conf_path)],
+                    _with_parent_death_signal([str(binary), str(self.conf_path)]),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
                     cwd=self.dir,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(os.getpid()),
                 )
         except (OSError, ValkeyBinaryNotFoundError) as exc:
             raise EmbeddedError(f"cannot start valkey-server: {exc}") from exc
