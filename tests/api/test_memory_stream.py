@@ -16,6 +16,7 @@ from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
+from zerodb_batch.storage.queries import Q
 
 Db = psycopg.Connection[tuple[object, ...]]
 Request = memory_pb2.StreamUpsertMemoriesRequest
@@ -236,6 +237,19 @@ def test_records_with_ids_upsert(memories: MemoryServiceStub, project: Project) 
     assert (first.load.inserted, again.load.inserted, again.load.updated) == (4, 0, 4)
 
 
+def test_an_existing_id_mid_stream_switches_to_upserts(
+    memories: MemoryServiceStub, project: Project, db: Db
+) -> None:
+    """Chunk 0 goes straight in by COPY; chunk 1 rewrites one of its records, so its COPY
+    attempt rolls back and the chunk is upserted, counted as 3 inserted and 1 updated."""
+    first, second = chunk(project, 0), chunk(project, 1)
+    first.records[0].id = second.records[0].id = "shared"
+    reply = stream(memories, project, [first, second])
+    assert (reply.chunks_committed, reply.load.inserted, reply.load.updated) == (2, 7, 1)
+    assert len(contents(db, project)) == 7
+    assert "load-1/1/0" in contents(db, project)  # the rewrite won
+
+
 def test_chunk_limits(memories: MemoryServiceStub, project: Project, db: Db) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stream(memories, project, [chunk(project, 0, n=5001)])
@@ -379,3 +393,113 @@ def test_a_stream_closing_behind_another_leaves_the_load_running(
         assert again.load.state == load_pb2.LOAD_STATE_DONE
     assert get_load(loads, project).chunks_skipped == 3
     assert len(contents(db, project)) == 16
+
+
+def awkward_records() -> list[memory_pb2.Memory]:
+    """Every character COPY's text format or an array literal treats specially, in every field."""
+    nasty = memory_pb2.Memory(
+        id="tab\tid\\N",
+        content="line\nbreak\r\nand\ttab, \\backslash, \\N and \\.",
+        memory_type="working",
+        importance=0.0,
+        tags=['quote"d', "back\\slash", "comma,brace}{", "NULL", " padded ", "tab\there", "ünï😀"],
+        session_id="s\\1",
+        agent_id="a\tb",
+        entity_id="e\nf",
+    )
+    nasty.metadata.update(
+        {
+            "path": "C:\\dir\\file",
+            "quote": 'say "hi"',
+            "controls": "a\nb\tc\rd",
+            "nested": {"list": [1, 2.5, None, True, "s\\"], "empty": {}},
+            "uni": "ü😀",
+        }
+    )
+    bare = memory_pb2.Memory(id="bare", importance=1.0)  # empty content, tags and metadata
+    return [nasty, bare]
+
+
+def fetch(stub: MemoryServiceStub, project: Project, ids: list[str]) -> list[memory_pb2.Memory]:
+    request = memory_pb2.BatchGetMemoriesRequest(project_id=project.id, ids=ids)
+    return list(stub.BatchGetMemories(request, metadata=project.auth).memories)
+
+
+def assert_stored(stub: MemoryServiceStub, project: Project, sent: list[memory_pb2.Memory]) -> None:
+    got = {m.id: m for m in fetch(stub, project, [m.id for m in sent])}
+    for record in sent:
+        stored = got[record.id]
+        stored.ClearField("create_time")
+        stored.ClearField("update_time")
+        expected = memory_pb2.Memory()
+        expected.CopyFrom(record)
+        expected.memory_type = expected.memory_type or "episodic"
+        expected.metadata.SetInParent()  # always present in answers, '{}' when empty
+        assert stored == expected
+
+
+def test_values_round_trip_through_both_copy_paths(
+    memories: MemoryServiceStub, project: Project
+) -> None:
+    """New records go in by COPY straight into the table, existing ones through the staging
+    upsert: both must store every value exactly as sent."""
+    records = awkward_records()
+    first = Request(project_id=project.id, load_id="awkward-1", offset=0, records=records)
+    assert stream(memories, project, [first]).load.inserted == 2
+    assert_stored(memories, project, records)
+
+    for record in records:
+        record.content += "\\\t\n changed"
+        record.tags.append('{"x", \\y}')
+    again = Request(project_id=project.id, load_id="awkward-2", offset=0, records=records)
+    assert stream(memories, project, [again]).load.updated == 2
+    assert_stored(memories, project, records)
+
+
+def committed(stub: LoadServiceStub, project: Project) -> int:
+    """The load's last committed offset, -1 before its first chunk."""
+    try:
+        return get_load(stub, project).last_offset
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND
+        return -1
+
+
+def connections_in_use(server: ServerThread) -> int:
+    async def stats() -> dict[str, int]:
+        return server.app.pool.get_stats()
+
+    counted = server.run(stats())
+    return counted["pool_size"] - counted["pool_available"]
+
+
+def test_stream_holds_no_connection_while_the_client_is_silent(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, server: ServerThread
+) -> None:
+    feed = Feed()
+    call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+    feed.send(chunk(project, 0))
+    wait_for(lambda: committed(loads, project) == 0 or None, "chunk 0 to commit")
+    wait_for(lambda: connections_in_use(server) == 0 or None, "the connection to go back")
+    feed.send(chunk(project, 1))
+    feed.close()
+    assert call.result().chunks_committed == 2
+    assert connections_in_use(server) == 0
+
+    with pytest.raises(grpc.RpcError):  # a stream refused mid-way gives its connection back too
+        bad = chunk(project, 3, load_id="load-2")
+        stream(memories, project, [chunk(project, 0, load_id="load-2"), bad])
+    assert connections_in_use(server) == 0
+
+
+def test_chunk_transactions_commit_without_waiting_for_the_wal_flush(
+    db: Db, project: Project
+) -> None:
+    params = {
+        "project_id": project.id, "load_id": "wal", "kind": "memories", "offset": 0,
+        "inserted": 0, "updated": 0, "failed": 0, "skipped": 0,
+    }  # fmt: skip
+    with db.transaction():
+        assert db.execute(Q["load_advance"], params).fetchone() is not None
+        assert db.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    assert db.execute("SHOW synchronous_commit").fetchone() == ("on",)  # for that transaction only

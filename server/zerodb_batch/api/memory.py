@@ -14,7 +14,7 @@ from zerodb.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from zerodb_batch import limits
 from zerodb_batch.api import results
 from zerodb_batch.api.memory_stream import MemoryLoad
-from zerodb_batch.domain.memory import ParsedBatch, RecordParser
+from zerodb_batch.domain.memory import MemoryColumns, ParsedBatch, RecordParser
 from zerodb_batch.domain.memory_query import parse_list
 from zerodb_batch.domain.memory_update import ParsedUpdates, parse_updates
 from zerodb_batch.domain.validate import (
@@ -41,7 +41,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         check_batch_size("records", len(request.records), limits.MAX_MEMORY_UPSERT)
         check_request_id(request.request_id)
         parser = RecordParser(
-            request.records, field_name="records", partial=request.partial_success
+            request.records, MemoryColumns(), field_name="records", partial=request.partial_success
         )
         async with pipelined_transaction(self._pool) as conn:
             idem = Idempotency(conn, request.project_id, "BatchUpsertMemories", request)
@@ -126,7 +126,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
 
 
 def upsert_response(
-    batch: ParsedBatch, written: dict[str, bool], total: int
+    batch: ParsedBatch[MemoryColumns], written: dict[str, bool], total: int
 ) -> memory_pb2.BatchUpsertMemoriesResponse:
     """One result per record in request order, and the counters."""
     unset = common_pb2.OUTCOME_UNSPECIFIED

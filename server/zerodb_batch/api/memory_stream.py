@@ -6,9 +6,11 @@ that offset is a duplicate from a resumed stream and is skipped, and a chunk pas
 is refused, as it would leave a gap. A cancelled stream rolls back the chunk in flight: no chunk
 is ever half written.
 
-Memory stays flat however long the stream: the next chunk is decoded and validated while the one
-before it is being written (that overlap keeps PostgreSQL and Python busy at once), and at most
-one more waits between the two.
+Memory stays flat however long the stream: the next chunk is decoded, validated and formatted
+for COPY while the one before it is being written (that overlap keeps PostgreSQL and Python busy
+at once), and at most one more waits between the two. Validation works in slices and holds
+back while the writer waits on a round trip (BEGIN, progress, COMMIT): those then take a turn of
+the event loop, not several slices, and validation fills the time PostgreSQL spends on the COPY.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from psycopg_pool import AsyncConnectionPool
 from zerodb.v1 import common_pb2, memory_pb2
 from zerodb_batch import limits
 from zerodb_batch.api.loads import check_load_id, to_message
-from zerodb_batch.domain.memory import MemoryColumns, ParsedBatch, parse_records
+from zerodb_batch.domain.memory import ParsedBatch, RecordParser
 from zerodb_batch.domain.validate import check_batch_size
 from zerodb_batch.errors import FailedPrecondition, InvalidArgument, NotFound, Violation
 from zerodb_batch.storage import loads, memories
-from zerodb_batch.storage.pool import Conn, connection, transaction
+from zerodb_batch.storage.copy_text import MemoryCopyRows
+from zerodb_batch.storage.pool import Conn, HeldConnection, connection
 
 KIND = "memories"
+_SLICE = 200  # records validated between two turns of the event loop
 
 Chunk = memory_pb2.StreamUpsertMemoriesRequest
 
@@ -37,7 +41,8 @@ Chunk = memory_pb2.StreamUpsertMemoriesRequest
 @dataclass(frozen=True)
 class _Prepared:
     chunk: Chunk
-    batch: ParsedBatch | None  # None: known to be a duplicate when it arrived, so not parsed
+    # None: known to be a duplicate when it arrived, so not parsed.
+    batch: ParsedBatch[MemoryCopyRows] | None
 
 
 class _Moved(Exception):
@@ -49,6 +54,7 @@ class MemoryLoad:
 
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
         self._pool = pool
+        self._db = HeldConnection(pool)  # for chunk transactions; given back when idle
         self._project_id = ""
         self._load_id = ""
         self._progress: loads.LoadProgress | None = None  # as last read or written
@@ -59,6 +65,8 @@ class MemoryLoad:
         self._skipped = 0
         self._unrecorded_skips = 0  # duplicates not yet added to the progress row
         self._failures: list[common_pb2.RecordFailure] = []
+        self._may_parse = asyncio.Event()  # cleared while the writer waits on a round trip
+        self._may_parse.set()
 
     async def run(self, chunks: AsyncIterator[Chunk]) -> memory_pb2.StreamUpsertMemoriesResponse:
         ready: asyncio.Queue[_Prepared | Exception | None] = asyncio.Queue(maxsize=1)
@@ -68,10 +76,13 @@ class MemoryLoad:
                 if isinstance(item, Exception):
                     raise item  # in stream order: every chunk before it is committed
                 await self._commit(item)
+                if ready.empty():  # waiting on the client: no connection held meanwhile
+                    await self._db.release()
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            await self._db.release()
         return await self._finish()
 
     async def _read_ahead(
@@ -80,13 +91,13 @@ class MemoryLoad:
         """Check and parse each chunk as it arrives; a refusal goes down the queue in order."""
         try:
             async for chunk in chunks:
-                await ready.put(self._prepare(chunk))
+                await ready.put(await self._prepare(chunk))
         except Exception as e:  # our refusals, and the interceptor's (a foreign project_id)
             await ready.put(e)
             return
         await ready.put(None)
 
-    def _prepare(self, chunk: Chunk) -> _Prepared:
+    async def _prepare(self, chunk: Chunk) -> _Prepared:
         """Message-level checks, then the records (skipped for a chunk known to be in)."""
         check_batch_size("records", len(chunk.records), limits.MAX_STREAM_CHUNK_RECORDS)
         if chunk.offset < 0:
@@ -106,11 +117,17 @@ class MemoryLoad:
             )
         if self._progress is not None and chunk.offset < self._progress.next_offset:
             return _Prepared(chunk, None)
-        return _Prepared(chunk, self._parse(chunk))
+        return _Prepared(chunk, await self._parse(chunk))
 
-    def _parse(self, chunk: Chunk) -> ParsedBatch:
+    async def _parse(self, chunk: Chunk) -> ParsedBatch[MemoryCopyRows]:
         """Every record checked; by default one invalid record refuses the whole chunk."""
-        batch = parse_records(chunk.records, field_name="records", partial=True)
+        rows = MemoryCopyRows(self._project_id)
+        parser = RecordParser(chunk.records, rows, field_name="records", partial=True)
+        while parser.parsed < len(chunk.records):
+            await self._may_parse.wait()
+            parser.parse(min(parser.parsed + _SLICE, len(chunk.records)))
+            await asyncio.sleep(0)  # let the writer's results in
+        batch = parser.finish()
         if batch.failures and not chunk.partial_success:
             raise InvalidArgument(
                 f"chunk {chunk.offset} of load {self._load_id!r}: {len(batch.failures)} of "
@@ -128,7 +145,9 @@ class MemoryLoad:
         offset = prepared.chunk.offset
         self._through = max(self._through, offset)
         while not self._is_duplicate(offset):
-            batch = prepared.batch if prepared.batch is not None else self._parse(prepared.chunk)
+            batch = prepared.batch
+            if batch is None:
+                batch = await self._parse(prepared.chunk)
             if await self._write(offset, batch):
                 self._committed += 1
                 self._report(offset, batch)
@@ -160,37 +179,63 @@ class MemoryLoad:
             )
         return offset < expected
 
-    async def _write(self, offset: int, batch: ParsedBatch) -> bool:
+    async def _write(self, offset: int, batch: ParsedBatch[MemoryCopyRows]) -> bool:
         """Commit the chunk with the load's progress; False if the load moved on meanwhile."""
         try:
-            async with transaction(self._pool) as conn:
-                await loads.relax_commit(conn)
-                inserted, updated = await self._store(conn, batch.rows)
-                counts = loads.ChunkCounts(
-                    inserted, updated, len(batch.failures), self._unrecorded_skips
-                )
-                progress = await loads.advance(
-                    conn, self._project_id, self._load_id, KIND, offset, counts
-                )
-                if progress is None:
-                    raise _Moved  # roll the chunk back
+            progress = await self._insert(offset, batch) if self._all_new else None
+            if progress is None:
+                progress = await self._upsert(offset, batch)
         except _Moved:
             return False
         self._progress = progress
         self._unrecorded_skips = 0
         return True
 
-    async def _store(self, conn: Conn, rows: MemoryColumns) -> tuple[int, int]:
-        """New records go straight in by COPY. Once a chunk of this stream met an existing id,
-        the rest take the staging upsert at once (a failed insert attempt costs its COPY)."""
-        if not rows:
-            return 0, 0
-        if self._all_new and await memories.copy_insert(conn, self._project_id, rows):
-            return len(rows), 0
-        self._all_new = False
-        return await memories.copy_upsert(conn, self._project_id, rows)
+    async def _insert(
+        self, offset: int, batch: ParsedBatch[MemoryCopyRows]
+    ) -> loads.LoadProgress | None:
+        """The chunk as new records, by COPY straight into the table; None if one of its ids
+        exists: that attempt rolls back, and this and every later chunk take the upsert.
 
-    def _report(self, offset: int, batch: ParsedBatch) -> None:
+        The progress row goes first, in the round trip after BEGIN, so the rows follow at once.
+        Validation of the next chunk steps aside for those round trips and for COMMIT, and runs
+        while PostgreSQL takes the COPY.
+        """
+        self._may_parse.clear()
+        try:
+            async with self._db.transaction() as conn:
+                progress = await self._advance(conn, offset, batch, len(batch.rows), 0)
+                await memories.copy_insert(conn, batch.rows, copying=self._may_parse.set)
+                self._may_parse.clear()
+        except memories.IdExists:
+            self._all_new = False
+            return None
+        finally:
+            self._may_parse.set()
+        return progress
+
+    async def _upsert(self, offset: int, batch: ParsedBatch[MemoryCopyRows]) -> loads.LoadProgress:
+        """The chunk through the staging table and one upsert."""
+        async with self._db.transaction() as conn:
+            inserted, updated = await memories.copy_upsert(conn, batch.rows)
+            return await self._advance(conn, offset, batch, inserted, updated)
+
+    async def _advance(
+        self,
+        conn: Conn,
+        offset: int,
+        batch: ParsedBatch[MemoryCopyRows],
+        inserted: int,
+        updated: int,
+    ) -> loads.LoadProgress:
+        """Count the chunk in the load's progress row, in the chunk's transaction."""
+        counts = loads.ChunkCounts(inserted, updated, len(batch.failures), self._unrecorded_skips)
+        progress = await loads.advance(conn, self._project_id, self._load_id, KIND, offset, counts)
+        if progress is None:
+            raise _Moved  # another stream of the load moved it on: roll the chunk back
+        return progress
+
+    def _report(self, offset: int, batch: ParsedBatch[MemoryCopyRows]) -> None:
         room = limits.MAX_FAILURES_REPORTED - len(self._failures)
         for index, violations in list(batch.failures.items())[: max(room, 0)]:
             error = InvalidArgument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, Self, TypeVar
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch import limits
@@ -12,9 +13,29 @@ from zerodb_batch.domain.validate import Checker, metadata_json
 from zerodb_batch.errors import InvalidArgument, Violation
 
 
+class Rows(Protocol):
+    """Where the parser puts valid records: the form the storage layer writes them in."""
+
+    def __len__(self) -> int: ...
+
+    def since(self, start: int) -> Self:
+        """The rows from position `start` on."""
+        ...
+
+    def add(
+        self, index: int, mid: str, content: str, memory_type: str, importance: float,
+        tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
+    ) -> None:  # fmt: skip
+        """Append one valid record, defaults applied; empty scopes mean NULL."""
+        ...
+
+
+R = TypeVar("R", bound=Rows)
+
+
 @dataclass
 class MemoryColumns:
-    """Valid records as parallel arrays (one per column), ready for `unnest` or `COPY`."""
+    """Valid records as parallel arrays (one per column), ready for `unnest`."""
 
     index: list[int] = field(default_factory=list)  # position of each row in the request
     ids: list[str] = field(default_factory=list)
@@ -43,11 +64,10 @@ class MemoryColumns:
         self, index: int, mid: str, content: str, memory_type: str, importance: float,
         tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
     ) -> None:  # fmt: skip
-        """Append one valid record, applying the defaults (new UUID, episodic)."""
         self.index.append(index)
-        self.ids.append(mid or str(uuid.uuid4()))
+        self.ids.append(mid)
         self.contents.append(content)
-        self.memory_types.append(memory_type or limits.DEFAULT_MEMORY_TYPE)
+        self.memory_types.append(memory_type)
         self.importances.append(importance)
         self.tags.append(tags)
         self.metadata.append(metadata)
@@ -57,24 +77,25 @@ class MemoryColumns:
 
 
 @dataclass
-class ParsedBatch:
+class ParsedBatch(Generic[R]):
     """The valid rows of a batch and, by request index, the violations of each invalid record."""
 
-    rows: MemoryColumns
+    rows: R
     failures: dict[int, list[Violation]]
     generated: set[int]  # indexes whose id the server generated
 
 
 def parse_records(
-    records: Sequence[memory_pb2.Memory], *, field_name: str, partial: bool
-) -> ParsedBatch:
-    """Validate every record; atomic batches raise INVALID_ARGUMENT listing every violation."""
-    parser = RecordParser(records, field_name=field_name, partial=partial)
+    records: Sequence[memory_pb2.Memory], rows: R, *, field_name: str, partial: bool
+) -> ParsedBatch[R]:
+    """Validate every record into `rows`; an atomic batch with an invalid record raises
+    INVALID_ARGUMENT listing every violation."""
+    parser = RecordParser(records, rows, field_name=field_name, partial=partial)
     parser.parse(len(records))
     return parser.finish()
 
 
-class RecordParser:
+class RecordParser(Generic[R]):
     """Validates a batch a slice at a time, so each slice can be written while the next parses.
 
     Duplicate ids are caught across slices. `finish()` gives the whole batch; in atomic mode it
@@ -82,19 +103,24 @@ class RecordParser:
     """
 
     def __init__(
-        self, records: Sequence[memory_pb2.Memory], *, field_name: str, partial: bool
+        self, records: Sequence[memory_pb2.Memory], rows: R, *, field_name: str, partial: bool
     ) -> None:
         self._records, self._field_name, self._partial = records, field_name, partial
         self._seen: dict[str, int] = {}
         self._parsed = 0  # records validated so far
-        self.batch = ParsedBatch(MemoryColumns(), {}, set())
+        self.batch = ParsedBatch(rows, {}, set())
 
     @property
     def writable(self) -> bool:
         """False once an atomic batch has an invalid record: nothing of it will be written."""
         return self._partial or not self.batch.failures
 
-    def parse(self, stop: int) -> MemoryColumns:
+    @property
+    def parsed(self) -> int:
+        """How many records have been validated."""
+        return self._parsed
+
+    def parse(self, stop: int) -> R:
         """Validate the records up to index `stop`; returns the valid rows among them."""
         batch, seen, first_row = self.batch, self._seen, len(self.batch.rows)
         for i in range(self._parsed, stop):
@@ -108,7 +134,7 @@ class RecordParser:
         self._parsed = max(self._parsed, stop)
         return batch.rows.since(first_row)
 
-    def finish(self) -> ParsedBatch:
+    def finish(self) -> ParsedBatch[R]:
         assert self._parsed == len(self._records), "finish() before every record was parsed"
         if not self.writable:
             raise InvalidArgument(
@@ -120,47 +146,47 @@ class RecordParser:
 
 
 _FAST_TEXT = limits.MAX_CONTENT_BYTES // 4  # this many characters cannot exceed the byte limit
+# The limits as module globals: the fast path below runs once per record of every write.
+_TYPES, _DEFAULT_TYPE = frozenset(limits.MEMORY_TYPES), limits.DEFAULT_MEMORY_TYPE
+_MAX_TAGS, _MAX_TAG, _MAX_ID = limits.MAX_TAGS, limits.MAX_TAG_CHARS, limits.MAX_ID_CHARS
+_DEFAULT_IMPORTANCE = limits.DEFAULT_IMPORTANCE
 
 
-def _append_if_valid(rows: MemoryColumns, i: int, r: memory_pb2.Memory) -> bool:
+def _append_if_valid(rows: Rows, i: int, r: memory_pb2.Memory) -> bool:
     """Append the record if cheap checks pass; the hot loop of every memory write."""
     rid, content, mtype = r.id, r.content, r.memory_type
     session, agent, entity = r.session_id, r.agent_id, r.entity_id
     tags = list(r.tags)
-    importance = r.importance if r.HasField("importance") else limits.DEFAULT_IMPORTANCE
+    importance = r.importance if r.HasField("importance") else _DEFAULT_IMPORTANCE
     if (
         len(content) > _FAST_TEXT
-        or (mtype and mtype not in limits.MEMORY_TYPES)
+        or (mtype and mtype not in _TYPES)
         or not 0.0 <= importance <= 1.0
-        or (
-            tags
-            and (
-                len(tags) > limits.MAX_TAGS
-                or not min(map(len, tags)) > 0
-                or max(map(len, tags)) > limits.MAX_TAG_CHARS
-            )
-        )
-        or max(len(rid), len(session), len(agent), len(entity)) > limits.MAX_ID_CHARS
+        or (tags and (len(tags) > _MAX_TAGS or "" in tags or max(map(len, tags)) > _MAX_TAG))
+        or max(len(rid), len(session), len(agent), len(entity)) > _MAX_ID
         or "\x00" in "".join((rid, content, session, agent, entity, *tags))
     ):
         return False
     metadata = metadata_json(r.metadata)
     if metadata is None:
         return False
-    rows.add(i, rid, content, mtype, importance, tags, metadata, session, agent, entity)
+    rows.add(
+        i, rid or str(uuid.uuid4()), content, mtype or _DEFAULT_TYPE, importance,
+        tags, metadata, session, agent, entity,
+    )  # fmt: skip
     return True
 
 
-def _append(rows: MemoryColumns, i: int, r: memory_pb2.Memory, metadata: str) -> None:
+def _append(rows: Rows, i: int, r: memory_pb2.Memory, metadata: str) -> None:
     importance = r.importance if r.HasField("importance") else limits.DEFAULT_IMPORTANCE
     rows.add(
-        i, r.id, r.content, r.memory_type, importance, list(r.tags), metadata,
-        r.session_id, r.agent_id, r.entity_id,
+        i, r.id or str(uuid.uuid4()), r.content, r.memory_type or limits.DEFAULT_MEMORY_TYPE,
+        importance, list(r.tags), metadata, r.session_id, r.agent_id, r.entity_id,
     )  # fmt: skip
 
 
 def _check_fully(
-    batch: ParsedBatch, i: int, r: memory_pb2.Memory, field_name: str, duplicate_of: int
+    batch: ParsedBatch[R], i: int, r: memory_pb2.Memory, field_name: str, duplicate_of: int
 ) -> None:
     """Every rule, for a record the fast path did not take: append it or record its violations."""
     checker = Checker(f"{field_name}[{i}]")

@@ -100,10 +100,24 @@ def _dumps(value: struct_pb2.Struct) -> str:
     """Compact JSON of a Struct, as json.dumps(ensure_ascii=False) would write it.
 
     Written straight from the message: building a dict first and encoding it costs twice as
-    much, and this runs once per record of every write. Non-finite numbers raise ValueError.
+    much, and this runs once per record of every write, so the common values (strings and
+    integers) are written inline. Non-finite numbers raise ValueError.
     """
     fields = value.fields  # indexing by key: the map's items() view is a slow pure-Python walk
-    return "{" + ",".join([_quote(k) + ":" + _json(fields[k]) for k in fields]) + "}"
+    parts = []
+    for k in fields:
+        v = fields[k]
+        kind = v.WhichOneof("kind")
+        if kind == "string_value":
+            parts.append(f"{_quote(k)}:{_quote(v.string_value)}")
+        elif kind == "number_value" and (n := v.number_value).is_integer() and -_EXACT < n < _EXACT:
+            parts.append(f"{_quote(k)}:{int(n)}")
+        else:
+            parts.append(f"{_quote(k)}:{_json(v)}")
+    return "{" + ",".join(parts) + "}"
+
+
+_EXACT = float(2**53)  # integral doubles below this in magnitude print as integers
 
 
 def _json(v: struct_pb2.Value) -> str:
@@ -124,7 +138,7 @@ def _json(v: struct_pb2.Value) -> str:
 def _number(n: float) -> str:
     if not math.isfinite(n):
         raise ValueError("non-finite number")
-    return repr(int(n)) if n.is_integer() and abs(n) < 2**53 else repr(n)
+    return repr(int(n)) if n.is_integer() and abs(n) < _EXACT else repr(n)
 
 
 _quote: Callable[[str], str] = json.encoder.encode_basestring  # C-accelerated in CPython

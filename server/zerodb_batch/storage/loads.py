@@ -40,11 +40,6 @@ class ChunkCounts:
     skipped: int = 0  # duplicate chunks seen since the last write of the progress row
 
 
-async def relax_commit(conn: Conn) -> None:
-    """Let the current chunk transaction commit without waiting for its WAL flush (see SQL)."""
-    await conn.execute(Q["load_relax_commit"])
-
-
 async def get(conn: Conn, project_id: str, load_id: str) -> LoadProgress | None:
     cur = await conn.execute(Q["load_get"], {"project_id": project_id, "load_id": load_id})
     row = await cur.fetchone()
@@ -54,7 +49,10 @@ async def get(conn: Conn, project_id: str, load_id: str) -> LoadProgress | None:
 async def advance(
     conn: Conn, project_id: str, load_id: str, kind: str, offset: int, counts: ChunkCounts
 ) -> LoadProgress | None:
-    """Count chunk `offset` as committed with this transaction; None if the load moved on."""
+    """Count chunk `offset` as committed with this transaction; None if the load moved on.
+
+    Also lets the transaction commit without waiting for its WAL flush (see the SQL).
+    """
     params = {
         "project_id": project_id,
         "load_id": load_id,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import postgres
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
 
 from zerodb_batch.domain.memory import MemoryColumns
 from zerodb_batch.domain.memory_update import UPDATABLE, UpdateColumns
+from zerodb_batch.storage.copy_text import MemoryCopyRows
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
@@ -107,71 +105,40 @@ async def list_page(
     return await cur.fetchall()  # type: ignore[return-value]
 
 
-_STAGE_TYPES = ["text", "text", "text", "float8", "text[]", "text", "text", "text", "text"]
-_COPY_TYPES = ["text", *_STAGE_TYPES[:5], "jsonb", *_STAGE_TYPES[6:]]
+class IdExists(Exception):
+    """copy_insert met an existing id; its transaction is failed and must roll back."""
 
 
-class _JsonbText(Dumper):
-    """Our JSON text as binary jsonb (a version byte, then the text): no re-encoding in Python."""
+async def copy_insert(
+    conn: Conn, rows: MemoryCopyRows, copying: Callable[[], object] = lambda: None
+) -> None:
+    """Insert a chunk of new memories by COPY, all or nothing (IdExists if one exists).
 
-    format = Format.BINARY
-    oid = postgres.types["jsonb"].oid
-
-    def dump(self, obj: str) -> bytes:
-        return b"\x01" + obj.encode()
-
-
-class _JsonText(str):
-    """Registers _JsonbText on one cursor (by its oid, which is what COPY's set_types uses)."""
-
-
-async def copy_insert(conn: Conn, project_id: str, rows: MemoryColumns) -> bool:
-    """Insert a chunk of new memories by binary COPY, all or nothing; False if an id exists.
-
-    Must run inside a transaction: the attempt runs in a savepoint, so a duplicate id costs the
-    attempt and leaves the transaction usable for copy_upsert.
+    `copying` is called once PostgreSQL has accepted the COPY, as the rows start to go out.
     """
+    if not rows:
+        return
     try:
-        async with conn.transaction():
-            cursor = conn.cursor()
-            cursor.adapters.register_dumper(_JsonText, _JsonbText)
-            async with cursor.copy(Q["memory_copy"]) as copy:
-                copy.set_types(_COPY_TYPES)
-                for row in _tuples(rows):
-                    await copy.write_row((project_id, *row))
-    except psycopg.errors.UniqueViolation:
-        return False
-    return True
+        async with conn.cursor().copy(Q["memory_copy"]) as copy:
+            copying()
+            await copy.write(rows.text())
+    except psycopg.errors.UniqueViolation as e:
+        raise IdExists from e
 
 
-async def copy_upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> tuple[int, int]:
-    """Upsert a chunk: binary COPY into a staging table, then one INSERT ... ON CONFLICT.
+async def copy_upsert(conn: Conn, rows: MemoryCopyRows) -> tuple[int, int]:
+    """Upsert a chunk: COPY into a staging table, then one INSERT ... ON CONFLICT.
 
     Must run inside a transaction (the staging table empties at commit). Returns
     (inserted, updated).
     """
+    if not rows:
+        return 0, 0
     await conn.execute(Q["memory_stage_create"])
     async with conn.cursor().copy(Q["memory_stage_copy"]) as copy:
-        copy.set_types(_STAGE_TYPES)
-        for row in _tuples(rows):
-            await copy.write_row(row)
-    cur = await conn.execute(Q["memory_stage_upsert"], {"project_id": project_id})
+        await copy.write(rows.text())
+    cur = await conn.execute(Q["memory_stage_upsert"])
     counted = await cur.fetchone()
     assert counted is not None  # an aggregate always returns a row
     inserted, written = int(counted[0]), int(counted[1])  # type: ignore[call-overload]
     return inserted, written - inserted
-
-
-def _tuples(rows: MemoryColumns) -> Iterator[tuple[object, ...]]:
-    return zip(
-        rows.ids,
-        rows.contents,
-        rows.memory_types,
-        rows.importances,
-        rows.tags,
-        rows.metadata,
-        rows.session_ids,
-        rows.agent_ids,
-        rows.entity_ids,
-        strict=True,
-    )

@@ -55,6 +55,37 @@ async def transaction(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
         yield conn
 
 
+class HeldConnection:
+    """One pooled connection kept across a caller's consecutive transactions.
+
+    A streamed load commits a transaction per chunk; while chunks keep arriving, taking the
+    connection from the pool for each one would cost its check (a round trip) every time. The
+    caller gives it back with release() whenever it has to wait, and after any failure the
+    connection goes back at once (the pool checks or replaces it).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
+        self._pool = pool
+        self._conn: Conn | None = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        async with translate_errors():
+            if self._conn is None:
+                self._conn = await self._pool.getconn()
+            try:
+                async with self._conn.transaction():
+                    yield self._conn
+            except BaseException:
+                await self.release()
+                raise
+
+    async def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._pool.putconn(conn)
+
+
 @asynccontextmanager
 async def pipelined_transaction(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
     """Like transaction(), in pipeline mode: statements go out without waiting for the previous

@@ -92,16 +92,17 @@ LIMIT %(limit)s;
 -- name: memory_stage_create
 -- A session-local staging table for streamed chunks; ON COMMIT DELETE ROWS empties it at every
 -- commit, so a pooled connection can reuse it and a rolled-back chunk leaves nothing behind.
--- Metadata stays text here and is parsed once, by the cast in memory_stage_upsert.
+-- Its columns are memory_copy's, so one COPY payload fits both. Metadata stays text here and
+-- is parsed once, by the cast in memory_stage_upsert.
 CREATE TEMP TABLE IF NOT EXISTS memory_stage (
-    id text, content text, memory_type text, importance float8, tags text[], metadata text,
-    session_id text, agent_id text, entity_id text
+    project_id text, id text, content text, memory_type text, importance float8, tags text[],
+    metadata text, session_id text, agent_id text, entity_id text
 ) ON COMMIT DELETE ROWS;
 
 -- name: memory_stage_copy
-COPY memory_stage (id, content, memory_type, importance, tags, metadata,
+COPY memory_stage (project_id, id, content, memory_type, importance, tags, metadata,
                    session_id, agent_id, entity_id)
-FROM STDIN (FORMAT BINARY);
+FROM STDIN;
 
 -- name: memory_stage_upsert
 -- The staged chunk into memories with upsert semantics; counts (inserted, written).
@@ -109,7 +110,7 @@ WITH written AS (
     INSERT INTO memories AS m (
         project_id, id, content, memory_type, importance, tags, metadata,
         session_id, agent_id, entity_id)
-    SELECT %(project_id)s, s.id, s.content, s.memory_type, s.importance, s.tags,
+    SELECT s.project_id, s.id, s.content, s.memory_type, s.importance, s.tags,
            s.metadata::jsonb, s.session_id, s.agent_id, s.entity_id
     FROM memory_stage AS s
     ON CONFLICT (project_id, id) DO UPDATE SET  -- keep in step with memory_upsert
@@ -127,7 +128,8 @@ WITH written AS (
 SELECT count(*) FILTER (WHERE inserted), count(*) FROM written;
 
 -- name: memory_copy
--- A chunk of new memories straight into the table (the fast path of streamed loads).
+-- A chunk of new memories straight into the table (the fast path of streamed loads), in COPY's
+-- text format (see storage/copy_text.py).
 COPY memories (project_id, id, content, memory_type, importance, tags, metadata,
                session_id, agent_id, entity_id)
-FROM STDIN (FORMAT BINARY);
+FROM STDIN;
