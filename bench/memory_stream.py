@@ -1,16 +1,16 @@
 """A streamed load through StreamUpsertMemories vs a raw psycopg binary COPY of the same rows.
 
 Records: ~200 bytes of content, 3 tags, small metadata, client-chosen ids. The service path
-streams chunks to `zerodb-batch serve` (a subprocess on loopback), which validates each chunk,
-binary-COPYs it into `memories` (through a staging table and an upsert once an id exists) and
-commits it with the load's progress. The raw path is one binary COPY straight into the same
-table in one transaction: no validation, no upsert semantics, no progress, no network. Each
-round starts from an empty table.
+streams chunks (the loader CLI's default size) to `zerodb-batch serve` (a subprocess on
+loopback), which validates each chunk, COPYs it into `memories` (through a staging table and an
+upsert once an id exists) and commits it with the load's progress. The raw path is one binary
+COPY straight into the same table in one transaction: no validation, no upsert semantics, no
+progress, no network. Each round starts from an empty table.
 
 The server's resident memory is read from /proc when the 100,000th record is sent and at the end
 of each load (it must not grow with the stream), and its CPU time per record is printed too.
 
-    python -m bench.memory_stream [--records 200000] [--chunk-size 500] [--rounds 1]
+    python -m bench.memory_stream [--records 200000] [--chunk-size 1000] [--rounds 1]
     python -m bench.memory_stream --records 1000000      # the issue's full size
 """
 
@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from bench.harness import Service, backends, report, service, timed
 from zerodb.v1 import memory_pb2, memory_pb2_grpc
+from zerodb_batch.loader import DEFAULT_CHUNKING
 
 FILLER = "x" * 200
 TAGS = ["bench", "load", "memory"]
@@ -121,7 +122,7 @@ def empty(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__)
     args.add_argument("--records", type=int, default=200_000)
-    args.add_argument("--chunk-size", type=int, default=500)
+    args.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNKING.records)
     args.add_argument("--rounds", type=int, default=1)
     opts = args.parse_args()
     with (

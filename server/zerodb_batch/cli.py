@@ -200,7 +200,10 @@ def _add_load(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="continue an interrupted load (an error if the load has no committed chunk)",
     )
     memories.add_argument(
-        "--chunk-size", type=int, default=500, help="records per chunk, at most (default 500)"
+        "--chunk-size",
+        type=int,
+        default=loader.DEFAULT_CHUNKING.records,
+        help=f"records per chunk, at most (default {loader.DEFAULT_CHUNKING.records})",
     )
     memories.add_argument(
         "--chunk-bytes",

@@ -52,7 +52,7 @@ class BadLine(ValueError):
 class Chunking:
     """How a file is cut into chunks; part of the default load id, since offsets depend on it."""
 
-    records: int = 500  # at most this many records to a chunk
+    records: int = 1000  # at most this many records to a chunk
     bytes: int = DEFAULT_CHUNK_BYTES  # and at most this many bytes of encoded records
 
 

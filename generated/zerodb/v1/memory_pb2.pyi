@@ -614,7 +614,7 @@ class StreamUpsertMemoriesRequest(_message.Message):
     """Write the valid records of a chunk and report invalid ones instead of failing the stream."""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Memory]:
-        """1 to 5000 records; about 500 a chunk is a good size."""
+        """1 to 5000 records; about 1000 a chunk is a good size (each chunk costs a transaction)."""
 
     def __init__(
         self,
