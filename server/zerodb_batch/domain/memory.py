@@ -125,11 +125,12 @@ class RecordParser(Generic[R]):
         batch, seen, first_row = self.batch, self._seen, len(self.batch.rows)
         for i in range(self._parsed, stop):
             record = self._records[i]
-            duplicate_of = seen.setdefault(record.id, i) if record.id else i
+            rid = record.id  # every read of a message field builds a new str: once per record
+            duplicate_of = seen.setdefault(rid, i) if rid else i
             # The fast path takes almost every record; the Checker decides the rest, and explains.
-            if duplicate_of != i or not _append_if_valid(batch.rows, i, record):
+            if duplicate_of != i or not _append_if_valid(batch.rows, i, record, rid):
                 _check_fully(batch, i, record, self._field_name, duplicate_of)
-            if not record.id and i not in batch.failures:
+            if not rid and i not in batch.failures:
                 batch.generated.add(i)
         self._parsed = max(self._parsed, stop)
         return batch.rows.since(first_row)
@@ -152,12 +153,14 @@ _MAX_TAGS, _MAX_TAG, _MAX_ID = limits.MAX_TAGS, limits.MAX_TAG_CHARS, limits.MAX
 _DEFAULT_IMPORTANCE = limits.DEFAULT_IMPORTANCE
 
 
-def _append_if_valid(rows: Rows, i: int, r: memory_pb2.Memory) -> bool:
-    """Append the record if cheap checks pass; the hot loop of every memory write."""
-    rid, content, mtype = r.id, r.content, r.memory_type
+def _append_if_valid(rows: Rows, i: int, r: memory_pb2.Memory, rid: str) -> bool:
+    """Append the record (whose id is `rid`) if cheap checks pass; the hot loop of every write."""
+    content, mtype = r.content, r.memory_type
     session, agent, entity = r.session_id, r.agent_id, r.entity_id
     tags = list(r.tags)
-    importance = r.importance if r.HasField("importance") else _DEFAULT_IMPORTANCE
+    importance = r.importance
+    if importance == 0.0 and not r.HasField("importance"):  # one call for the usual record
+        importance = _DEFAULT_IMPORTANCE
     if (
         len(content) > _FAST_TEXT
         or (mtype and mtype not in _TYPES)

@@ -100,17 +100,18 @@ def _dumps(value: struct_pb2.Struct) -> str:
     """Compact JSON of a Struct, as json.dumps(ensure_ascii=False) would write it.
 
     Written straight from the message: building a dict first and encoding it costs twice as
-    much, and this runs once per record of every write, so the common values (strings and
-    integers) are written inline. Non-finite numbers raise ValueError.
+    much, and this runs once per record of every write, so the common values are written
+    inline. A non-empty string_value or a non-zero number_value can only be the value's kind
+    (an unset member reads as empty), which spares the costlier WhichOneof for most values.
+    Non-finite numbers raise ValueError.
     """
     fields = value.fields  # indexing by key: the map's items() view is a slow pure-Python walk
     parts = []
     for k in fields:
         v = fields[k]
-        kind = v.WhichOneof("kind")
-        if kind == "string_value":
-            parts.append(f"{_quote(k)}:{_quote(v.string_value)}")
-        elif kind == "number_value" and (n := v.number_value).is_integer() and -_EXACT < n < _EXACT:
+        if text := v.string_value:
+            parts.append(f"{_quote(k)}:{_quote(text)}")
+        elif (n := v.number_value) and n.is_integer() and -_EXACT < n < _EXACT:
             parts.append(f"{_quote(k)}:{int(n)}")
         else:
             parts.append(f"{_quote(k)}:{_json(v)}")
