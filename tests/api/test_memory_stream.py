@@ -164,7 +164,7 @@ def _upserts(db: Db, *, on_lock: bool) -> int:
     """Server sessions busy in the chunk upsert (or waiting there on a lock), not this test's."""
     query = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE '%FROM memory_stage%'"
+        "AND pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE '%FROM memory_chunk_stage%'"
     )
     row = db.execute(query + " AND wait_event_type = 'Lock'" if on_lock else query).fetchone()
     assert row is not None

@@ -79,10 +79,12 @@ class MemoryLoad:
                 if ready.empty():  # waiting on the client: no connection held meanwhile
                     await self._db.release()
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            await self._db.release()
+            try:
+                await self._db.release()  # first: a second cancellation must not skip it
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
         return await self._finish()
 
     async def _read_ahead(
@@ -197,16 +199,17 @@ class MemoryLoad:
         """The chunk as new records, by COPY straight into the table; None if one of its ids
         exists: that attempt rolls back, and this and every later chunk take the upsert.
 
-        The progress row goes first, in the round trip after BEGIN, so the rows follow at once.
-        Validation of the next chunk steps aside for those round trips and for COMMIT, and runs
-        while PostgreSQL takes the COPY.
+        Validation of the next chunk steps aside for the round trips (BEGIN, the progress row,
+        COMMIT) and runs while PostgreSQL takes the COPY. Like the upsert, it locks the memory
+        rows before the load's progress row: two streams of one load, one inserting and one
+        upserting, must take their locks in the same order or they could deadlock.
         """
         self._may_parse.clear()
         try:
             async with self._db.transaction() as conn:
-                progress = await self._advance(conn, offset, batch, len(batch.rows), 0)
                 await memories.copy_insert(conn, batch.rows, copying=self._may_parse.set)
                 self._may_parse.clear()
+                progress = await self._advance(conn, offset, batch, len(batch.rows), 0)
         except memories.IdExists:
             self._all_new = False
             return None

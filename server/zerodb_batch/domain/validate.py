@@ -97,7 +97,8 @@ class Checker:
 
 
 def _dumps(value: struct_pb2.Struct) -> str:
-    """Compact JSON of a Struct, as json.dumps(ensure_ascii=False) would write it.
+    """Compact JSON of a Struct, as json.dumps(ensure_ascii=False) writes it, except that a
+    number with an integral value (below 2**53) is written as an integer (3.0 as 3, -0.0 as 0).
 
     Written straight from the message: building a dict first and encoding it costs twice as
     much, and this runs once per record of every write, so the common values are written

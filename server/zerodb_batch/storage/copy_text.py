@@ -2,13 +2,14 @@
 
 A streamed chunk is thousands of rows. Formatting each row into a line while its record is in
 hand (one f-string, escapes only where a value needs them) costs a fraction of adapting every
-value to binary COPY in psycopg's `write_row`, and the connection then has one buffer to send.
+value to binary COPY in psycopg's `write_row`, and the connection then sends a few large writes.
 PostgreSQL parses the text with the columns' own input functions, as for any literal.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Self
 
 # COPY text format: a backslash escapes; tab, newline and carriage return would end a field or row.
@@ -77,6 +78,14 @@ class MemoryCopyRows:
             )
         self._lines.append(line)
 
-    def text(self) -> str:
-        """Every row, as one COPY payload."""
-        return "".join(self._lines)
+    def payload(self, size: int = 1 << 20) -> Iterator[str]:
+        """The rows as COPY data, in pieces of about `size` characters or one line: sending a
+        chunk never holds a second copy of all of it."""
+        start, length = 0, 0
+        for end, line in enumerate(self._lines, 1):
+            length += len(line)
+            if length >= size:
+                yield "".join(self._lines[start:end])
+                start, length = end, 0
+        if start < len(self._lines):
+            yield "".join(self._lines[start:])

@@ -121,7 +121,8 @@ async def copy_insert(
     try:
         async with conn.cursor().copy(Q["memory_copy"]) as copy:
             copying()
-            await copy.write(rows.text())
+            for part in rows.payload():
+                await copy.write(part)
     except psycopg.errors.UniqueViolation as e:
         raise IdExists from e
 
@@ -136,7 +137,8 @@ async def copy_upsert(conn: Conn, rows: MemoryCopyRows) -> tuple[int, int]:
         return 0, 0
     await conn.execute(Q["memory_stage_create"])
     async with conn.cursor().copy(Q["memory_stage_copy"]) as copy:
-        await copy.write(rows.text())
+        for part in rows.payload():
+            await copy.write(part)
     cur = await conn.execute(Q["memory_stage_upsert"])
     counted = await cur.fetchone()
     assert counted is not None  # an aggregate always returns a row

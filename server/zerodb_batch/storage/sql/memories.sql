@@ -92,16 +92,17 @@ LIMIT %(limit)s;
 -- name: memory_stage_create
 -- A session-local staging table for streamed chunks; ON COMMIT DELETE ROWS empties it at every
 -- commit, so a pooled connection can reuse it and a rolled-back chunk leaves nothing behind.
--- Its columns are memory_copy's, so one COPY payload fits both. Metadata stays text here and
--- is parsed once, by the cast in memory_stage_upsert.
-CREATE TEMP TABLE IF NOT EXISTS memory_stage (
+-- Its columns are memory_copy's, so one COPY payload fits both (a new name for a new shape: a
+-- session kept across a deploy cannot hold an older table of the same name). Metadata stays
+-- text here and is parsed once, by the cast in memory_stage_upsert.
+CREATE TEMP TABLE IF NOT EXISTS memory_chunk_stage (
     project_id text, id text, content text, memory_type text, importance float8, tags text[],
     metadata text, session_id text, agent_id text, entity_id text
 ) ON COMMIT DELETE ROWS;
 
 -- name: memory_stage_copy
-COPY memory_stage (project_id, id, content, memory_type, importance, tags, metadata,
-                   session_id, agent_id, entity_id)
+COPY memory_chunk_stage (project_id, id, content, memory_type, importance, tags, metadata,
+                         session_id, agent_id, entity_id)
 FROM STDIN;
 
 -- name: memory_stage_upsert
@@ -112,7 +113,7 @@ WITH written AS (
         session_id, agent_id, entity_id)
     SELECT s.project_id, s.id, s.content, s.memory_type, s.importance, s.tags,
            s.metadata::jsonb, s.session_id, s.agent_id, s.entity_id
-    FROM memory_stage AS s
+    FROM memory_chunk_stage AS s
     ON CONFLICT (project_id, id) DO UPDATE SET  -- keep in step with memory_upsert
         content = EXCLUDED.content,
         memory_type = EXCLUDED.memory_type,
