@@ -192,7 +192,8 @@ def _add_load(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     memories.add_argument(
         "--load-id",
         help="name of the load (default: a hash of the file's content and the chunking). With "
-        "your own id, consistency is yours: resume it only with the same file and chunking",
+        "your own id, resume it only with the same file and chunking (--resume checks the "
+        "committed records against the file's chunks)",
     )
     memories.add_argument(
         "--resume",

@@ -13,6 +13,7 @@ the rest load.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sys
 import time
@@ -201,7 +202,7 @@ class Loader:
     def run(self, path: Path, *, resume: bool) -> Outcome:
         if next(read_chunks(path, self._chunking, self._report_bad), None) is None:
             raise LoaderError(f"{path} holds no valid record; nothing to load")
-        start = self._resumed() if resume else self._fresh()
+        start = self._resumed(path) if resume else self._fresh()
         with tqdm(
             total=count_lines(path),
             unit=" rec",
@@ -215,23 +216,52 @@ class Loader:
 
     def committed_offset(self) -> int:
         """The offset to send next, by GetLoad; 0 for a load with nothing committed."""
+        load = self._get_load()
+        return load.next_offset if load is not None else 0
+
+    def _get_load(self) -> load_pb2.Load | None:
         request = load_pb2.GetLoadRequest(project_id=self._project_id, load_id=self._load_id)
         try:
-            return self._loads.GetLoad(request, metadata=self._auth).load.next_offset
+            return self._loads.GetLoad(request, metadata=self._auth).load
         except grpc.RpcError as e:
             if e.code() is grpc.StatusCode.NOT_FOUND:
-                return 0
+                return None
             raise
 
-    def _resumed(self) -> int:
+    def _resumed(self, path: Path) -> int:
         """--resume continues a load; with none to continue, saying so beats loading afresh."""
-        if committed := self.committed_offset():
-            return committed
-        raise LoaderError(
-            f"load {self._load_id!r} has no committed chunk: nothing to resume. The default load "
-            "id follows the file's content and chunking, so a changed file (or another "
-            "--chunk-size or --chunk-bytes) is a new load; run without --resume to start it"
+        load = self._get_load()
+        if load is None or not load.next_offset:
+            raise LoaderError(
+                f"load {self._load_id!r} has no committed chunk: nothing to resume. The default "
+                "load id follows the file's content and chunking, so a changed file (or another "
+                "--chunk-size or --chunk-bytes) is a new load; run without --resume to start it"
+            )
+        self._check_same_chunks(path, load)
+        return load.next_offset
+
+    def _check_same_chunks(self, path: Path, load: load_pb2.Load) -> None:
+        """Offsets only mean something with the file and chunking that made them: with another
+        chunking (say, an explicit --load-id resumed without the --chunk-size it was started
+        with), skipping the committed offsets would skip records that were never loaded. Every
+        record of a committed chunk was counted (inserted, updated or failed: the loader sends
+        partial_success), so the counts must match the records of those chunks here."""
+        here = sum(
+            len(chunk.records)
+            for chunk in itertools.takewhile(
+                lambda c: c.offset < load.next_offset,
+                read_chunks(path, self._chunking, lambda *_: None),
+            )
         )
+        counted = load.inserted + load.updated + load.failed
+        if here != counted:
+            raise LoaderError(
+                f"load {self._load_id!r} committed {load.next_offset} chunk(s) holding {counted} "
+                f"record(s), but the first {load.next_offset} chunk(s) of {path} hold {here} with "
+                f"--chunk-size {self._chunking.records} --chunk-bytes {self._chunking.bytes}: "
+                "resume with the file and chunking the load was started with (the default "
+                "--chunk-size was 500 before 1000)"
+            )
 
     def _fresh(self) -> int:
         """A new load must not silently continue an old one: that is what --resume is for."""

@@ -145,6 +145,26 @@ def test_resume_of_a_regenerated_file_is_refused(
     assert len(contents(db, project)) == 18
 
 
+def test_resume_with_another_chunk_size_is_refused(
+    server: ServerThread,
+    project: Project,
+    db: Db,
+    tmp_path: Path,
+    memories: MemoryServiceStub,
+    channel: grpc.Channel,
+) -> None:
+    """An explicit --load-id does not follow the chunking: the loader checks it instead."""
+    path = facts(tmp_path / "facts.jsonl", 11)
+    _interrupted_run(memories, LoadServiceStub(channel), project, path, "mine")  # 4 a chunk
+    other = load(server, project, path, "--load-id", "mine", "--chunk-size", "3", "--resume")
+    assert other.returncode == 2
+    assert "holding 8 record(s), but the first 2 chunk(s)" in other.stderr
+    assert len(contents(db, project)) == 8  # nothing skipped, nothing loaded
+    same = load(server, project, path, "--load-id", "mine", "--chunk-size", "4", "--resume")
+    assert same.returncode == 0, same.stderr
+    assert contents(db, project) == sorted(f"fact {i}" for i in range(11))
+
+
 def test_a_file_of_large_records_loads_in_byte_capped_chunks(
     server: ServerThread, project: Project, db: Db, tmp_path: Path
 ) -> None:

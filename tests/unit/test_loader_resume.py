@@ -53,15 +53,21 @@ class Run:
         except BaseException as e:
             self.result.append(e)
 
-    def get_load(self, next_offset: int | None) -> None:
-        """Answer the loader's GetLoad: committed up to next_offset - 1, or NOT_FOUND."""
+    def get_load(self, next_offset: int | None, records: int | None = None) -> None:
+        """Answer the loader's GetLoad: committed up to next_offset - 1, or NOT_FOUND. The load
+        counts `records` written (by default two a chunk, as Chunking(2) cuts a clean file)."""
         metadata, request, rpc = self.channel.take_unary_unary(GET_LOAD)
         assert (request.load_id, dict(metadata)["x-api-key"]) == ("load-x", "zdb_key")
         if next_offset is None:
             rpc.terminate(load_pb2.GetLoadResponse(), (), NOT_FOUND, "no such load")
         else:
+            written = 2 * next_offset if records is None else records
             load = load_pb2.Load(
-                load_id="load-x", last_offset=next_offset - 1, next_offset=next_offset
+                load_id="load-x",
+                last_offset=next_offset - 1,
+                next_offset=next_offset,
+                inserted=written - 1 if written else 0,
+                updated=1 if written else 0,
             )
             rpc.terminate(load_pb2.GetLoadResponse(load=load), (), OK, "")
 
@@ -161,6 +167,15 @@ def test_resume_with_nothing_committed_is_an_error_not_a_fresh_load(tmp_path: Pa
     run = Run(jsonl(tmp_path, 4), resume=True)
     run.get_load(None)
     with pytest.raises(LoaderError, match="nothing to resume"):
+        run.outcome()
+
+
+def test_resume_with_another_chunking_is_refused(tmp_path: Path) -> None:
+    """Committed chunks 0-2 held 15 records (started with 5 a chunk); here they hold 6: resuming
+    at offset 3 would skip records 6-14, never loaded."""
+    run = Run(jsonl(tmp_path, 20), resume=True)
+    run.get_load(3, records=15)
+    with pytest.raises(LoaderError, match=r"holding 15 record.*hold 6 with --chunk-size 2"):
         run.outcome()
 
 
