@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ from zerodb_batch.errors import FailedPrecondition, InvalidArgument, NotFound, V
 from zerodb_batch.storage import loads, memories
 from zerodb_batch.storage.copy_text import MemoryCopyRows
 from zerodb_batch.storage.pool import Conn, HeldConnection, connection
+
+log = logging.getLogger(__name__)
 
 KIND = "memories"
 _SLICE = 200  # records validated between two turns of the event loop
@@ -69,6 +72,15 @@ class MemoryLoad:
         self._may_parse.set()
 
     async def run(self, chunks: AsyncIterator[Chunk]) -> memory_pb2.StreamUpsertMemoriesResponse:
+        try:
+            await self._consume(chunks)
+        except BaseException:
+            await self._record_skips()
+            raise
+        return await self._finish()
+
+    async def _consume(self, chunks: AsyncIterator[Chunk]) -> None:
+        """Every chunk of the stream, committed or skipped in order."""
         ready: asyncio.Queue[_Prepared | Exception | None] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read_ahead(chunks, ready))
         try:
@@ -85,7 +97,26 @@ class MemoryLoad:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-        return await self._finish()
+
+    async def _record_skips(self) -> None:
+        """A stream ending in an error still counts the duplicate chunks it skipped since the
+        progress row was last written (best effort: the error in flight is what the client
+        hears)."""
+        if not self._unrecorded_skips or not self._opened:
+            return
+        try:
+            async with connection(self._pool) as conn:
+                await loads.add_skipped(
+                    conn, self._project_id, self._load_id, self._unrecorded_skips
+                )
+            self._unrecorded_skips = 0
+        except Exception:
+            log.warning(
+                "load %s: %d skipped chunk(s) not counted",
+                self._load_id,
+                self._unrecorded_skips,
+                exc_info=True,
+            )
 
     async def _read_ahead(
         self, chunks: AsyncIterator[Chunk], ready: asyncio.Queue[_Prepared | Exception | None]

@@ -77,3 +77,9 @@ async def finish(
     cur = await conn.execute(Q["load_finish"], params)
     row = await cur.fetchone()
     return LoadProgress(*row) if row else None  # type: ignore[arg-type]
+
+
+async def add_skipped(conn: Conn, project_id: str, load_id: str, skipped: int) -> None:
+    """Count duplicate chunks a stream skipped and could not record with a later chunk."""
+    params = {"project_id": project_id, "load_id": load_id, "skipped": skipped}
+    await conn.execute(Q["load_add_skipped"], params)

@@ -47,3 +47,8 @@ UPDATE loads SET
 WHERE project_id = %(project_id)s AND load_id = %(load_id)s
 RETURNING load_id, kind, done, last_offset, chunks_committed, chunks_skipped,
           inserted, updated, failed, create_time, update_time;
+
+-- name: load_add_skipped
+-- Duplicate chunks counted by a stream that ended in an error before its next commit.
+UPDATE loads SET chunks_skipped = chunks_skipped + %(skipped)s, update_time = now()
+WHERE project_id = %(project_id)s AND load_id = %(load_id)s;
