@@ -9,13 +9,15 @@ import pytest
 from google.protobuf import struct_pb2
 
 from zerodb.v1 import memory_pb2
-from zerodb_batch.domain.memory import MemoryColumns, parse_records
+from zerodb_batch.domain.memory import MemoryColumns, RecordParser
 from zerodb_batch.domain.validate import metadata_json, struct_to_dict
 from zerodb_batch.errors import InvalidArgument
 
 
 def parse(*records: memory_pb2.Memory, partial: bool = True):  # type: ignore[no-untyped-def]
-    return parse_records(list(records), MemoryColumns(), field_name="records", partial=partial)
+    parser = RecordParser(list(records), MemoryColumns(), field_name="records", partial=partial)
+    parser.parse(len(records))
+    return parser.finish()
 
 
 def struct(value: dict[str, object]) -> struct_pb2.Struct:

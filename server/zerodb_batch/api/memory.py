@@ -50,7 +50,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             # Each slice's upsert runs in PostgreSQL while the next slice is validated here.
             sent = []
             for stop in _slice_ends(len(request.records)):
-                rows = parser.parse(stop)
+                first = len(parser.batch.rows)
+                parser.parse(stop)
+                rows = parser.batch.rows.since(first)
                 if parser.writable:  # else an atomic batch fails in finish(): no more writes
                     sent.append(await memories.send_upsert(conn, request.project_id, rows))
             batch = parser.finish()  # atomic + invalid: raises, and the transaction rolls back

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch import limits
@@ -17,10 +17,6 @@ class Rows(Protocol):
     """Where the parser puts valid records: the form the storage layer writes them in."""
 
     def __len__(self) -> int: ...
-
-    def since(self, start: int) -> Self:
-        """The rows from position `start` on."""
-        ...
 
     def add(
         self, index: int, mid: str, content: str, memory_type: str, importance: float,
@@ -85,16 +81,6 @@ class ParsedBatch(Generic[R]):
     generated: set[int]  # indexes whose id the server generated
 
 
-def parse_records(
-    records: Sequence[memory_pb2.Memory], rows: R, *, field_name: str, partial: bool
-) -> ParsedBatch[R]:
-    """Validate every record into `rows`; an atomic batch with an invalid record raises
-    INVALID_ARGUMENT listing every violation."""
-    parser = RecordParser(records, rows, field_name=field_name, partial=partial)
-    parser.parse(len(records))
-    return parser.finish()
-
-
 class RecordParser(Generic[R]):
     """Validates a batch a slice at a time, so each slice can be written while the next parses.
 
@@ -120,9 +106,9 @@ class RecordParser(Generic[R]):
         """How many records have been validated."""
         return self._parsed
 
-    def parse(self, stop: int) -> R:
-        """Validate the records up to index `stop`; returns the valid rows among them."""
-        batch, seen, first_row = self.batch, self._seen, len(self.batch.rows)
+    def parse(self, stop: int) -> None:
+        """Validate the records up to index `stop`, adding the valid ones to the rows."""
+        batch, seen = self.batch, self._seen
         for i in range(self._parsed, stop):
             record = self._records[i]
             rid = record.id  # every read of a message field builds a new str: once per record
@@ -133,7 +119,6 @@ class RecordParser(Generic[R]):
             if not rid and i not in batch.failures:
                 batch.generated.add(i)
         self._parsed = max(self._parsed, stop)
-        return batch.rows.since(first_row)
 
     def finish(self) -> ParsedBatch[R]:
         assert self._parsed == len(self._records), "finish() before every record was parsed"
@@ -173,18 +158,26 @@ def _append_if_valid(rows: Rows, i: int, r: memory_pb2.Memory, rid: str) -> bool
     metadata = metadata_json(r.metadata)
     if metadata is None:
         return False
-    rows.add(
-        i, rid or str(uuid.uuid4()), content, mtype or _DEFAULT_TYPE, importance,
-        tags, metadata, session, agent, entity,
-    )  # fmt: skip
+    _add(rows, i, rid, content, mtype, importance, tags, metadata, session, agent, entity)
     return True
 
 
-def _append(rows: Rows, i: int, r: memory_pb2.Memory, metadata: str) -> None:
-    importance = r.importance if r.HasField("importance") else limits.DEFAULT_IMPORTANCE
+def _add(
+    rows: Rows, i: int, rid: str, content: str, mtype: str, importance: float, tags: list[str],
+    metadata: str, session: str, agent: str, entity: str,
+) -> None:  # fmt: skip
+    """A valid record into the rows, with the defaults for an empty id (a new UUID) and type."""
+    mid = rid or str(uuid.uuid4())
     rows.add(
-        i, r.id or str(uuid.uuid4()), r.content, r.memory_type or limits.DEFAULT_MEMORY_TYPE,
-        importance, list(r.tags), metadata, r.session_id, r.agent_id, r.entity_id,
+        i, mid, content, mtype or _DEFAULT_TYPE, importance, tags, metadata, session, agent, entity
+    )
+
+
+def _append(rows: Rows, i: int, r: memory_pb2.Memory, metadata: str) -> None:
+    importance = r.importance if r.HasField("importance") else _DEFAULT_IMPORTANCE
+    _add(
+        rows, i, r.id, r.content, r.memory_type, importance, list(r.tags), metadata,
+        r.session_id, r.agent_id, r.entity_id,
     )  # fmt: skip
 
 
