@@ -8,9 +8,7 @@ PostgreSQL parses the text with the columns' own input functions, as for any lit
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
-from typing import Self
 
 # COPY text format: a backslash escapes; tab, newline and carriage return would end a field or row.
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -24,19 +22,13 @@ def field(value: str) -> str:
     return value  # the common case: four C-speed scans, no copy
 
 
-def nullable(value: str) -> str:
-    """An optional text value: empty means NULL."""
-    return field(value) if value else NULL
-
-
 def text_array(items: list[str]) -> str:
     """A text[] literal as one COPY field. Every element is quoted, so none reads as NULL."""
     if not items:
         return "{}"
-    joined = '","'.join(items)
-    if "\\" in joined or '"' in joined:
-        joined = '","'.join([i.replace("\\", "\\\\").replace('"', '\\"') for i in items])
-    return field('{"' + joined + '"}')
+    if '"' in (every := "".join(items)) or "\\" in every:
+        items = [i.replace("\\", "\\\\").replace('"', '\\"') for i in items]
+    return field('{"' + '","'.join(items) + '"}')
 
 
 class MemoryCopyRows:
@@ -51,32 +43,21 @@ class MemoryCopyRows:
     def __len__(self) -> int:
         return len(self._lines)
 
-    def since(self, start: int) -> Self:
-        rows = copy.copy(self)
-        rows._lines = self._lines[start:]
-        return rows
-
     def add(
         self, index: int, mid: str, content: str, memory_type: str, importance: float,
         tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
     ) -> None:  # fmt: skip
         # memory_type is one of a fixed set; metadata is JSON text, so its only possible special
         # character is the backslash of a JSON escape.
-        all_tags = "".join(tags)
-        plain = f"{mid}{content}{metadata}{session_id}{agent_id}{entity_id}{all_tags}"
-        if "\\" in plain or "\t" in plain or "\n" in plain or "\r" in plain or '"' in all_tags:
-            line = (
-                f"{self._prefix}{field(mid)}\t{field(content)}\t{memory_type}\t{importance!r}\t"
-                f"{text_array(tags)}\t{field(metadata)}\t{nullable(session_id)}\t"
-                f"{nullable(agent_id)}\t{nullable(entity_id)}\n"
-            )
-        else:  # nothing to escape: almost every record
-            array = '{"' + '","'.join(tags) + '"}' if tags else "{}"
-            line = (
-                f"{self._prefix}{mid}\t{content}\t{memory_type}\t{importance!r}\t{array}\t"
-                f"{metadata}\t{session_id or NULL}\t{agent_id or NULL}\t{entity_id or NULL}\n"
-            )
-        self._lines.append(line)
+        # One scan of every text value at once: almost every record has nothing to escape.
+        plain = f"{mid}{content}{metadata}{session_id}{agent_id}{entity_id}"
+        if "\\" in plain or "\t" in plain or "\n" in plain or "\r" in plain:
+            mid, content, metadata = field(mid), field(content), field(metadata)
+            session_id, agent_id, entity_id = field(session_id), field(agent_id), field(entity_id)
+        self._lines.append(
+            f"{self._prefix}{mid}\t{content}\t{memory_type}\t{importance!r}\t{text_array(tags)}\t"
+            f"{metadata}\t{session_id or NULL}\t{agent_id or NULL}\t{entity_id or NULL}\n"
+        )
 
     def payload(self, size: int = 1 << 20) -> Iterator[str]:
         """The rows as COPY data, in pieces of about `size` characters or one line: sending a
