@@ -12,7 +12,7 @@ import pytest
 import redis
 from google.protobuf import struct_pb2
 
-from tests.plugins.checks import details, wait_for
+from tests.plugins.checks import assert_too_large, details, wait_for
 from tests.plugins.events import (
     failed_xadds,
     make_events,
@@ -64,11 +64,7 @@ def test_publish_100_refuse_101(events_stub: EventServiceStub, project: Project,
     events = make_events(101)
     with pytest.raises(grpc.RpcError) as caught:
         publish(events_stub, project, events)
-    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    info, bad = details(caught.value)
-    assert info.reason == "BATCH_TOO_LARGE"
-    assert (info.metadata["max"], info.metadata["actual"]) == ("100", "101")
-    assert bad.field_violations[0].field == "events"
+    assert_too_large(caught.value, "events", 100, 101)
     assert stored(db, project) == []
 
     reply = publish(events_stub, project, events[:100])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import grpc
 import psycopg
@@ -11,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from tests.api.test_memory_upsert import count
-from tests.plugins.checks import details, wait_for
+from tests.plugins.checks import assert_too_large, details, wait_for
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
@@ -132,18 +133,9 @@ def test_cancel_mid_chunk_leaves_no_half_written_chunk(
     first = contents(db, project)
     # Chunk 1 also rewrites a record of chunk 0, whose row this test holds locked: the server
     # gets the chunk into its staging table, then waits inside the chunk's transaction.
-    locked = Request()
-    locked.CopyFrom(chunk(project, 1, n=50))
-    held = db.execute(
-        "SELECT id FROM memories WHERE project_id = %s LIMIT 1", (project.id,)
-    ).fetchone()
-    assert held is not None
-    locked.records[0].id = str(held[0])
-    with psycopg.connect(database_url) as locker:
-        locker.execute(
-            "SELECT 1 FROM memories WHERE project_id = %s AND id = %s FOR UPDATE",
-            (project.id, held[0]),
-        )
+    locked = chunk(project, 1, n=50)
+    with row_locked(db, database_url, project) as (locker, held):
+        locked.records[0].id = held
         feed = Feed()
         call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
         feed.send(locked)
@@ -158,6 +150,20 @@ def test_cancel_mid_chunk_leaves_no_half_written_chunk(
     reply = stream(memories, project, [locked])  # resending the chunk writes it, once
     assert (reply.chunks_committed, reply.load.inserted, reply.load.updated) == (1, 53, 1)
     assert len(contents(db, project)) == 53
+
+
+@contextmanager
+def row_locked(db: Db, database_url: str, project: Project) -> Iterator[tuple[Db, str]]:
+    """One of the project's memories locked FOR UPDATE by another session: (that session, id)."""
+    row = db.execute("SELECT id FROM memories WHERE project_id = %s LIMIT 1", (project.id,))
+    held = row.fetchone()
+    assert held is not None
+    with psycopg.connect(database_url) as locker:
+        locker.execute(
+            "SELECT 1 FROM memories WHERE project_id = %s AND id = %s FOR UPDATE",
+            (project.id, held[0]),
+        )
+        yield locker, str(held[0])
 
 
 def _upserts(db: Db, *, on_lock: bool) -> int:
@@ -264,13 +270,7 @@ def test_an_existing_id_mid_stream_switches_to_upserts(
 def test_chunk_limits(memories: MemoryServiceStub, project: Project, db: Db) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stream(memories, project, [chunk(project, 0, n=5001)])
-    info, bad = details(caught.value)
-    assert (caught.value.code(), info.reason, info.metadata["max"]) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "BATCH_TOO_LARGE",
-        "5000",
-    )
-    assert bad.field_violations[0].field == "records"
+    assert_too_large(caught.value, "records", 5000, 5001)
     assert count(db, project) == 0
     assert stream(memories, project, [chunk(project, 0, n=5000)]).load.inserted == 5000
 
@@ -355,17 +355,9 @@ def test_two_streams_of_one_load_never_write_a_chunk_twice(
     stream(memories, project, [chunk(project, 0)])
     # Stream B's chunk 1 rewrites a row this test holds locked, so B waits inside its chunk
     # transaction while stream A commits its own chunk 1 of the same load.
-    held = db.execute(
-        "SELECT id FROM memories WHERE project_id = %s LIMIT 1", (project.id,)
-    ).fetchone()
-    assert held is not None
     late = chunk(project, 1, load_id="load-1")
-    late.records[0].id = str(held[0])
-    with psycopg.connect(database_url) as locker:
-        locker.execute(
-            "SELECT 1 FROM memories WHERE project_id = %s AND id = %s FOR UPDATE",
-            (project.id, held[0]),
-        )
+    with row_locked(db, database_url, project) as (locker, held):
+        late.records[0].id = held
         feed = Feed()
         b = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
         feed.send(late)

@@ -32,6 +32,16 @@ def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, error_deta
     return info, bad
 
 
+def assert_too_large(err: grpc.RpcError, field: str, maximum: int, actual: int) -> None:
+    """A batch over its limit: INVALID_ARGUMENT, reason BATCH_TOO_LARGE, the limit, the size
+    sent and the field."""
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    info, bad = details(err)
+    assert info.reason == "BATCH_TOO_LARGE"
+    assert (info.metadata["max"], info.metadata["actual"]) == (str(maximum), str(actual))
+    assert bad.field_violations[0].field == field
+
+
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20) -> T:
     """Poll `probe` until it returns something truthy; fail (not a timing check) after `timeout`."""
     deadline = time.monotonic() + timeout
