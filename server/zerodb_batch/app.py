@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from psycopg_pool import AsyncConnectionPool
 
 from zerodb.v1 import (
     event_pb2,
@@ -26,19 +26,19 @@ from zerodb.v1 import (
     vector_pb2,
     vector_pb2_grpc,
 )
-from zerodb_batch.api.events import EventServicer
-from zerodb_batch.api.loads import LoadServicer
-from zerodb_batch.api.memory import MemoryServicer
-from zerodb_batch.api.unimplemented import placeholder
+from zerodb_batch.api.event_service import EventServicer
+from zerodb_batch.api.load_service import LoadServicer
+from zerodb_batch.api.memory_service import MemoryServicer
 from zerodb_batch.config import Settings
+from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.errors import StartupError
 from zerodb_batch.events.relay import Relay
 from zerodb_batch.events.streams import Streams
+from zerodb_batch.interceptors.api_interceptor import ApiInterceptor
 from zerodb_batch.interceptors.auth import Authenticator
-from zerodb_batch.interceptors.pipeline import ApiInterceptor
-from zerodb_batch.storage import idempotency, keys
+from zerodb_batch.storage import idempotency, keys, shared_secrets
 from zerodb_batch.storage.migrate import migrate
-from zerodb_batch.storage.pool import Conn, open_pool
+from zerodb_batch.storage.pool import Database, open_database
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class App:
     """A running server; `port` is the bound port (useful with a listen address of port 0)."""
 
     settings: Settings
-    pool: AsyncConnectionPool[Conn]
+    db: Database
     server: grpc.aio.Server
     health: HealthServicer
     port: int = 0
@@ -85,7 +85,7 @@ class App:
         await _cancel(self.tasks)
         for streams in self.streams:
             await streams.close()
-        await self.pool.close()
+        await self.db.close()
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -105,7 +105,7 @@ async def start(settings: Settings) -> App:
         raise StartupError("no database URL: start the embedded PostgreSQL first")
     if not settings.redis_url:
         raise StartupError("no Redis URL: start the embedded Valkey first")
-    pool = await _open(settings)
+    db = await _open(settings)
     # No connection yet: a Redis that is down only delays events (the outbox keeps them).
     # Publishers and the relay have connections of their own: a crowd of subscriptions holding
     # blocking reads must not make publishers wait for one.
@@ -113,70 +113,71 @@ async def start(settings: Settings) -> App:
     streams = Streams.open(settings.redis_url, maxlen, settings.max_subscriptions + 16)
     relay_streams = Streams.open(settings.redis_url, maxlen, settings.event_relay_redis_connections)
     relay = Relay(
-        pool, relay_streams, settings.database_url, settings.event_relay_poll_seconds, maxlen
+        db, relay_streams, settings.database_url, settings.event_relay_poll_seconds, maxlen
     )
-    events = EventServicer(pool, streams, relay, settings.max_subscriptions)
     try:
-        bootstrap = await _prepare(pool)
-        server, health = await _build(settings, pool, events)
+        bootstrap, tokens = await _prepare(db)
+        events = EventServicer(db, tokens, streams, relay, settings.max_subscriptions)
+        server, health = await _build(settings, db, tokens, events)
         port = _bind(server, settings.listen)
         await server.start()
     except BaseException:
         await streams.close()
         await relay_streams.close()
-        await pool.close()
+        await db.close()
         raise
-    app = App(settings, pool, server, health, port, bootstrap, streams=(streams, relay_streams))
+    app = App(settings, db, server, health, port, bootstrap, streams=(streams, relay_streams))
     app.events = events
-    app.tasks.append(asyncio.create_task(_expire_requests(pool, settings.idempotency_ttl_hours)))
+    app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
     app.tasks.append(asyncio.create_task(relay.run()))
     return app
 
 
-async def _open(settings: Settings) -> AsyncConnectionPool[Conn]:
+async def _open(settings: Settings) -> Database:
     try:
-        return await open_pool(
+        return await open_database(
             settings.database_url or "", settings.pool_min, settings.pool_max, settings.pool_timeout
         )
     except Exception as e:
         raise StartupError(f"cannot connect to PostgreSQL: {e}") from e
 
 
-async def _prepare(pool: AsyncConnectionPool[Conn]) -> tuple[str, str] | None:
-    """Apply migrations; on an empty store, make a project and a development key."""
-    async with pool.connection() as conn:
+async def _prepare(db: Database) -> tuple[tuple[str, str] | None, PageTokens]:
+    """Apply migrations and read the page token key; on an empty store, make a project and a
+    development key."""
+    async with db.connection() as conn:
         await migrate(conn)
+        tokens = PageTokens(await shared_secrets.shared_secret(conn, shared_secrets.PAGE_TOKENS))
         if await keys.count_projects(conn):
-            return None
+            return None, tokens
         async with conn.transaction():
             project = await keys.create_project(conn, name="development")
             _, key = await keys.create_key(conn, project, name="development key")
-        return project, key
+        return (project, key), tokens
 
 
 async def _build(
-    settings: Settings, pool: AsyncConnectionPool[Conn], event_service: EventServicer
+    settings: Settings, db: Database, tokens: PageTokens, event_service: EventServicer
 ) -> tuple[grpc.aio.Server, HealthServicer]:
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(Authenticator(pool, settings.auth_cache_seconds))],
+        interceptors=[ApiInterceptor(Authenticator(db, settings.auth_cache_seconds))],
         options=[
             ("grpc.so_reuseport", 0),  # a port in use is an error, not silent sharing
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ],
     )
-    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(pool), server)
-    load_pb2_grpc.add_LoadServiceServicer_to_server(LoadServicer(pool), server)
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(db, tokens), server)
+    load_pb2_grpc.add_LoadServiceServicer_to_server(LoadServicer(db), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
-    # Services whose RPCs later issues build answer UNIMPLEMENTED until then.
     table_pb2_grpc.add_TableServiceServicer_to_server(
-        placeholder(table_pb2_grpc.TableServiceServicer), server
+        _unbuilt(table_pb2_grpc.TableServiceServicer), server
     )
     vector_pb2_grpc.add_VectorServiceServicer_to_server(
-        placeholder(vector_pb2_grpc.VectorServiceServicer), server
+        _unbuilt(vector_pb2_grpc.VectorServiceServicer), server
     )
     rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(
-        placeholder(rlhf_pb2_grpc.RlhfServiceServicer), server
+        _unbuilt(rlhf_pb2_grpc.RlhfServiceServicer), server
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -193,6 +194,13 @@ async def _build(
     return server, health
 
 
+def _unbuilt(base: Any) -> Any:
+    """A service not built yet: the generated base servicer, whose every RPC raises
+    NotImplementedError (UNIMPLEMENTED, reason NOT_IMPLEMENTED). Its type stubs call it
+    abstract, which it is not at run time."""
+    return base()
+
+
 def _bind(server: grpc.aio.Server, listen: str) -> int:
     try:
         port = server.add_insecure_port(listen)
@@ -203,11 +211,11 @@ def _bind(server: grpc.aio.Server, listen: str) -> int:
     return int(port)
 
 
-async def _expire_requests(pool: AsyncConnectionPool[Conn], hours: int) -> None:
+async def _expire_requests(db: Database, hours: int) -> None:
     """Forget idempotency keys older than the TTL, hourly; a failed sweep waits for the next."""
     while True:
         try:
-            async with pool.connection() as conn:
+            async with db.connection() as conn:
                 removed = await idempotency.expire(conn, hours)
             if removed:
                 log.info("expired %d idempotency keys", removed)

@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import psycopg
-
 from zerodb_batch import app as app_module
 from zerodb_batch import loader
 from zerodb_batch.config import ClientSettings, Settings
@@ -21,7 +19,7 @@ from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, Embedde
 from zerodb_batch.errors import StartupError
 from zerodb_batch.storage import keys
 from zerodb_batch.storage.migrate import migrate
-from zerodb_batch.storage.pool import Conn
+from zerodb_batch.storage.pool import Conn, single_connection
 
 T = TypeVar("T")
 log = logging.getLogger("zerodb_batch")
@@ -135,7 +133,7 @@ def _database(settings: Settings) -> Iterator[str]:
 
 def _with_conn(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
     async def run(url: str) -> T:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        async with single_connection(url) as conn:
             await migrate(conn)
             return await work(conn)
 

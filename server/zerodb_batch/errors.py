@@ -2,6 +2,8 @@
 
 Storage raises these instead of driver errors; the interceptor turns them into `google.rpc.Status`
 with `ErrorInfo` and `BadRequest` details. Per-item results embed the same `google.rpc.Status`.
+Codes are `google.rpc.code_pb2` values: grpc's own status enum appears only at the server border
+(interceptors/), so nothing below the API layer depends on grpc.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "zerodb.ainative.studio"
+
+Code = int  # a google.rpc.Code value
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class Violation:
 class ZeroDBError(Exception):
     """Base of every error the API returns on purpose."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: Code = code_pb2.INTERNAL
     reason: str = "INTERNAL"
 
     def __init__(
@@ -54,7 +57,7 @@ class ZeroDBError(Exception):
         details = [_pack(info)]
         if self.violations:
             details.append(_pack(_bad_request(self.violations)))
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        return status_pb2.Status(code=self.code, message=self.message, details=details)
 
 
 def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
@@ -75,7 +78,7 @@ def _bad_request(violations: Iterable[Violation]) -> error_details_pb2.BadReques
 
 
 class InvalidArgument(ZeroDBError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = code_pb2.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
 
@@ -103,39 +106,56 @@ class RequestIdReused(InvalidArgument):
 
 
 class Unauthenticated(ZeroDBError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = code_pb2.UNAUTHENTICATED
     reason = "API_KEY_INVALID"
 
 
 class PermissionDenied(ZeroDBError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = code_pb2.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
 
 
 class NotFound(ZeroDBError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = code_pb2.NOT_FOUND
     reason = "NOT_FOUND"
 
 
 class FailedPrecondition(ZeroDBError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = code_pb2.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
 
 
 class ResourceExhausted(ZeroDBError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = code_pb2.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(ZeroDBError):
     """A dependency (PostgreSQL, Redis) cannot be reached; the call may be retried."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = code_pb2.UNAVAILABLE
     reason = "DEPENDENCY_UNAVAILABLE"
 
 
+class AlreadyExists(ZeroDBError):
+    code = code_pb2.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class Aborted(ZeroDBError):
+    """A concurrency conflict (deadlock, serialization failure, lock wait); retry the call."""
+
+    code = code_pb2.ABORTED
+    reason = "ABORTED"
+
+
+class DeadlineExceeded(ZeroDBError):
+    code = code_pb2.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
 class Unimplemented(ZeroDBError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = code_pb2.UNIMPLEMENTED
     reason = "NOT_IMPLEMENTED"
 
 

@@ -39,3 +39,4 @@ MAX_UNACKED: Final = 10_000
 DEFAULT_REDELIVER_SECONDS: Final = 30
 MIN_REDELIVER_SECONDS: Final = 1
 MAX_REDELIVER_SECONDS: Final = 3600
+MAX_JSON_DEPTH: Final = 20  # levels of objects and arrays in metadata, payloads and rows

@@ -61,7 +61,7 @@ def test_revoked_key_refused(memories: MemoryServiceStub, server: ServerThread) 
     project_id, _ = server.new_key()
 
     async def make_and_revoke() -> str:
-        async with server.app.pool.connection() as conn:
+        async with server.app.db.pool.connection() as conn:
             key_id, key = await keys.create_key(conn, project_id)
             assert await keys.revoke_key(conn, key_id)
             return key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -239,21 +240,26 @@ def test_list_refuses_foreign_and_bad_tokens(
 ) -> None:
     publish(events_stub, project, make_events(3))
     token = list_events(events_stub, project, page_size=1).next_page_token
-    bound_to = base64.urlsafe_b64decode(token).decode().partition(":")[2]
-    forged = [  # digits int() refuses, and a number no bigint seq can be
-        base64.urlsafe_b64encode(f"{after}:{bound_to}".encode()).decode()
-        for after in ("\u00b2", "9" * 5000, "\u0661\u0662")
+    body, _, tag = token.partition(".")
+    query = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))[0]
+    forged = [  # a signed-looking token whose position we chose: digits int() refuses, a huge seq
+        base64.urlsafe_b64encode(json.dumps([query, after]).encode()).decode().rstrip("=")
+        + f".{tag}"
+        for after in ("\u00b2", int("9" * 50), 1)
     ]
-    for kw in (
-        {"page_token": "not-a-token"},
-        {"page_token": token, "topic": "agent.*"},
-        *({"page_token": t} for t in forged),
-        {"page_size": 1001},
-        {"topic": "bad topic"},
+    for kw, reason in (
+        ({"page_token": "not-a-token"}, "PAGE_TOKEN_INVALID"),
+        ({"page_token": token, "topic": "agent.*"}, "PAGE_TOKEN_MISMATCH"),
+        *(({"page_token": t}, "PAGE_TOKEN_INVALID") for t in forged),
+        ({"page_size": -1}, "INVALID_ARGUMENT"),
+        ({"topic": "bad topic"}, "INVALID_ARGUMENT"),
     ):
         with pytest.raises(grpc.RpcError) as caught:
             list_events(events_stub, project, **kw)
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, kw
+        assert details(caught.value)[0].reason == reason, kw
+    # AIP-158: an oversized page is lowered to the maximum, not refused.
+    assert len(list_events(events_stub, project, page_size=5000).events) == 3
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,6 @@ from tests.plugins.checks import details
 from tests.plugins.server import Project
 from zerodb.v1 import memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
-from zerodb_batch.domain import page_token
 
 
 def page(
@@ -162,30 +161,31 @@ def test_invalid_page_token(memories: MemoryServiceStub, project: Project, token
         page(memories, project, page_token=token)
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     info, bad = details(caught.value)
-    assert info.reason == "INVALID_PAGE_TOKEN"
+    assert info.reason == "PAGE_TOKEN_INVALID"
     assert bad.field_violations[0].field == "page_token"
 
 
 @pytest.mark.parametrize(
-    "body",
+    "position",
     [
-        {"t": 0, "id": "a\x00b"},  # PostgreSQL text cannot hold NUL
-        {"t": 0, "id": "\ud800"},  # nor a lone surrogate (not UTF-8)
-        {"t": 0, "id": "i" * 129},
-        {"t": True, "id": "m"},
+        [0, "a\x00b"],  # PostgreSQL text cannot hold NUL
+        [0, "\ud800"],  # nor a lone surrogate (not UTF-8)
+        [10**30, "m"],  # past year 9999
+        [True, "m"],
     ],
 )
-def test_forged_page_token_of_this_query_refused_not_internal(
-    memories: MemoryServiceStub, project: Project, body: dict[str, object]
+def test_token_with_a_position_of_our_choosing_refused_not_internal(
+    memories: MemoryServiceStub, project: Project, position: list[object]
 ) -> None:
-    """Tokens are not signed: one forged with the right fingerprint must still be checked."""
-    query = memory_pb2.ListMemoriesRequest(project_id=project.id)
-    forged = {**body, "q": page_token.query_fingerprint(query, "page_size", "page_token")}
-    token = base64.urlsafe_b64encode(json.dumps(forged).encode()).decode()
+    """Tokens are signed: a position swapped into a genuine token never reaches a query."""
+    batch(memories, project, "m", 2)
+    body, _, tag = page(memories, project, page_size=1).next_page_token.partition(".")
+    query = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))[0]
+    swapped = base64.urlsafe_b64encode(json.dumps([query, *position]).encode()).decode()
     with pytest.raises(grpc.RpcError) as caught:
-        page(memories, project, page_token=token)
+        page(memories, project, page_token=f"{swapped.rstrip('=')}.{tag}")
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert details(caught.value)[0].reason == "INVALID_PAGE_TOKEN"
+    assert details(caught.value)[0].reason == "PAGE_TOKEN_INVALID"
 
 
 def test_page_token_of_other_filters_refused(memories: MemoryServiceStub, project: Project) -> None:

@@ -473,7 +473,7 @@ def connections_in_use(server: ServerThread) -> int:
     the background counts too for a moment: poll this)."""
 
     async def stats() -> dict[str, int]:
-        return server.app.pool.get_stats()
+        return server.app.db.pool.get_stats()
 
     counted = server.run(stats())
     return counted["pool_size"] - counted["pool_available"]

@@ -11,11 +11,9 @@ import psycopg
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch.storage import idempotency
-from zerodb_batch.storage.idempotency import Idempotency
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Conn
 
-METHOD = "BatchDeleteMemories"
 REQUEST = memory_pb2.BatchDeleteMemoriesRequest(project_id="p1", ids=["a"], request_id="r-1")
 RESPONSE = memory_pb2.BatchDeleteMemoriesResponse(deleted=1)
 
@@ -27,10 +25,9 @@ async def connect(url: str) -> Conn:
 async def claim(conn: Conn) -> memory_pb2.BatchDeleteMemoriesResponse | None:
     """One request's claim in its own transaction; records RESPONSE when it ran first."""
     async with conn.transaction():
-        idem = Idempotency(conn, "p1", METHOD, REQUEST)
-        replay = await idem.replay(memory_pb2.BatchDeleteMemoriesResponse)
+        replay = await idempotency.claim(conn, REQUEST, memory_pb2.BatchDeleteMemoriesResponse)
         if replay is None:
-            await idem.record(RESPONSE)
+            await idempotency.record(conn, REQUEST, RESPONSE)
         return replay
 
 
@@ -76,14 +73,14 @@ def test_a_concurrent_duplicate_waits_for_the_first_transaction(own_database: st
             await migrate(first)
             await first.execute("DELETE FROM idempotent_requests")
             async with first.transaction():
-                idem = Idempotency(first, "p1", METHOD, REQUEST)
-                assert await idem.replay(memory_pb2.BatchDeleteMemoriesResponse) is None
+                response_type = memory_pb2.BatchDeleteMemoriesResponse
+                assert await idempotency.claim(first, REQUEST, response_type) is None
                 duplicate = asyncio.create_task(claim(second))
                 await lock_waiter(observer, second.info.backend_pid)
                 assert not duplicate.done()
                 if not commit:  # the first request failed: the duplicate runs as the first
                     raise psycopg.Rollback
-                await idem.record(RESPONSE)
+                await idempotency.record(first, REQUEST, RESPONSE)
             return await duplicate
 
     assert asyncio.run(scenario(commit=True)) == RESPONSE

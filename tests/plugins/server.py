@@ -42,7 +42,7 @@ class ServerThread:
         project = project_id or f"p-{uuid.uuid4()}"
 
         async def make() -> tuple[str, str]:
-            async with self.app.pool.connection() as conn:
+            async with self.app.db.pool.connection() as conn:
                 _, key = await keys.create_key(conn, project)
                 return project, key
 

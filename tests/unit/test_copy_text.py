@@ -3,7 +3,7 @@ PostgreSQL in tests/api/test_memory_stream.py)."""
 
 from __future__ import annotations
 
-from zerodb_batch.storage.copy_text import MemoryCopyRows
+from zerodb_batch.storage.memories import MemoryCopyRows
 
 
 def rows(n: int) -> MemoryCopyRows:

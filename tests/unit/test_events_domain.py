@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from zerodb.v1 import event_pb2
-from zerodb_batch.domain.events import (
+from zerodb_batch.domain.event import (
     Position,
     TopicFilter,
     epoch_ms,
@@ -24,7 +24,9 @@ from zerodb_batch.errors import InvalidArgument
         ("1718000000000-42", Position(1718000000000, 42)),
         ("0", Position(0, 0)),
         ("17", Position(17, 0)),
-        (f"{2**64 - 1}-{2**64 - 1}", Position(2**64 - 1, 2**64 - 1)),
+        (f"253402300799999-{2**63 - 1}", Position(253402300799999, 2**63 - 1)),
+        ("253402300800000-0", None),  # past year 9999: no time of ours
+        (f"1-{2**63}", None),  # past PostgreSQL's bigint: no seq of ours
         (f"{2**64}-0", None),
         ("1-2-3", None),
         ("-1", None),

@@ -1,4 +1,4 @@
-"""Memory record validation: the fast path and the full Checker must agree."""
+"""Memory record validation: the generated fast path and the full check must agree."""
 
 from __future__ import annotations
 
@@ -6,18 +6,40 @@ import json
 import math
 
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from zerodb.v1 import memory_pb2
-from zerodb_batch.domain.memory import MemoryColumns, RecordParser
-from zerodb_batch.domain.validate import metadata_json, struct_to_dict
+from zerodb_batch.domain.memory import MEMORY, MemoryColumns
+from zerodb_batch.domain.records import ParsedBatch, RecordParser
+from zerodb_batch.domain.struct_json import fast_text
+from zerodb_batch.domain.validate import Checker
 from zerodb_batch.errors import InvalidArgument
 
 
-def parse(*records: memory_pb2.Memory, partial: bool = True):  # type: ignore[no-untyped-def]
-    parser = RecordParser(list(records), MemoryColumns(), field_name="records", partial=partial)
-    parser.parse(len(records))
-    return parser.finish()
+def parse(*records: memory_pb2.Memory, partial: bool = True) -> ParsedBatch[MemoryColumns]:
+    parser = RecordParser(
+        list(records), MEMORY, MemoryColumns(), field_name="records", partial=partial
+    )
+    return parser.parse_all()
+
+
+def metadata_json(value: struct_pb2.Struct) -> str | None:
+    return fast_text(value, 16384)
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, object]:
+    """The Struct as JSON semantics read it: an integral number is an int."""
+
+    def plain(v: object) -> object:
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+            return int(v)
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(json_format.MessageToDict(value))  # type: ignore[return-value]
 
 
 def struct(value: dict[str, object]) -> struct_pb2.Struct:
@@ -67,7 +89,6 @@ def test_defaults_and_generated_ids() -> None:
     assert batch.rows.memory_types == ["episodic", "episodic"]
     assert batch.rows.importances == [0.5, 0.5]
     assert batch.rows.ids[1] == "keep" and len(batch.rows.ids[0]) == 36
-    assert batch.generated == {0}
 
 
 def test_atomic_batch_raises_with_every_violation() -> None:
@@ -78,9 +99,43 @@ def test_atomic_batch_raises_with_every_violation() -> None:
         "records[0].importance", "records[3].memory_type", "records[3].id"]  # fmt: skip
 
 
-def test_struct_to_dict_matches_json_semantics() -> None:
-    value = {"s": "x", "i": 3, "f": 0.5, "b": True, "n": None, "l": [1, {"k": "v"}], "o": {}}
-    assert struct_to_dict(struct(value)) == value
+def test_records_parse_in_the_order_given_and_duplicates_name_the_earlier() -> None:
+    records = [memory_pb2.Memory(id="b"), memory_pb2.Memory(id="a"), memory_pb2.Memory(id="b")]
+    parser = RecordParser(
+        records, MEMORY, MemoryColumns(), field_name="records", partial=True, order=[1, 0, 2]
+    )
+    batch = parser.parse_all()
+    assert batch.rows.ids == ["a", "b"] and batch.rows.index == [1, 0]
+    assert [v.field for v in batch.failures[2]] == ["records[2].id"]
+    assert batch.sent_ids == {2: "b"}
+
+
+@pytest.mark.parametrize("depth", [19, 20, 21, 25])
+def test_metadata_nesting_is_limited_to_20_levels(depth: int) -> None:
+    value: object = "leaf"
+    for level in range(depth - 1):
+        value = {"k": value} if level % 2 else [value]
+    record = memory_pb2.Memory(metadata=struct({"k": value}))
+    failures = parse(record).failures
+    if depth <= 20:
+        assert failures == {}
+    else:
+        assert [(v.field, v.reason) for v in failures[0]] == [
+            ("records[0].metadata", "INVALID_VALUE")
+        ]
+        assert "nested deeper than 20" in failures[0][0].description
+
+
+def test_every_memory_rule_appears_in_the_generated_fast_path() -> None:
+    """The one declaration drives both paths: each rule reads its field in the fast path."""
+    for rule in MEMORY.rules:
+        assert f"r.{rule.name}" in MEMORY.source
+    checker = Checker("records[0]")
+    MEMORY.check(checker, memory_pb2.Memory(importance=3, memory_type="x"))
+    assert {v.field for v in checker.violations} == {
+        "records[0].importance",
+        "records[0].memory_type",
+    }
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,9 @@ class Event(_message.Message):
     """
     @_builtins.property
     def event_payload(self) -> _struct_pb2.Struct:
-        """The payload: a JSON object, at most 65536 bytes (64 KiB) serialized. Unset means `{}`."""
+        """The payload: a JSON object, at most 65536 bytes (64 KiB) serialized and nested at most 20
+        levels of objects and arrays. Unset means `{}`.
+        """
 
     @_builtins.property
     def publish_time(self) -> _timestamp_pb2.Timestamp:
@@ -370,7 +372,7 @@ class ListEventsRequest(_message.Message):
     topic: _builtins.str
     """Only this topic: an exact topic or a `prefix.*` pattern. Empty: every topic."""
     page_size: _builtins.int
-    """1 to 1000; 0 means 100."""
+    """0 means 100; larger than 1000 means 1000 (negative is INVALID_ARGUMENT)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
     @_builtins.property

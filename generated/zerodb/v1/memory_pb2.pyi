@@ -85,7 +85,9 @@ class Memory(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Free-form JSON object, at most 65536 bytes serialized."""
+        """Free-form JSON object, at most 65536 bytes serialized and nested at most 20 levels of objects
+        and arrays.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -522,7 +524,7 @@ class ListMemoriesRequest(_message.Message):
     min_importance: _builtins.float
     """Only memories at least this important."""
     page_size: _builtins.int
-    """1 to 1000; 0 means 50."""
+    """0 means 50; larger than 1000 means 1000 (negative is INVALID_ARGUMENT)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
     @_builtins.property

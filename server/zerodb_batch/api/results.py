@@ -1,20 +1,78 @@
-"""Per-item results shared by every batch: one `ItemResult` per input item, in input order."""
+"""Per-item results of every write batch: one `ItemResult` per input item, in input order, and
+the counters of the response.
+
+A batch's code says what happened to each valid item (`Outcomes.set`); refused items are already
+known from validation. `fill` then writes the response's `results`, its counters (each response
+names them its own way: `inserted`, `published`, `created`, ...) and, where the response has
+one, its `ids` list. A refused item's result echoes the id the client sent.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, TypeAlias, TypeVar
+
+from google.protobuf.message import Message
 
 from zerodb.v1 import common_pb2
+from zerodb_batch.domain.records import ParsedBatch
 from zerodb_batch.errors import InvalidArgument, Violation
 
+Outcome: TypeAlias = common_pb2.Outcome.ValueType
+M = TypeVar("M", bound=Message)
+INSERTED: Final = common_pb2.OUTCOME_INSERTED
+UPDATED: Final = common_pb2.OUTCOME_UPDATED
+DELETED: Final = common_pb2.OUTCOME_DELETED
+NOT_FOUND: Final = common_pb2.OUTCOME_NOT_FOUND
+FAILED: Final = common_pb2.OUTCOME_FAILED
 
-def ok(index: int, item_id: str, outcome: common_pb2.Outcome.ValueType) -> common_pb2.ItemResult:
-    return common_pb2.ItemResult(index=index, id=item_id, outcome=outcome)
+
+class Outcomes:
+    """What happened to each item of a batch, by its index in the request."""
+
+    __slots__ = ("failures", "ids", "outcomes")
+
+    def __init__(self, total: int, batch: ParsedBatch[Any] | None = None) -> None:
+        self.ids = [""] * total
+        self.outcomes: list[Outcome] = [common_pb2.OUTCOME_UNSPECIFIED] * total
+        self.failures: Mapping[int, Sequence[Violation]] = batch.failures if batch else {}
+        for index in self.failures:
+            self.outcomes[index] = FAILED
+            self.ids[index] = batch.sent_ids.get(index, "") if batch else ""
+
+    def set(self, index: int, item_id: str, outcome: Outcome) -> None:
+        self.ids[index] = item_id
+        self.outcomes[index] = outcome
+
+    def set_all(self, indexes: Iterable[int], ids: Iterable[str], outcome: Outcome) -> None:
+        for index, item_id in zip(indexes, ids, strict=True):
+            self.ids[index] = item_id
+            self.outcomes[index] = outcome
+
+
+def fill(response: M, outcomes: Outcomes, counters: Mapping[Outcome, str]) -> M:
+    """Write `outcomes` into a batch response: `results`, the counters named in `counters`
+    (outcome -> field) and, if the response has it, `ids` (empty for a refused item)."""
+    items: Any = getattr(response, "results")  # noqa: B009 - every batch response has results
+    add = items.add  # built in place: no per-item message copies
+    for index, (item_id, outcome) in enumerate(zip(outcomes.ids, outcomes.outcomes, strict=True)):
+        if outcome == FAILED:
+            items.append(failed(index, item_id, outcomes.failures[index]))
+        else:
+            add(index=index, id=item_id, outcome=outcome)
+    counted = Counter(outcomes.outcomes)
+    for outcome, name in counters.items():
+        setattr(response, name, counted[outcome])
+    if "ids" in type(response).DESCRIPTOR.fields_by_name:
+        getattr(response, "ids").extend(  # noqa: B009
+            "" if outcome == FAILED else item_id
+            for item_id, outcome in zip(outcomes.ids, outcomes.outcomes, strict=True)
+        )
+    return response
 
 
 def failed(index: int, item_id: str, violations: Sequence[Violation]) -> common_pb2.ItemResult:
     """A refused item, its `error` an INVALID_ARGUMENT status naming every bad field."""
     error = InvalidArgument(f"item {index} is invalid", violations=violations).to_status()
-    return common_pb2.ItemResult(
-        index=index, id=item_id, outcome=common_pb2.OUTCOME_FAILED, error=error
-    )
+    return common_pb2.ItemResult(index=index, id=item_id, outcome=FAILED, error=error)

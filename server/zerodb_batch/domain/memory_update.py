@@ -15,8 +15,9 @@ from typing import Final
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch import limits
+from zerodb_batch.domain.memory import MEMORY
+from zerodb_batch.domain.records import ParsedBatch, refuse_if_atomic
 from zerodb_batch.domain.validate import Checker
-from zerodb_batch.errors import InvalidArgument, Violation
 
 UPDATABLE: Final = (
     "content",
@@ -52,18 +53,12 @@ class UpdateColumns:
             self.values[name].append(values.get(name))
 
 
-@dataclass
-class ParsedUpdates:
-    rows: UpdateColumns
-    failures: dict[int, list[Violation]]  # by request index
-
-
-def parse_updates(request: memory_pb2.BatchUpdateMemoriesRequest) -> ParsedUpdates:
+def parse_updates(request: memory_pb2.BatchUpdateMemoriesRequest) -> ParsedBatch[UpdateColumns]:
     """Validate every update; an atomic batch raises INVALID_ARGUMENT listing every violation."""
     batch_checker = Checker("")
     batch_mask = _mask(batch_checker, "update_mask", request.update_mask.paths)
     batch_checker.raise_if_any("update_mask names fields that cannot be updated")
-    parsed = ParsedUpdates(UpdateColumns(), {})
+    parsed = ParsedBatch(UpdateColumns())
     seen: dict[str, int] = {}
     for i, update in enumerate(request.updates):
         checker = Checker(f"updates[{i}]")
@@ -73,14 +68,10 @@ def parse_updates(request: memory_pb2.BatchUpdateMemoriesRequest) -> ParsedUpdat
             checker.add("id", f"duplicates updates[{first}].id", "DUPLICATE_ID")
         if checker.violations:
             parsed.failures[i] = checker.violations
+            parsed.sent_ids[i] = update.id
         else:
             parsed.rows.append(i, update.id, values)
-    if parsed.failures and not request.partial_success:
-        raise InvalidArgument(
-            f"{len(parsed.failures)} of {len(request.updates)} updates are invalid; "
-            "nothing was written",
-            violations=[v for vs in parsed.failures.values() for v in vs],
-        )
+    refuse_if_atomic(parsed, len(request.updates), "updates", request.partial_success)
     return parsed
 
 
@@ -122,49 +113,15 @@ def _present(u: memory_pb2.MemoryUpdate) -> tuple[str, ...]:
     return tuple(present)
 
 
-def _content(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
-    c.body("content", u.content, limits.MAX_CONTENT_BYTES)
-    return u.content
+def _value(name: str) -> _ValueOf:
+    """The new value of a field, checked by the memory rules (the same as upsert's)."""
+    rule = MEMORY.by_name[name]
+    if name == "tags":
+        return lambda c, u: json.dumps(rule.check(c, u))
+    if name in _SCOPES:
+        return lambda c, u: rule.check(c, u) or None  # an empty scope is no scope, as on insert
+    return rule.check
 
 
-def _memory_type(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
-    if u.memory_type:
-        c.choice("memory_type", u.memory_type, limits.MEMORY_TYPES)
-    return u.memory_type or limits.DEFAULT_MEMORY_TYPE
-
-
-def _importance(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
-    if not u.HasField("importance"):
-        return limits.DEFAULT_IMPORTANCE
-    c.unit_interval("importance", u.importance)
-    return u.importance
-
-
-def _tags(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
-    c.tags("tags", u.tags)
-    return json.dumps(list(u.tags))
-
-
-def _metadata(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
-    return c.json_object("metadata", u.metadata, limits.MAX_METADATA_BYTES)
-
-
-def _scope(name: str) -> _ValueOf:
-    def value(c: Checker, u: memory_pb2.MemoryUpdate) -> object:
-        text: str = getattr(u, name)
-        c.text(name, text, limits.MAX_ID_CHARS)
-        return text or None  # an empty scope is no scope (NULL), as on insert
-
-    return value
-
-
-_VALUE: Final[dict[str, _ValueOf]] = {
-    "content": _content,
-    "memory_type": _memory_type,
-    "importance": _importance,
-    "tags": _tags,
-    "metadata": _metadata,
-    "session_id": _scope("session_id"),
-    "agent_id": _scope("agent_id"),
-    "entity_id": _scope("entity_id"),
-}
+_SCOPES: Final = ("session_id", "agent_id", "entity_id")
+_VALUE: Final[dict[str, _ValueOf]] = {name: _value(name) for name in UPDATABLE}

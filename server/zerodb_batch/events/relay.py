@@ -20,16 +20,13 @@ import logging
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool
 from redis.asyncio.connection import AbstractConnection
 
-from zerodb_batch.domain.events import StoredEvent
+from zerodb_batch.domain.event import StoredEvent
 from zerodb_batch.errors import Unavailable
 from zerodb_batch.events.streams import SOCKET_TIMEOUT, RedisDown, Streams
-from zerodb_batch.storage import events
-from zerodb_batch.storage.pool import Conn, connection, transaction
-from zerodb_batch.storage.queries import Q
+from zerodb_batch.storage import outbox
+from zerodb_batch.storage.pool import Database
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +35,7 @@ PUBLISHER_ROUNDS = 5  # a publisher relays at most this many claims (a backlog i
 LOOP_ROUNDS = 20  # claims per project before a loop turns to the next project
 # A publisher waits this long behind another relayer; a relay transaction idle longer than the
 # Redis socket timeout (plus margin) is ended by PostgreSQL, releasing the project's lock.
-TIMEOUTS = events.Timeouts(lock_ms=500, idle_ms=int(SOCKET_TIMEOUT * 1000) + 2000)
+TIMEOUTS = outbox.Timeouts(lock_ms=500, idle_ms=int(SOCKET_TIMEOUT * 1000) + 2000)
 PROJECTS_PER_POLL = 100
 MAX_BACKOFF = 10.0  # seconds between the loop's attempts while Redis stays down
 
@@ -52,13 +49,13 @@ class Relay:
 
     def __init__(
         self,
-        pool: AsyncConnectionPool[Conn],
+        db: Database,
         streams: Streams,
         database_url: str,
         poll: float,
         maxlen: int,
     ) -> None:
-        self._pool = pool
+        self._db = db
         self._streams = streams
         self._url = database_url
         self._poll = poll
@@ -75,15 +72,15 @@ class Relay:
             try:
                 if await self._publisher_relay(project_id, own):
                     return True
-            except events.RelayBusy:
+            except outbox.RelayBusy:
                 pass  # another relayer held the project past the lock timeout
             except Unavailable as e:
                 # Committed is committed: the loops relay these events once Redis is back.
                 self._trip(e)
                 log.warning("events of project %s left for the relay: %s", project_id, e)
         with contextlib.suppress(Unavailable):
-            async with connection(self._pool) as conn:
-                await events.notify(conn, project_id)
+            async with self._db.connection() as conn:
+                await outbox.notify(conn, project_id)
         return False
 
     def _trip(self, error: Exception) -> None:
@@ -96,7 +93,7 @@ class Relay:
         async with self._streams.connection() as redis_conn:
             if own and await self._relay_own(redis_conn, project_id, own):
                 return True
-            up_to = own[-1].seq if own else events.LAST_SEQ
+            up_to = own[-1].seq if own else outbox.LAST_SEQ
             return await self._relay(
                 redis_conn, project_id, up_to, wait=True, rounds=PUBLISHER_ROUNDS
             )
@@ -129,8 +126,8 @@ class Relay:
         """The usual case, nothing older pending: append the batch from memory, not re-read."""
         packed = self._streams.prepare(project_id, own)  # before the lock, to hold it briefly
         first, last = own[0].seq, own[-1].seq
-        async with transaction(self._pool) as conn:
-            relayed = await events.lock_and_mark_own(conn, project_id, first, last, TIMEOUTS)
+        async with self._db.transaction() as conn:
+            relayed = await outbox.lock_and_mark_own(conn, project_id, first, last, TIMEOUTS)
             if relayed == first - 1:
                 await self._streams.send(redis_conn, packed)
             elif first <= relayed < last:  # a relay loop took part of the batch already
@@ -141,26 +138,26 @@ class Relay:
     async def _relay_once(
         self, redis_conn: AbstractConnection, project_id: str, up_to: int, wait: bool
     ) -> int:
-        async with transaction(self._pool) as conn:
-            relayed = await events.lock_relay(conn, project_id, wait=wait, timeouts=TIMEOUTS)
-            batch = await events.claim(conn, project_id, relayed, up_to, CLAIM_LIMIT)
+        async with self._db.transaction() as conn:
+            relayed = await outbox.lock_relay(conn, project_id, wait=wait, timeouts=TIMEOUTS)
+            batch = await outbox.claim(conn, project_id, relayed, up_to, CLAIM_LIMIT)
             if batch:
                 # Appended before the mark commits: a crash in between appends them again,
                 # which the stream refuses as duplicates (at least once, never lost).
                 await self._streams.send(redis_conn, self._streams.prepare(project_id, batch))
-                await events.mark_relayed(conn, project_id, batch[-1].seq)
+                await outbox.mark_relayed(conn, project_id, batch[-1].seq)
         return len(batch)
 
     async def restore(self, project_id: str) -> int:
         """Append again what the stream lost of the events marked relayed (a Redis restart that
         lost the tail of its append-only file); returns how many. Entry ids are the events' own,
         so appending again is safe; older than the retention is left to PostgreSQL replay."""
-        async with self._streams.connection() as redis_conn, transaction(self._pool) as conn:
-            relayed = await events.lock_relay(conn, project_id, wait=False, timeouts=TIMEOUTS)
+        async with self._streams.connection() as redis_conn, self._db.transaction() as conn:
+            relayed = await outbox.lock_relay(conn, project_id, wait=False, timeouts=TIMEOUTS)
             after = max(await self._streams.top(project_id), relayed - self._maxlen)
             restored = 0
             while after < relayed:
-                batch = await events.claim(conn, project_id, after, relayed, CLAIM_LIMIT)
+                batch = await outbox.claim(conn, project_id, after, relayed, CLAIM_LIMIT)
                 if not batch:
                     break
                 await self._streams.send(redis_conn, self._streams.prepare(project_id, batch))
@@ -172,8 +169,6 @@ class Relay:
         while True:
             try:
                 await self._listen_and_relay()
-            except psycopg.Error as e:
-                log.warning("event relay lost PostgreSQL (%s); retrying", e)
             except Unavailable as e:
                 self._trip(e)
                 log.warning("event relay: %s; retrying", e)
@@ -183,8 +178,7 @@ class Relay:
             await asyncio.sleep(min(self._poll * 2 ** min(self._failures, 6), MAX_BACKOFF))
 
     async def _listen_and_relay(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
-            await conn.execute(Q["event_listen"])
+        async with outbox.listen(self._url) as notifications:
             named: set[str] | None = None  # None: poll every project with pending events
             last_poll = 0.0
             while True:
@@ -194,7 +188,7 @@ class Relay:
                 if await self._drain(named):
                     named = None  # a backlog is left: poll again without waiting
                 else:
-                    named = await self._wait(conn)
+                    named = await notifications.wait(self._poll)
 
     async def _check_redis(self) -> None:
         """Each poll: is Redis reachable (closing the breaker), and is it the same Redis as last
@@ -213,8 +207,8 @@ class Relay:
     async def _relayed_projects(self) -> list[str]:
         found: list[str] = []
         while True:
-            async with connection(self._pool) as conn:
-                page = await events.relayed_projects(conn, found[-1] if found else "", 1000)
+            async with self._db.connection() as conn:
+                page = await outbox.relayed_projects(conn, found[-1] if found else "", 1000)
             found += page
             if len(page) < 1000:
                 return found
@@ -232,18 +226,18 @@ class Relay:
         """Relay the given projects (or all pending ones); True if work is known to be left.
         A project that fails is logged and left for the next poll; the others go on."""
         if projects is None:
-            async with connection(self._pool) as conn:
-                projects = set(await events.pending_projects(conn, PROJECTS_PER_POLL))
+            async with self._db.connection() as conn:
+                projects = set(await outbox.pending_projects(conn, PROJECTS_PER_POLL))
         more = False
         for project in projects:
-            relay = self.relay(project, events.LAST_SEQ, wait=False, rounds=LOOP_ROUNDS)
+            relay = self.relay(project, outbox.LAST_SEQ, wait=False, rounds=LOOP_ROUNDS)
             more = not await self._guarded(project, relay) or more
         return more
 
     async def _restore_one(self, project_id: str) -> bool:
         try:
             restored = await self.restore(project_id)
-        except events.RelayBusy:
+        except outbox.RelayBusy:
             return False
         if restored:
             log.warning("re-appended %d events Redis lost from %s", restored, project_id)
@@ -254,19 +248,10 @@ class Relay:
         so that the others go on. Redis being down fails every project alike: that propagates."""
         try:
             return await work
-        except events.RelayBusy:
+        except outbox.RelayBusy:
             return True  # its relayer covers it
         except RedisDown:
             raise
         except Exception as e:
             log.warning("event relay of project %s failed: %s", project_id, e)
             return True
-
-    async def _wait(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> set[str] | None:
-        """Projects named by NOTIFY within one poll interval, or None when it passed silently."""
-        named = {n.payload async for n in conn.notifies(timeout=self._poll, stop_after=1)}
-        if not named:
-            return None
-        # A burst of publishers deferring together: collect it and relay each project once.
-        named.update([n.payload async for n in conn.notifies(timeout=0.01)])
-        return named

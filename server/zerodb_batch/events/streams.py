@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 from redis.retry import Retry
 
-from zerodb_batch.domain.events import Position, StoredEvent, from_epoch_ms
+from zerodb_batch.domain.event import Position, StoredEvent, from_epoch_ms
 from zerodb_batch.errors import FailedPrecondition, Unavailable
 
 # A blocking read must return before the socket timeout; heartbeats cut reads shorter still.
@@ -113,10 +113,6 @@ class Streams:
         # hiredis packs in C: redis-py's asyncio pipeline packs in Python, which cost more CPU
         # than the XADDs themselves (measured: ~14k against ~33k events/s).
         return Packed(b"".join(hiredis.pack_command(cast(Any, c)) for c in commands), len(events))
-
-    async def append(self, project_id: str, events: Sequence[StoredEvent]) -> None:
-        async with self.connection() as conn:
-            await self.send(conn, self.prepare(project_id, events))
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AbstractConnection]:

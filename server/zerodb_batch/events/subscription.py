@@ -13,21 +13,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
-from psycopg_pool import AsyncConnectionPool
-
-from zerodb_batch.domain.events import Position, StoredEvent, TopicFilter, epoch_ms, from_epoch_ms
+from zerodb_batch.domain.event import Position, StoredEvent, epoch_ms, from_epoch_ms
+from zerodb_batch.domain.event_requests import Options
 from zerodb_batch.events.streams import MAX_BLOCK_MS, Entry, Streams
-from zerodb_batch.storage import events
-from zerodb_batch.storage.pool import Conn, connection
+from zerodb_batch.storage import outbox
+from zerodb_batch.storage.pool import Database
 
 BATCH = 100  # entries per read: what one subscription holds in memory
 REPLAY_PAGE = 100  # events per PostgreSQL read when filling a gap (payloads reach 64 KiB)
 CLAIM_EVERY = 1.0  # seconds between sweeps for stuck entries (shorter for short redelivery)
 FULL_WAIT = 0.5  # seconds between checks while a consumer is at its max_unacked
-
-Start = Position | datetime | None  # after a stream id, from a time, or (None) new events only
 
 
 @dataclass(frozen=True)
@@ -38,25 +34,11 @@ class Heartbeat:
 Item = StoredEvent | Heartbeat
 
 
-@dataclass(frozen=True)
-class Options:
-    project_id: str
-    topics: TopicFilter
-    start: Start
-    heartbeat: float  # seconds
-    group: str = ""
-    consumer: str = ""
-    max_unacked: int = 0
-    redeliver_ms: int = 0
-
-
-def subscribe(
-    pool: AsyncConnectionPool[Conn], streams: Streams, options: Options
-) -> AsyncIterator[Item]:
+def subscribe(db: Database, streams: Streams, options: Options) -> AsyncIterator[Item]:
     """The items of one subscription: a heartbeat once established, then events and heartbeats."""
     if options.group:
-        return GroupReader(pool, streams, options).run()
-    return Tail(pool, streams, options).run()
+        return GroupReader(db, streams, options).run()
+    return Tail(db, streams, options).run()
 
 
 class _Clock:
@@ -78,30 +60,30 @@ class _Clock:
         return max(1, int(left * 1000))
 
 
-async def start_position(pool: AsyncConnectionPool[Conn], options: Options) -> Position:
+async def start_position(db: Database, options: Options) -> Position:
     """The position to read after. A time (or an id `ms-0`) becomes the seq before the first
     event at that time, so that gap detection works from the start."""
     start, project = options.start, options.project_id
     if isinstance(start, Position) and start.seq > 0:
         return start
-    async with connection(pool) as conn:
+    async with db.connection() as conn:
         if start is None:
-            return await events.head(conn, project)
+            return await outbox.head(conn, project)
         ms = start.ms if isinstance(start, Position) else epoch_ms(start)
-        first = await events.first_seq_at(conn, project, from_epoch_ms(ms))
-        seq = first - 1 if first is not None else (await events.head(conn, project)).seq
+        first = await outbox.first_seq_at(conn, project, from_epoch_ms(ms))
+        seq = first - 1 if first is not None else (await outbox.head(conn, project)).seq
     return Position(ms, seq)
 
 
 class Tail:
-    def __init__(self, pool: AsyncConnectionPool[Conn], streams: Streams, options: Options) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, streams: Streams, options: Options) -> None:
+        self._db = db
         self._streams = streams
         self._o = options
         self.pos = Position(0, 0)
 
     async def run(self) -> AsyncIterator[Item]:
-        self.pos = await start_position(self._pool, self._o)
+        self.pos = await start_position(self._db, self._o)
         await self._streams.ping()
         yield Heartbeat(self.pos)
         clock = _Clock(self._o.heartbeat)
@@ -131,8 +113,8 @@ class Tail:
         """The events the stream skipped, from PostgreSQL, a page at a time."""
         after = self.pos.seq
         while True:
-            async with connection(self._pool) as conn:
-                page = await events.between(conn, self._o.project_id, after, before, REPLAY_PAGE)
+            async with self._db.connection() as conn:
+                page = await outbox.between(conn, self._o.project_id, after, before, REPLAY_PAGE)
             for event in page:
                 if event.position > self.pos:  # a start time can lie past the seq it mapped to
                     self.pos = event.position
@@ -148,8 +130,8 @@ class GroupReader:
     (an entry trimmed while pending, or a gap after the group's last delivered id) comes from
     PostgreSQL. Gap events are not pending in Redis, so acknowledging them is a no-op."""
 
-    def __init__(self, pool: AsyncConnectionPool[Conn], streams: Streams, options: Options) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, streams: Streams, options: Options) -> None:
+        self._db = db
         self._streams = streams
         self._o = options
         self.last: Position | None = None
@@ -159,7 +141,7 @@ class GroupReader:
     async def run(self) -> AsyncIterator[Item]:
         o = self._o
         # Positioned as a tail is, so that a gap up to the stream's first entry is found.
-        start = await start_position(self._pool, o)
+        start = await start_position(self._db, o)
         await self._streams.create_group(o.project_id, o.group, str(start))
         yield Heartbeat(None)
         clock = _Clock(o.heartbeat)
@@ -232,8 +214,8 @@ class GroupReader:
 
     async def _replay(self, after: int, before: int) -> AsyncIterator[StoredEvent]:
         while True:
-            async with connection(self._pool) as conn:
-                page = await events.between(conn, self._o.project_id, after, before, REPLAY_PAGE)
+            async with self._db.connection() as conn:
+                page = await outbox.between(conn, self._o.project_id, after, before, REPLAY_PAGE)
             for event in page:
                 self.last = event.position
                 if self._o.topics.matches(event.topic):
@@ -248,8 +230,8 @@ class GroupReader:
         trimmed = [e.position.seq for e in entries if e.event is None]
         stored: dict[int, StoredEvent] = {}
         if trimmed:
-            async with connection(self._pool) as conn:
-                found = await events.by_seqs(conn, self._o.project_id, trimmed)
+            async with self._db.connection() as conn:
+                found = await outbox.by_seqs(conn, self._o.project_id, trimmed)
             stored = {e.seq: e for e in found}
         skipped: list[str] = []
         for entry in entries:

@@ -31,42 +31,29 @@ def text_array(items: list[str]) -> str:
     return field('{"' + '","'.join(items) + '"}')
 
 
-class MemoryCopyRows:
-    """Valid memory records as lines for `memory_copy` and `memory_stage_copy` (same columns)."""
+class CopyLines:
+    """Rows already formatted as lines of COPY text, and sent in large pieces.
 
-    __slots__ = ("_lines", "_prefix")
+    A kind's subclass formats its records in `add`, with `field` and `text_array` for values that
+    may need escaping, and appends each line to `lines`.
+    """
 
-    def __init__(self, project_id: str) -> None:
-        self._prefix = field(project_id) + "\t"  # the first column of every row
-        self._lines: list[str] = []
+    __slots__ = ("lines",)
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
 
     def __len__(self) -> int:
-        return len(self._lines)
-
-    def add(
-        self, index: int, mid: str, content: str, memory_type: str, importance: float,
-        tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
-    ) -> None:  # fmt: skip
-        # memory_type is one of a fixed set; metadata is JSON text, so its only possible special
-        # character is the backslash of a JSON escape.
-        # One scan of every text value at once: almost every record has nothing to escape.
-        plain = f"{mid}{content}{metadata}{session_id}{agent_id}{entity_id}"
-        if "\\" in plain or "\t" in plain or "\n" in plain or "\r" in plain:
-            mid, content, metadata = field(mid), field(content), field(metadata)
-            session_id, agent_id, entity_id = field(session_id), field(agent_id), field(entity_id)
-        self._lines.append(
-            f"{self._prefix}{mid}\t{content}\t{memory_type}\t{importance!r}\t{text_array(tags)}\t"
-            f"{metadata}\t{session_id or NULL}\t{agent_id or NULL}\t{entity_id or NULL}\n"
-        )
+        return len(self.lines)
 
     def payload(self, size: int = 1 << 20) -> Iterator[str]:
         """The rows as COPY data, in pieces of about `size` characters or one line: sending a
         chunk never holds a second copy of all of it."""
         start, length = 0, 0
-        for end, line in enumerate(self._lines, 1):
+        for end, line in enumerate(self.lines, 1):
             length += len(line)
             if length >= size:
-                yield "".join(self._lines[start:end])
+                yield "".join(self.lines[start:end])
                 start, length = end, 0
-        if start < len(self._lines):
-            yield "".join(self._lines[start:])
+        if start < len(self.lines):
+            yield "".join(self.lines[start:])

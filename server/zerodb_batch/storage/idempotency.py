@@ -1,66 +1,90 @@
-"""Idempotent writes: a `request_id` retry returns the first response without writing again.
+"""Idempotent batch writes: every write RPC runs through `write_once`, with its `request_id`.
 
-The claim row is inserted in the same transaction as the write it guards, so either both commit
-or neither does, and a concurrent duplicate waits on the row lock until the first one finishes.
-Claiming and reading the stored response is one statement, so no expiry sweep can slip between.
+A retry with the same `request_id` returns the first response without writing again; the same id
+with a different request is refused. The claim row is inserted in the same transaction as the
+write it guards, so either both commit or neither does, and a concurrent duplicate waits on the row
+lock until the first one finishes. Claiming and reading the stored response is one statement, so
+no expiry sweep can slip between.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from zerodb_batch.domain.fingerprint import fingerprint
 from zerodb_batch.errors import RequestIdReused
-from zerodb_batch.storage.pool import Conn
+from zerodb_batch.storage.pool import Conn, Database
 from zerodb_batch.storage.queries import Q
 
 R = TypeVar("R", bound=Message)
 
 
-def fingerprint(request: Message) -> bytes:
-    """Hash of the request without its request_id (deterministic serialization)."""
-    copy = type(request)()
-    copy.CopyFrom(request)
-    copy.ClearField("request_id")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
+@dataclass(frozen=True)
+class Written(Generic[R]):
+    response: R
+    replayed: bool  # the request ran before: `response` is the stored one, nothing was written
 
 
-class Idempotency:
-    """One claimed request_id inside a write transaction."""
+async def write_once(
+    db: Database,
+    request: Message,
+    response_type: type[R],
+    write: Callable[[Conn], Awaitable[R]],
+    *,
+    pipelined: bool = False,
+) -> Written[R]:
+    """Run `write` (which returns the response) in one transaction, unless the request's
+    `request_id` already ran: then the first response, and nothing is written.
 
-    def __init__(self, conn: Conn, project_id: str, method: str, request: Message) -> None:
-        self._conn = conn
-        self._key = {
-            "project_id": project_id,
-            "method": method,
-            "request_id": getattr(request, "request_id", ""),
-        }
-        self._request = request
+    The method a request_id belongs to is the request's message name: ids of different RPCs
+    never collide. `pipelined` sends the statements in pipeline mode (see Database).
+    """
+    begin = db.pipelined_transaction() if pipelined else db.transaction()
+    async with begin as conn:
+        if stored := await claim(conn, request, response_type):
+            return Written(stored, replayed=True)
+        response = await write(conn)
+        await record(conn, request, response)
+    return Written(response, replayed=False)
 
-    async def replay(self, response_type: type[R]) -> R | None:
-        """Claim the request_id; returns the stored response if the request already ran."""
-        if not self._key["request_id"]:
-            return None
-        digest = fingerprint(self._request)
-        cur = await self._conn.execute(
-            Q["idempotency_claim"], {**self._key, "request_hash": digest}
+
+def _key(request: Message) -> dict[str, str]:
+    return {
+        "project_id": getattr(request, "project_id"),  # noqa: B009 - every write request has it
+        "method": type(request).DESCRIPTOR.name.removesuffix("Request"),
+        "request_id": getattr(request, "request_id"),  # noqa: B009
+    }
+
+
+async def claim(conn: Conn, request: Message, response_type: type[R]) -> R | None:
+    """In the write's transaction: claim the request's request_id (if it has one); the stored
+    response if the request already ran, None if the caller is to write."""
+    key = _key(request)
+    if not key["request_id"]:
+        return None
+    digest = fingerprint(request, "request_id")
+    cur = await conn.execute(Q["idempotency_claim"], {**key, "request_hash": digest})
+    row = await cur.fetchone()
+    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE returns its row either way
+    claimed, stored_hash, stored = row
+    if claimed:
+        return None  # first time: the caller writes, then the response is recorded
+    if bytes(stored_hash) != digest:  # type: ignore[call-overload]
+        raise RequestIdReused(key["request_id"])
+    return response_type.FromString(bytes(stored))  # type: ignore[call-overload]
+
+
+async def record(conn: Conn, request: Message, response: Message) -> None:
+    """In the write's transaction, after claim(): keep the response for retries."""
+    key = _key(request)
+    if key["request_id"]:
+        await conn.execute(
+            Q["idempotency_record"], {**key, "response": response.SerializeToString()}
         )
-        row = await cur.fetchone()
-        assert row is not None  # INSERT ... ON CONFLICT DO UPDATE returns its row either way
-        claimed, stored_hash, stored = row
-        if claimed:
-            return None  # first time: the caller writes, then calls record()
-        if bytes(stored_hash) != digest:  # type: ignore[call-overload]
-            raise RequestIdReused(str(self._key["request_id"]))
-        return response_type.FromString(bytes(stored))  # type: ignore[call-overload]
-
-    async def record(self, response: Message) -> None:
-        if self._key["request_id"]:
-            await self._conn.execute(
-                Q["idempotency_record"], {**self._key, "response": response.SerializeToString()}
-            )
 
 
 async def expire(conn: Conn, hours: int) -> int:

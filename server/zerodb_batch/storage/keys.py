@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg.rows import class_row
+
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
@@ -66,8 +68,9 @@ async def project_for_key(conn: Conn, key: str) -> str | None:
 
 
 async def list_keys(conn: Conn, project_id: str) -> list[KeyInfo]:
-    cur = await conn.execute(Q["key_list"], {"project_id": project_id})
-    return [KeyInfo(*row) for row in await cur.fetchall()]  # type: ignore[arg-type]
+    async with conn.cursor(row_factory=class_row(KeyInfo)) as cur:
+        await cur.execute(Q["key_list"], {"project_id": project_id})
+        return await cur.fetchall()
 
 
 async def revoke_key(conn: Conn, key_id: str) -> bool:

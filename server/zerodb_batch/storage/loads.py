@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import LiteralString
+
+from psycopg.rows import class_row
 
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
@@ -11,7 +14,7 @@ from zerodb_batch.storage.queries import Q
 
 @dataclass(frozen=True)
 class LoadProgress:
-    """One row of `loads` (column order of the load_* queries)."""
+    """One row of `loads`, as the load_* queries return it."""
 
     load_id: str
     kind: str
@@ -30,6 +33,11 @@ class LoadProgress:
         return self.last_offset + 1
 
 
+class RetryChunk(Exception):
+    """Raised by a load writer inside a chunk's transaction: roll it back and write the chunk
+    again (say, a COPY of rows taken for new met an existing id: the next try upserts)."""
+
+
 @dataclass(frozen=True)
 class ChunkCounts:
     """What one committed chunk adds to its load."""
@@ -41,9 +49,7 @@ class ChunkCounts:
 
 
 async def get(conn: Conn, project_id: str, load_id: str) -> LoadProgress | None:
-    cur = await conn.execute(Q["load_get"], {"project_id": project_id, "load_id": load_id})
-    row = await cur.fetchone()
-    return LoadProgress(*row) if row else None  # type: ignore[arg-type]
+    return await _progress(conn, Q["load_get"], {"project_id": project_id, "load_id": load_id})
 
 
 async def advance(
@@ -63,9 +69,7 @@ async def advance(
         "failed": counts.failed,
         "skipped": counts.skipped,
     }
-    cur = await conn.execute(Q["load_advance"], params)
-    row = await cur.fetchone()
-    return LoadProgress(*row) if row else None  # type: ignore[arg-type]
+    return await _progress(conn, Q["load_advance"], params)
 
 
 async def finish(
@@ -74,12 +78,18 @@ async def finish(
     """After a clean close that reached offset `through`: the load is done if that is its last
     chunk. Adds the duplicates not yet counted either way."""
     params = {"project_id": project_id, "load_id": load_id, "through": through, "skipped": skipped}
-    cur = await conn.execute(Q["load_finish"], params)
-    row = await cur.fetchone()
-    return LoadProgress(*row) if row else None  # type: ignore[arg-type]
+    return await _progress(conn, Q["load_finish"], params)
 
 
 async def add_skipped(conn: Conn, project_id: str, load_id: str, skipped: int) -> None:
     """Count duplicate chunks a stream skipped and could not record with a later chunk."""
     params = {"project_id": project_id, "load_id": load_id, "skipped": skipped}
     await conn.execute(Q["load_add_skipped"], params)
+
+
+async def _progress(
+    conn: Conn, query: LiteralString, params: dict[str, object]
+) -> LoadProgress | None:
+    async with conn.cursor(row_factory=class_row(LoadProgress)) as cur:
+        await cur.execute(query, params)
+        return await cur.fetchone()

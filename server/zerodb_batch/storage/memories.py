@@ -1,35 +1,45 @@
-"""The memories table: set-based upsert, update and delete, reads by id and by page, COPY loads."""
+"""The memories table: set-based upsert, update and delete, reads by id and by page, COPY loads.
+
+Every write takes its row locks in id order (the batch statements sort by id), so concurrent
+batches over overlapping ids wait for each other instead of deadlocking.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
+from psycopg.rows import class_row
 
-from zerodb_batch.domain.memory import MemoryColumns
+from zerodb.v1 import memory_pb2
+from zerodb_batch.domain.memory import MEMORY, MemoryColumns
 from zerodb_batch.domain.memory_update import UPDATABLE, UpdateColumns
-from zerodb_batch.storage.copy_text import MemoryCopyRows
+from zerodb_batch.storage.copy_text import NULL, CopyLines, field, text_array
+from zerodb_batch.storage.loads import RetryChunk
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
 Cursor = psycopg.AsyncCursor[tuple[object, ...]]
 
-# Column order of memory_get, shared with the api layer's row -> message conversion.
-MemoryRow = tuple[
-    str,
-    str,
-    str,
-    float,
-    list[str],
-    dict[str, Any],
-    str | None,
-    str | None,
-    str | None,
-    datetime,
-    datetime,
-]
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """A memory as memory_get and memory_list return it."""
+
+    id: str
+    content: str
+    memory_type: str
+    importance: float
+    tags: list[str]
+    metadata: dict[str, Any]
+    session_id: str | None
+    agent_id: str | None
+    entity_id: str | None
+    create_time: datetime
+    update_time: datetime
 
 
 async def send_upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> Cursor | None:
@@ -73,8 +83,8 @@ def _flat_tags(tags: list[list[str]]) -> dict[str, list[Any]]:
 
 
 async def get(conn: Conn, project_id: str, ids: Sequence[str]) -> dict[str, MemoryRow]:
-    cur = await conn.execute(Q["memory_get"], {"project_id": project_id, "ids": list(ids)})
-    return {row[0]: row for row in await cur.fetchall()}  # type: ignore[misc]
+    found = await _rows(conn, Q["memory_get"], {"project_id": project_id, "ids": list(ids)})
+    return {row.id: row for row in found}
 
 
 async def update(conn: Conn, project_id: str, rows: UpdateColumns) -> set[str]:
@@ -85,13 +95,20 @@ async def update(conn: Conn, project_id: str, rows: UpdateColumns) -> set[str]:
     for name in UPDATABLE:
         params[f"set_{name}"] = rows.flags[name]
         params[name] = rows.values[name]
-    cur = await conn.execute(Q["memory_update"], params)
-    return {row[0] for row in await cur.fetchall()}  # type: ignore[misc]
+    return await _locked(conn, Q["memory_update"], params)
 
 
 async def delete(conn: Conn, project_id: str, ids: Sequence[str]) -> set[str]:
     """Delete in one statement; returns the ids that named a memory."""
-    cur = await conn.execute(Q["memory_delete"], {"project_id": project_id, "ids": list(ids)})
+    return await _locked(conn, Q["memory_delete"], {"project_id": project_id, "ids": list(ids)})
+
+
+async def _locked(conn: Conn, query: LiteralString, params: dict[str, object]) -> set[str]:
+    """Lock the rows of `params["ids"]` in id order, then run `query` (one round trip);
+    the ids it returns. Must run in a transaction."""
+    async with conn.pipeline():
+        await conn.execute(Q["memory_lock"], params)
+        cur = await conn.execute(query, params)
     return {row[0] for row in await cur.fetchall()}  # type: ignore[misc]
 
 
@@ -101,8 +118,41 @@ async def list_page(
     """Up to `limit` memories matching `filters`, newest first (see memory_list)."""
     params = {**filters, "project_id": project_id, "limit": limit}
     # Unprepared, so every run is planned with its values and the unset filters fold away.
-    cur = await conn.execute(Q["memory_list"], params, prepare=False)
-    return await cur.fetchall()  # type: ignore[return-value]
+    return await _rows(conn, Q["memory_list"], params, prepare=False)
+
+
+async def _rows(
+    conn: Conn, query: LiteralString, params: dict[str, object], prepare: bool | None = None
+) -> list[MemoryRow]:
+    async with conn.cursor(row_factory=class_row(MemoryRow)) as cur:
+        await cur.execute(query, params, prepare=prepare)
+        return await cur.fetchall()
+
+
+class MemoryCopyRows(CopyLines):
+    """Valid memory records as lines for `memory_copy` and `memory_stage_copy` (same columns)."""
+
+    __slots__ = ("_prefix",)
+
+    def __init__(self, project_id: str) -> None:
+        super().__init__()
+        self._prefix = field(project_id) + "\t"  # the first column of every row
+
+    def add(
+        self, index: int, mid: str, content: str, memory_type: str, importance: float,
+        tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
+    ) -> None:  # fmt: skip
+        # memory_type is one of a fixed set; metadata is JSON text, so its only possible special
+        # character is the backslash of a JSON escape.
+        # One scan of every text value at once: almost every record has nothing to escape.
+        plain = f"{mid}{content}{metadata}{session_id}{agent_id}{entity_id}"
+        if "\\" in plain or "\t" in plain or "\n" in plain or "\r" in plain:
+            mid, content, metadata = field(mid), field(content), field(metadata)
+            session_id, agent_id, entity_id = field(session_id), field(agent_id), field(entity_id)
+        self.lines.append(
+            f"{self._prefix}{mid}\t{content}\t{memory_type}\t{importance!r}\t{text_array(tags)}\t"
+            f"{metadata}\t{session_id or NULL}\t{agent_id or NULL}\t{entity_id or NULL}\n"
+        )
 
 
 class IdExists(Exception):
@@ -110,7 +160,7 @@ class IdExists(Exception):
 
 
 async def copy_insert(
-    conn: Conn, rows: MemoryCopyRows, copying: Callable[[], object] = lambda: None
+    conn: Conn, rows: CopyLines, copying: Callable[[], object] = lambda: None
 ) -> None:
     """Insert a chunk of new memories by COPY, all or nothing (IdExists if one exists).
 
@@ -127,7 +177,7 @@ async def copy_insert(
         raise IdExists from e
 
 
-async def copy_upsert(conn: Conn, rows: MemoryCopyRows) -> tuple[int, int]:
+async def copy_upsert(conn: Conn, rows: CopyLines) -> tuple[int, int]:
     """Upsert a chunk: COPY into a staging table, then one INSERT ... ON CONFLICT.
 
     Must run inside a transaction (the staging table empties at commit). Returns
@@ -144,3 +194,39 @@ async def copy_upsert(conn: Conn, rows: MemoryCopyRows) -> tuple[int, int]:
     assert counted is not None  # an aggregate always returns a row
     inserted, written = int(counted[0]), int(counted[1])  # type: ignore[call-overload]
     return inserted, written - inserted
+
+
+class MemoryLoadWriter:
+    """StreamUpsertMemories' writer for the load engine.
+
+    While every record of the stream has been new, a chunk goes by COPY straight into the table;
+    the first chunk that meets an existing id is rolled back and written again through the
+    staging table, as is every later chunk of the stream.
+    """
+
+    kind = "memories"
+    rules = MEMORY
+    records_field = "records"
+    response_type = memory_pb2.StreamUpsertMemoriesResponse
+
+    def __init__(self) -> None:
+        self._all_new = True
+
+    def check(self, chunk: memory_pb2.StreamUpsertMemoriesRequest) -> None:
+        pass  # a memory chunk has no fields beyond the engine's
+
+    def rows(self, chunk: memory_pb2.StreamUpsertMemoriesRequest) -> MemoryCopyRows:
+        return MemoryCopyRows(chunk.project_id)
+
+    async def write(
+        self, conn: Conn, rows: MemoryCopyRows, started: Callable[[], object]
+    ) -> tuple[int, int]:
+        if self._all_new:
+            try:
+                await copy_insert(conn, rows, copying=started)
+            except IdExists:
+                self._all_new = False
+                raise RetryChunk from None
+            return len(rows), 0
+        started()  # nothing to wait for: validation of the next chunk may go on
+        return await copy_upsert(conn, rows)

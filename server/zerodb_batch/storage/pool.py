@@ -1,4 +1,5 @@
-"""The async connection pool, and the border where driver errors become our errors."""
+"""The database as the layers above storage see it: pooled connections and transactions, with
+driver errors turned into our errors at this border."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ from contextlib import asynccontextmanager
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from zerodb_batch.errors import Unavailable
+from zerodb_batch.errors import Aborted, Unavailable
 
 log = logging.getLogger(__name__)
 
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
+# SQLSTATEs of concurrency conflicts: the transaction was rolled back and the same call may
+# succeed when retried (ABORTED), as opposed to a server that cannot be reached (UNAVAILABLE).
+_CONFLICTS = {
+    "40P01": ("DEADLOCK", "a deadlock with a concurrent transaction"),
+    "40001": ("SERIALIZATION_FAILURE", "a serialization failure against a concurrent transaction"),
+    "55P03": ("LOCK_TIMEOUT", "a row lock held too long by a concurrent transaction"),
+}
 
-async def open_pool(
-    url: str, min_size: int, max_size: int, wait_seconds: float
-) -> AsyncConnectionPool[Conn]:
+
+async def open_database(url: str, min_size: int, max_size: int, wait_seconds: float) -> Database:
     """Open a pool and wait for its first connections, so a wrong URL fails at start-up."""
     pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
         url,
@@ -31,12 +38,12 @@ async def open_pool(
         name="zerodb",
     )
     await pool.open(wait=True, timeout=15.0)
-    return pool
+    return Database(pool)
 
 
 @asynccontextmanager
 async def translate_errors() -> AsyncIterator[None]:
-    """Lost connections and an exhausted pool become UNAVAILABLE (retryable)."""
+    """Lost connections and an exhausted pool become UNAVAILABLE; conflicts become ABORTED."""
     try:
         yield
     except PoolTimeout as e:
@@ -44,15 +51,70 @@ async def translate_errors() -> AsyncIterator[None]:
             "PostgreSQL is not answering (no connection within the pool timeout)"
         ) from e
     except psycopg.OperationalError as e:
+        conflict = _CONFLICTS.get(e.sqlstate or "") or (
+            ("TRANSACTION_ROLLBACK", "a conflict with a concurrent transaction")
+            if (e.sqlstate or "").startswith("40")
+            else None
+        )
+        if conflict is not None:
+            reason, what = conflict
+            raise Aborted(
+                f"the call was rolled back after {what}; nothing was written, retry it",
+                reason=reason,
+            ) from e
         log.warning("postgres operational error: %s", e)
+        raise Unavailable("PostgreSQL is unavailable; retry the call") from e
+    except psycopg.InterfaceError as e:  # the connection was closed under us
+        log.warning("postgres connection lost: %s", e)
         raise Unavailable("PostgreSQL is unavailable; retry the call") from e
 
 
 @asynccontextmanager
-async def transaction(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
-    """A pooled connection inside one transaction, with driver errors translated."""
-    async with translate_errors(), pool.connection() as conn, conn.transaction():
+async def single_connection(url: str) -> AsyncIterator[Conn]:
+    """One connection of its own (autocommit), for a command that runs a few statements."""
+    async with translate_errors():
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    async with conn:
         yield conn
+
+
+class Database:
+    """Pooled connections for the API layer, which never sees the driver or the pool itself."""
+
+    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        """A connection in autocommit mode, for reads and statements that commit alone."""
+        async with translate_errors(), self.pool.connection() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """A connection inside one transaction."""
+        async with translate_errors(), self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def pipelined_transaction(self) -> AsyncIterator[Conn]:
+        """Like transaction(), in pipeline mode: statements go out without waiting for the
+        previous one's result (BEGIN travels with the first), and a result is awaited only when
+        fetched."""
+        async with (
+            translate_errors(),
+            self.pool.connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+        ):
+            yield conn
+
+    def held(self) -> HeldConnection:
+        """One connection for a run of consecutive transactions (see HeldConnection)."""
+        return HeldConnection(self.pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
 class HeldConnection:
@@ -84,18 +146,3 @@ class HeldConnection:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await self._pool.putconn(conn)
-
-
-@asynccontextmanager
-async def pipelined_transaction(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
-    """Like transaction(), in pipeline mode: statements go out without waiting for the previous
-    one's result (BEGIN travels with the first), and a result is awaited only when fetched."""
-    async with translate_errors(), pool.connection() as conn, conn.pipeline(), conn.transaction():
-        yield conn
-
-
-@asynccontextmanager
-async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
-    """A pooled connection (autocommit) for reads, with driver errors translated."""
-    async with translate_errors(), pool.connection() as conn:
-        yield conn

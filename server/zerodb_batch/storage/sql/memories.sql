@@ -2,6 +2,9 @@
 -- One statement for the whole batch: binary arrays unnested into rows. Every record's tags sit in
 -- one flat array; tag_from/tag_to (1-based, inclusive; from > to means none) slice out its own.
 -- `xmax = 0` is true for a freshly inserted row and false for one ON CONFLICT updated.
+-- Rows go in id order, so that concurrent upserts of overlapping ids lock them in the same order
+-- and never deadlock (the caller also validates a batch in id order, so that successive slices
+-- of one transaction keep to that order too).
 INSERT INTO memories AS m (
     project_id, id, content, memory_type, importance, tags, metadata,
     session_id, agent_id, entity_id)
@@ -14,6 +17,7 @@ FROM unnest(%(ids)b::text[], %(contents)b::text[], %(memory_types)b::text[],
             %(entity_ids)b::text[])
      AS u(id, content, memory_type, importance, tag_from, tag_to, metadata,
           session_id, agent_id, entity_id)
+ORDER BY u.id
 ON CONFLICT (project_id, id) DO UPDATE SET  -- keep in step with memory_stage_upsert
     content = EXCLUDED.content,
     memory_type = EXCLUDED.memory_type,
@@ -35,7 +39,7 @@ WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[]);
 -- name: memory_update
 -- One statement for the whole batch. Each column comes with a "set this column?" flag, so one
 -- shape of statement serves every mix of present fields and masks; unflagged columns keep their
--- value. create_time is never touched.
+-- value. create_time is never touched. Run after memory_lock (see there).
 UPDATE memories AS m SET
     content = CASE WHEN u.set_content THEN u.content ELSE m.content END,
     memory_type = CASE WHEN u.set_memory_type THEN u.memory_type ELSE m.memory_type END,
@@ -62,7 +66,17 @@ FROM unnest(%(ids)b::text[],
 WHERE m.project_id = %(project_id)s AND m.id = u.id
 RETURNING m.id;
 
+-- name: memory_lock
+-- Before an update or delete of many rows, in the same transaction: their locks, taken in id
+-- order. The statement that follows visits rows in whatever order its plan has (a hash join, a
+-- bitmap scan), so without this two batches over overlapping ids could deadlock.
+SELECT FROM memories
+WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
+ORDER BY id
+FOR UPDATE;
+
 -- name: memory_delete
+-- Run after memory_lock.
 DELETE FROM memories
 WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
 RETURNING id;
@@ -114,6 +128,7 @@ WITH written AS (
     SELECT s.project_id, s.id, s.content, s.memory_type, s.importance, s.tags,
            s.metadata::jsonb, s.session_id, s.agent_id, s.entity_id
     FROM memory_chunk_stage AS s
+    ORDER BY s.id  -- lock order: see memory_upsert
     ON CONFLICT (project_id, id) DO UPDATE SET  -- keep in step with memory_upsert
         content = EXCLUDED.content,
         memory_type = EXCLUDED.memory_type,

@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, TypeAlias
-
-import grpc
-from google.protobuf import timestamp_pb2
-from psycopg_pool import AsyncConnectionPool
-
 from zerodb.v1 import load_pb2, load_pb2_grpc
 from zerodb_batch import limits
+from zerodb_batch.api import Ctx
+from zerodb_batch.domain.timestamps import to_timestamp
 from zerodb_batch.domain.validate import Checker
 from zerodb_batch.errors import NotFound
 from zerodb_batch.storage import loads
-from zerodb_batch.storage.pool import Conn, connection
-
-Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+from zerodb_batch.storage.pool import Database
 
 
 class LoadServicer(load_pb2_grpc.LoadServiceServicer):
-    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def GetLoad(
         self, request: load_pb2.GetLoadRequest, context: Ctx
     ) -> load_pb2.GetLoadResponse:
         check_load_id(request.load_id)
-        async with connection(self._pool) as conn:
+        async with self._db.connection() as conn:
             progress = await loads.get(conn, request.project_id, request.load_id)
         if progress is None:
             raise NotFound(
@@ -56,12 +49,6 @@ def to_message(p: loads.LoadProgress) -> load_pb2.Load:
         inserted=p.inserted,
         updated=p.updated,
         failed=p.failed,
-        create_time=_timestamp(p.create_time),
-        update_time=_timestamp(p.update_time),
+        create_time=to_timestamp(p.create_time),
+        update_time=to_timestamp(p.update_time),
     )
-
-
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts

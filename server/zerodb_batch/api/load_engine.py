@@ -1,4 +1,4 @@
-"""StreamUpsertMemories: a client stream of chunks, each committed with its load's progress.
+"""The streamed-load engine behind every `Stream*` RPC: chunks committed with their load's progress.
 
 Each chunk is one transaction: its records and the load's progress row advanced to the chunk's
 offset. So after a broken stream `GetLoad` says exactly which chunks are in; a chunk at or below
@@ -7,10 +7,12 @@ is refused, as it would leave a gap. A cancelled stream rolls back the chunk in 
 is ever half written.
 
 Memory stays flat however long the stream: the next chunk is decoded, validated and formatted
-for COPY while the one before it is being written (that overlap keeps PostgreSQL and Python busy
-at once), and at most one more waits between the two. Validation works in slices and holds
-back while the writer waits on a round trip (BEGIN, progress, COMMIT): those then take a turn of
-the event loop, not several slices, and validation fills the time PostgreSQL spends on the COPY.
+while the one before it is being written (that overlap keeps PostgreSQL and Python busy at once),
+and at most one more waits between the two. Validation works in slices and holds back while the
+writer waits on a round trip (BEGIN, progress, COMMIT): those then take a turn of the event loop,
+not several slices, and validation fills the time PostgreSQL spends on the data.
+
+What differs between kinds of load (memories, rows, vectors, interactions) is a `LoadWriter`.
 """
 
 from __future__ import annotations
@@ -18,52 +20,83 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
-from psycopg_pool import AsyncConnectionPool
+from google.protobuf.message import Message
 
-from zerodb.v1 import common_pb2, memory_pb2
+from zerodb.v1 import common_pb2
 from zerodb_batch import limits
-from zerodb_batch.api.loads import check_load_id, to_message
-from zerodb_batch.domain.memory import ParsedBatch, RecordParser
+from zerodb_batch.api.load_service import check_load_id, to_message
+from zerodb_batch.domain.records import ParsedBatch, RecordParser, Rows
+from zerodb_batch.domain.rules import Rules
 from zerodb_batch.domain.validate import check_batch_size
 from zerodb_batch.errors import FailedPrecondition, InvalidArgument, NotFound, Violation
-from zerodb_batch.storage import loads, memories
-from zerodb_batch.storage.copy_text import MemoryCopyRows
-from zerodb_batch.storage.pool import Conn, HeldConnection, connection
+from zerodb_batch.storage import loads
+from zerodb_batch.storage.loads import RetryChunk
+from zerodb_batch.storage.pool import Conn, Database
 
 log = logging.getLogger(__name__)
 
-KIND = "memories"
 _SLICE = 200  # records validated between two turns of the event loop
 
-Chunk = memory_pb2.StreamUpsertMemoriesRequest
+C = TypeVar("C", bound=Message)  # a chunk message, e.g. StreamUpsertMemoriesRequest
+C_in = TypeVar("C_in", bound=Message, contravariant=True)
+
+
+class LoadWriter(Protocol[C_in]):
+    """One kind of load, for one stream: how its chunks are read, checked and written."""
+
+    @property
+    def kind(self) -> str:
+        """What GetLoad reports: memories, rows, vectors or interactions."""
+
+    @property
+    def rules(self) -> Rules:
+        """The rules of the kind's records."""
+
+    @property
+    def records_field(self) -> str:
+        """The chunk's repeated field of records."""
+
+    @property
+    def response_type(self) -> type[Message]:
+        """The Stream*Response: load, failures and the chunk counts."""
+
+    def check(self, chunk: C_in) -> None:
+        """Chunk fields of this kind beyond the engine's (INVALID_ARGUMENT if bad)."""
+
+    def rows(self, chunk: C_in) -> Rows:
+        """An empty sink for the chunk's valid records."""
+
+    async def write(self, conn: Conn, rows: Any, started: Callable[[], object]) -> tuple[int, int]:
+        """Write a chunk's rows in the chunk's transaction; (inserted, updated). Calls `started`
+        once the data is going out. Raises RetryChunk to roll back and be called again."""
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    chunk: Chunk
-    # None: known to be a duplicate when it arrived, so not parsed.
-    batch: ParsedBatch[MemoryCopyRows] | None
+class _Prepared(Generic[C]):
+    chunk: C
+    batch: ParsedBatch[Any] | None  # None: known to be a duplicate when it arrived, not parsed
 
 
 class _Moved(Exception):
     """Another stream of the same load advanced its progress under this chunk."""
 
 
-class MemoryLoad:
-    """One StreamUpsertMemories call."""
+class LoadEngine(Generic[C]):
+    """One Stream* call."""
 
-    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
-        self._pool = pool
-        self._db = HeldConnection(pool)  # for chunk transactions; given back when idle
+    def __init__(self, db: Database, writer: LoadWriter[C]) -> None:
+        self._db = db
+        self._writer = writer
+        self._held = db.held()  # for chunk transactions; given back when idle
         self._project_id = ""
         self._load_id = ""
         self._progress: loads.LoadProgress | None = None  # as last read or written
         self._opened = False
         self._through = -1  # the highest offset this stream sent (committed or skipped)
-        self._all_new = True  # no chunk of this stream has met an existing id yet
         self._committed = 0
         self._skipped = 0
         self._unrecorded_skips = 0  # duplicates not yet added to the progress row
@@ -71,7 +104,7 @@ class MemoryLoad:
         self._may_parse = asyncio.Event()  # cleared while the writer waits on a round trip
         self._may_parse.set()
 
-    async def run(self, chunks: AsyncIterator[Chunk]) -> memory_pb2.StreamUpsertMemoriesResponse:
+    async def run(self, chunks: AsyncIterator[C]) -> Any:
         try:
             await self._consume(chunks)
         except BaseException:
@@ -79,9 +112,9 @@ class MemoryLoad:
             raise
         return await self._finish()
 
-    async def _consume(self, chunks: AsyncIterator[Chunk]) -> None:
+    async def _consume(self, chunks: AsyncIterator[C]) -> None:
         """Every chunk of the stream, committed or skipped in order."""
-        ready: asyncio.Queue[_Prepared | Exception | None] = asyncio.Queue(maxsize=1)
+        ready: asyncio.Queue[_Prepared[C] | Exception | None] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read_ahead(chunks, ready))
         try:
             while (item := await ready.get()) is not None:
@@ -89,10 +122,10 @@ class MemoryLoad:
                     raise item  # in stream order: every chunk before it is committed
                 await self._commit(item)
                 if ready.empty():  # waiting on the client: no connection held meanwhile
-                    await self._db.release()
+                    await self._held.release()
         finally:
             try:
-                await self._db.release()  # first: a second cancellation must not skip it
+                await self._held.release()  # first: a second cancellation must not skip it
             finally:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -105,7 +138,7 @@ class MemoryLoad:
         if not self._unrecorded_skips or not self._opened:
             return
         try:
-            async with connection(self._pool) as conn:
+            async with self._db.connection() as conn:
                 await loads.add_skipped(
                     conn, self._project_id, self._load_id, self._unrecorded_skips
                 )
@@ -119,7 +152,7 @@ class MemoryLoad:
             )
 
     async def _read_ahead(
-        self, chunks: AsyncIterator[Chunk], ready: asyncio.Queue[_Prepared | Exception | None]
+        self, chunks: AsyncIterator[C], ready: asyncio.Queue[_Prepared[C] | Exception | None]
     ) -> None:
         """Check and parse each chunk as it arrives; a refusal goes down the queue in order."""
         try:
@@ -130,52 +163,65 @@ class MemoryLoad:
             return
         await ready.put(None)
 
-    async def _prepare(self, chunk: Chunk) -> _Prepared:
+    async def _prepare(self, chunk: C) -> _Prepared[C]:
         """Message-level checks, then the records (skipped for a chunk known to be in)."""
-        check_batch_size("records", len(chunk.records), limits.MAX_STREAM_CHUNK_RECORDS)
-        if chunk.offset < 0:
+        records = self._records(chunk)
+        check_batch_size(self._writer.records_field, len(records), limits.MAX_STREAM_CHUNK_RECORDS)
+        offset: int = getattr(chunk, "offset")  # noqa: B009 - every chunk message has these
+        load_id: str = getattr(chunk, "load_id")  # noqa: B009
+        if offset < 0:
             raise InvalidArgument(
-                f"offset must be 0 or more, got {chunk.offset}",
+                f"offset must be 0 or more, got {offset}",
                 violations=[Violation("offset", "must be 0 or more", "OUT_OF_RANGE")],
             )
         if not self._load_id:
-            check_load_id(chunk.load_id)
-            self._project_id, self._load_id = chunk.project_id, chunk.load_id
-        elif chunk.load_id != self._load_id:
+            check_load_id(load_id)
+            self._project_id, self._load_id = getattr(chunk, "project_id"), load_id  # noqa: B009
+        elif load_id != self._load_id:
             violation = Violation(
                 "load_id", f"changed from {self._load_id!r} mid-stream", "LOAD_ID_CHANGED"
             )
             raise InvalidArgument(
                 f"every chunk of a stream must name load {self._load_id!r}", violations=[violation]
             )
-        if self._progress is not None and chunk.offset < self._progress.next_offset:
+        self._writer.check(chunk)
+        if self._progress is not None and offset < self._progress.next_offset:
             return _Prepared(chunk, None)
         return _Prepared(chunk, await self._parse(chunk))
 
-    async def _parse(self, chunk: Chunk) -> ParsedBatch[MemoryCopyRows]:
+    def _records(self, chunk: C) -> Sequence[Message]:
+        records: Sequence[Message] = getattr(chunk, self._writer.records_field)
+        return records
+
+    async def _parse(self, chunk: C) -> ParsedBatch[Any]:
         """Every record checked; by default one invalid record refuses the whole chunk."""
-        rows = MemoryCopyRows(self._project_id)
-        parser = RecordParser(chunk.records, rows, field_name="records", partial=True)
-        while parser.parsed < len(chunk.records):
+        records = self._records(chunk)
+        field_name = self._writer.records_field
+        rows = self._writer.rows(chunk)
+        parser = RecordParser(
+            records, self._writer.rules, rows, field_name=field_name, partial=True
+        )
+        while parser.parsed < len(records):
             await self._may_parse.wait()
-            parser.parse(min(parser.parsed + _SLICE, len(chunk.records)))
+            parser.parse(min(parser.parsed + _SLICE, len(records)))
             await asyncio.sleep(0)  # let the writer's results in
         batch = parser.finish()
-        if batch.failures and not chunk.partial_success:
+        offset = getattr(chunk, "offset")  # noqa: B009
+        if batch.failures and not getattr(chunk, "partial_success"):  # noqa: B009
             raise InvalidArgument(
-                f"chunk {chunk.offset} of load {self._load_id!r}: {len(batch.failures)} of "
-                f"{len(chunk.records)} records are invalid; nothing of this chunk was written "
+                f"chunk {offset} of load {self._load_id!r}: {len(batch.failures)} of "
+                f"{len(records)} {field_name} are invalid; nothing of this chunk was written "
                 "(earlier chunks are committed: see GetLoad)",
                 violations=[v for vs in batch.failures.values() for v in vs],
-                metadata={"load_id": self._load_id, "offset": chunk.offset},
+                metadata={"load_id": self._load_id, "offset": offset},
             )
         return batch
 
-    async def _commit(self, prepared: _Prepared) -> None:
+    async def _commit(self, prepared: _Prepared[C]) -> None:
         if not self._opened:
             self._progress = await self._read()
             self._opened = True
-        offset = prepared.chunk.offset
+        offset: int = getattr(prepared.chunk, "offset")  # noqa: B009
         self._through = max(self._through, offset)
         while not self._is_duplicate(offset):
             batch = prepared.batch
@@ -190,11 +236,12 @@ class MemoryLoad:
         self._unrecorded_skips += 1
 
     async def _read(self) -> loads.LoadProgress | None:
-        async with connection(self._pool) as conn:
+        async with self._db.connection() as conn:
             progress = await loads.get(conn, self._project_id, self._load_id)
-        if progress is not None and progress.kind != KIND:
+        kind = self._writer.kind
+        if progress is not None and progress.kind != kind:
             raise FailedPrecondition(
-                f"load {self._load_id!r} loads {progress.kind}, not {KIND}; use another load_id",
+                f"load {self._load_id!r} loads {progress.kind}, not {kind}; use another load_id",
                 reason="LOAD_KIND_MISMATCH",
                 metadata={"load_id": self._load_id, "kind": progress.kind},
             )
@@ -212,64 +259,45 @@ class MemoryLoad:
             )
         return offset < expected
 
-    async def _write(self, offset: int, batch: ParsedBatch[MemoryCopyRows]) -> bool:
-        """Commit the chunk with the load's progress; False if the load moved on meanwhile."""
-        try:
-            progress = await self._insert(offset, batch) if self._all_new else None
-            if progress is None:
-                progress = await self._upsert(offset, batch)
-        except _Moved:
-            return False
-        self._progress = progress
-        self._unrecorded_skips = 0
-        return True
-
-    async def _insert(
-        self, offset: int, batch: ParsedBatch[MemoryCopyRows]
-    ) -> loads.LoadProgress | None:
-        """The chunk as new records, by COPY straight into the table; None if one of its ids
-        exists: that attempt rolls back, and this and every later chunk take the upsert.
+    async def _write(self, offset: int, batch: ParsedBatch[Any]) -> bool:
+        """Commit the chunk with the load's progress; False if the load moved on meanwhile.
 
         Validation of the next chunk steps aside for the round trips (BEGIN, the progress row,
-        COMMIT) and runs while PostgreSQL takes the COPY. Like the upsert, it locks the memory
-        rows before the load's progress row: two streams of one load, one inserting and one
-        upserting, must take their locks in the same order or they could deadlock.
+        COMMIT) and runs while PostgreSQL takes the data. The kind's rows are locked before the
+        load's progress row: two streams of one load must take their locks in the same order or
+        they could deadlock.
         """
-        self._may_parse.clear()
-        try:
-            async with self._db.transaction() as conn:
-                await memories.copy_insert(conn, batch.rows, copying=self._may_parse.set)
-                self._may_parse.clear()
-                progress = await self._advance(conn, offset, batch, len(batch.rows), 0)
-        except memories.IdExists:
-            self._all_new = False
-            return None
-        finally:
-            self._may_parse.set()
-        return progress
-
-    async def _upsert(self, offset: int, batch: ParsedBatch[MemoryCopyRows]) -> loads.LoadProgress:
-        """The chunk through the staging table and one upsert."""
-        async with self._db.transaction() as conn:
-            inserted, updated = await memories.copy_upsert(conn, batch.rows)
-            return await self._advance(conn, offset, batch, inserted, updated)
+        while True:
+            self._may_parse.clear()
+            try:
+                async with self._held.transaction() as conn:
+                    inserted, updated = await self._writer.write(
+                        conn, batch.rows, self._may_parse.set
+                    )
+                    self._may_parse.clear()
+                    self._progress = await self._advance(conn, offset, batch, inserted, updated)
+            except RetryChunk:
+                continue
+            except _Moved:
+                return False
+            finally:
+                self._may_parse.set()
+            self._unrecorded_skips = 0
+            return True
 
     async def _advance(
-        self,
-        conn: Conn,
-        offset: int,
-        batch: ParsedBatch[MemoryCopyRows],
-        inserted: int,
-        updated: int,
+        self, conn: Conn, offset: int, batch: ParsedBatch[Any], inserted: int, updated: int
     ) -> loads.LoadProgress:
         """Count the chunk in the load's progress row, in the chunk's transaction."""
         counts = loads.ChunkCounts(inserted, updated, len(batch.failures), self._unrecorded_skips)
-        progress = await loads.advance(conn, self._project_id, self._load_id, KIND, offset, counts)
+        progress = await loads.advance(
+            conn, self._project_id, self._load_id, self._writer.kind, offset, counts
+        )
         if progress is None:
             raise _Moved  # another stream of the load moved it on: roll the chunk back
         return progress
 
-    def _report(self, offset: int, batch: ParsedBatch[MemoryCopyRows]) -> None:
+    def _report(self, offset: int, batch: ParsedBatch[Any]) -> None:
         room = limits.MAX_FAILURES_REPORTED - len(self._failures)
         for index, violations in list(batch.failures.items())[: max(room, 0)]:
             error = InvalidArgument(
@@ -279,22 +307,24 @@ class MemoryLoad:
                 common_pb2.RecordFailure(offset=offset, index=index, error=error.to_status())
             )
 
-    async def _finish(self) -> memory_pb2.StreamUpsertMemoriesResponse:
+    async def _finish(self) -> Any:
         """Mark the load done if this stream reached its last chunk (another stream of the load
         may be ahead). This commit is synchronous, so it also makes every earlier
         (asynchronously committed) chunk durable before the client hears the answer."""
         if not self._opened:
             raise InvalidArgument(
                 "the stream carried no chunks; send at least one",
-                violations=[Violation("records", "no chunk was sent", "EMPTY_STREAM")],
+                violations=[
+                    Violation(self._writer.records_field, "no chunk was sent", "EMPTY_STREAM")
+                ],
             )
-        async with connection(self._pool) as conn:
+        async with self._db.connection() as conn:
             progress = await loads.finish(
                 conn, self._project_id, self._load_id, self._through, self._unrecorded_skips
             )
         if progress is None:
             raise NotFound(f"load {self._load_id!r} has no progress row", reason="LOAD_NOT_FOUND")
-        return memory_pb2.StreamUpsertMemoriesResponse(
+        return self._writer.response_type(
             load=to_message(progress),
             failures=self._failures,
             chunks_committed=self._committed,

@@ -1,13 +1,14 @@
-"""The one server interceptor: authenticate, run the handler, map errors, log one line.
+"""The one server interceptor: decode, authenticate, run the handler, map errors, log one line.
 
 gRPC's server interceptors only see metadata, not the request, so this one re-wraps each
 handler: the wrapper sees the decoded request (or every message of a client stream) and can
-check its `project_id` against the key's project.
+check its `project_id` against the key's project and its enum values against their enums.
+
+It is also where grpc's status enum first appears: our errors carry `google.rpc` codes.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import uuid
@@ -17,21 +18,20 @@ from typing import Any, TypeAlias, cast
 import grpc
 from grpc_status import rpc_status
 
-from zerodb_batch.errors import ZeroDBError
-from zerodb_batch.interceptors.auth import Authenticator, api_key_from, check_project
+from zerodb_batch.domain.enums import check_enums
+from zerodb_batch.errors import InvalidArgument, Unimplemented, ZeroDBError
+from zerodb_batch.interceptors.auth import Access, Authenticator, api_key_from, check_project
 
 log = logging.getLogger("zerodb_batch.rpc")
-
-_PROTECTED = "/zerodb."  # health and reflection stay open
-
 
 # Generic in the type stubs only; quoted so nothing subscripts the runtime classes.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates `zerodb.*` calls, maps errors to `google.rpc.Status`, logs every call."""
+    """Authenticates calls, maps errors to `google.rpc.Status`, logs every call."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
@@ -44,37 +44,81 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        call = _Call(details.method, self._auth if details.method.startswith(_PROTECTED) else None)
+        access = Access.of(details.method, handler.request_streaming, handler.response_streaming)
+        call = _Call(details.method, self._auth, access)
+        decode = _lenient(handler.request_deserializer)
         if handler.request_streaming and not handler.response_streaming:
             return grpc.stream_unary_rpc_method_handler(
                 call.wrap_stream_in(cast(Any, handler.stream_unary)),
-                handler.request_deserializer,
+                decode,
                 handler.response_serializer,
             )
         if handler.response_streaming and not handler.request_streaming:
             return grpc.unary_stream_rpc_method_handler(
                 call.wrap_stream_out(cast(Any, handler.unary_stream)),
-                handler.request_deserializer,
+                decode,
                 handler.response_serializer,
             )
         if not handler.request_streaming:
             return grpc.unary_unary_rpc_method_handler(
-                call.wrap_unary(cast(Any, handler.unary_unary)),
-                handler.request_deserializer,
-                handler.response_serializer,
+                call.wrap_unary(cast(Any, handler.unary_unary)), decode, handler.response_serializer
             )
-        return handler  # bidirectional streams: none in this API
+        if not access.refusal:
+            return handler  # reflection: open, and its own business
+        return grpc.stream_stream_rpc_method_handler(
+            call.refuse_stream(), decode, handler.response_serializer
+        )
+
+
+class _Undecodable:
+    """What a request that is not a valid message decodes to; the wrapper refuses it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The handler's decoder, returning _Undecodable instead of raising: grpc would answer an
+    exception here with UNKNOWN, a Python class name and a traceback in the log."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:  # DecodeError, and anything else the decoder raises
+            return _Undecodable(e)
+
+    return decode
+
+
+def _checked_message(request: Any, method: str) -> Any:
+    """The request, if it decoded and its enums hold defined values; else INVALID_ARGUMENT."""
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"the request to {method} is not a valid message: it is truncated or malformed, "
+            "holds invalid UTF-8 in a string field, or nests JSON deeper than the decoder allows "
+            "(metadata, payloads and rows may nest 20 levels)",
+            reason="MALFORMED_REQUEST",
+        )
+    check_enums(request)
+    return request
 
 
 class _Call:
     """Wrappers for one method; each invocation gets its own timing and request id."""
 
-    def __init__(self, method: str, auth: Authenticator | None) -> None:
+    def __init__(self, method: str, auth: Authenticator, access: Access) -> None:
         self.method = method
         self.auth = auth
+        self.access = access
 
     async def _project(self, context: Ctx) -> str | None:
-        if self.auth is None:
+        """The key's project, for a method that needs one (None for open methods)."""
+        self.access.refuse_if_closed()
+        if not self.access.scoped:
             return None
         return await self.auth.project_of(api_key_from(context.invocation_metadata()))
 
@@ -82,9 +126,8 @@ class _Call:
         async def run(request: Any, context: Ctx) -> Any:
             async with _Outcome(self.method, context):
                 project = await self._project(context)
-                if project is not None:
-                    check_project(project, request)
-                return await _maybe_await(behaviour(request, context))
+                request = self._accept(request, project)
+                return await behaviour(request, context)
 
         return run
 
@@ -94,7 +137,7 @@ class _Call:
         async def run(requests: AsyncIterator[Any], context: Ctx) -> Any:
             async with _Outcome(self.method, context):
                 project = await self._project(context)
-                return await _maybe_await(behaviour(_checked(requests, project), context))
+                return await behaviour(await self._accept_stream(requests, project), context)
 
         return run
 
@@ -104,25 +147,55 @@ class _Call:
         async def run(request: Any, context: Ctx) -> AsyncIterator[Any]:
             async with _Outcome(self.method, context):
                 project = await self._project(context)
-                if project is not None:
-                    check_project(project, request)
-                async for response in behaviour(request, context):
+                async for response in behaviour(self._accept(request, project), context):
                     yield response
 
         return run
 
+    def refuse_stream(self) -> Callable[..., AsyncIterator[Any]]:
+        async def run(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+            async with _Outcome(self.method, context):
+                self.access.refuse_if_closed()  # always refuses: only closed ones come here
+            yield None  # pragma: no cover - unreachable, makes this an async generator
 
-async def _maybe_await(result: Any) -> Any:
-    # The generated base servicers (for RPCs not built yet) are plain functions.
-    return await result if inspect.isawaitable(result) else result
+        return run
 
-
-async def _checked(requests: AsyncIterator[Any], project: str | None) -> AsyncIterator[Any]:
-    """Every message of a client stream must name the key's project."""
-    async for request in requests:
+    def _accept(self, request: Any, project: str | None) -> Any:
+        if self.access.scoped or isinstance(request, _Undecodable):
+            request = _checked_message(request, self.method)
         if project is not None:
             check_project(project, request)
-        yield request
+        return request
+
+    async def _accept_each(
+        self, requests: AsyncIterator[Any], project: str | None
+    ) -> AsyncIterator[Any]:
+        """Every message of a client stream is checked as a unary request is."""
+        async for request in requests:
+            yield self._accept(request, project)
+
+    async def _accept_stream(
+        self, requests: AsyncIterator[Any], project: str | None
+    ) -> AsyncIterator[Any]:
+        """The client stream, its first message checked before the handler runs (so a handler
+        that ends before reading cannot skip the project check), the rest as they are read."""
+        accepted = self._accept_each(requests, project)
+        try:
+            first = await anext(accepted)
+        except StopAsyncIteration:
+            return _empty()
+        return _chain(first, accepted)
+
+
+async def _empty() -> AsyncIterator[Any]:
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 class _Outcome:
@@ -139,13 +212,13 @@ class _Outcome:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, NotImplementedError):  # a generated base servicer's RPC
+            exc = Unimplemented(f"{self.method} is not implemented yet")
         code = self._code(exc)
         self._log(code, exc)
         if isinstance(exc, ZeroDBError):
             status = rpc_status.to_status(exc.to_status())
             await self.context.abort(status.code, status.details, status.trailing_metadata)
-        if code is grpc.StatusCode.UNIMPLEMENTED and not isinstance(exc, ZeroDBError):
-            await self.context.abort(code, f"{self.method} is not implemented yet")
         if exc is not None and code is grpc.StatusCode.INTERNAL:
             await self.context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error (request id {self.request_id})"
@@ -156,11 +229,9 @@ class _Outcome:
         if exc is None:
             return self.context.code() or grpc.StatusCode.OK
         if isinstance(exc, ZeroDBError):
-            return exc.code
+            return _GRPC_CODES[exc.code]
         if isinstance(exc, grpc.aio.AbortError):
             return self.context.code() or grpc.StatusCode.UNKNOWN
-        if isinstance(exc, NotImplementedError):
-            return grpc.StatusCode.UNIMPLEMENTED
         if not isinstance(exc, Exception):
             return grpc.StatusCode.CANCELLED  # cancellation, shutdown
         return grpc.StatusCode.INTERNAL

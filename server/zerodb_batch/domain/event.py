@@ -16,14 +16,23 @@ from typing import NamedTuple
 
 from zerodb.v1 import event_pb2
 from zerodb_batch import limits
-from zerodb_batch.domain.validate import Checker, metadata_json
-from zerodb_batch.errors import InvalidArgument, Violation
+from zerodb_batch.domain.records import ParsedBatch, RecordParser
+from zerodb_batch.domain.rules import JsonObject, Name, Rules, check_name
+from zerodb_batch.domain.validate import Checker
 
-_NAME = re.compile(r"[A-Za-z0-9._:\-]+")
 _STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-_U64 = 2**64 - 1
+_MAX_SEQ = 2**63 - 1  # PostgreSQL's bigint
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time a datetime holds
+
+
+# The values of a valid event, in this order, are what EventColumns.add receives.
+EVENT = Rules(
+    "Event",
+    Name("topic", limits.MAX_TOPIC_CHARS),
+    JsonObject("event_payload", limits.MAX_EVENT_PAYLOAD_BYTES),
+)
 
 
 @dataclass
@@ -37,65 +46,16 @@ class EventColumns:
     def __len__(self) -> int:
         return len(self.topics)
 
+    def add(self, index: int, topic: str, payload: str) -> None:
+        self.index.append(index)
+        self.topics.append(topic)
+        self.payloads.append(payload)
 
-@dataclass
-class ParsedEvents:
-    rows: EventColumns
-    failures: dict[int, list[Violation]]
 
-
-def parse_events(events: Sequence[event_pb2.Event], *, partial: bool) -> ParsedEvents:
+def parse_events(events: Sequence[event_pb2.Event], *, partial: bool) -> ParsedBatch[EventColumns]:
     """Validate every event; an atomic batch raises INVALID_ARGUMENT listing every violation."""
-    rows, failures = EventColumns(), dict[int, list[Violation]]()
-    for i, event in enumerate(events):
-        # The fast path takes almost every event; the Checker decides the rest, and explains.
-        valid = _valid_fast(event) or _check_fully(f"events[{i}]", event, failures, i)
-        if valid:
-            rows.index.append(i)
-            rows.topics.append(valid[0])
-            rows.payloads.append(valid[1])
-    if failures and not partial:
-        raise InvalidArgument(
-            f"{len(failures)} of {len(events)} events are invalid; nothing was published",
-            violations=[v for vs in failures.values() for v in vs],
-        )
-    return ParsedEvents(rows, failures)
-
-
-def _valid_fast(event: event_pb2.Event) -> tuple[str, str] | None:
-    """(topic, payload JSON) if cheap checks pass, else None."""
-    topic = event.topic
-    if len(topic) > limits.MAX_TOPIC_CHARS or not _NAME.fullmatch(topic):
-        return None
-    # metadata_json applies the metadata limit, which is also the payload limit (64 KiB).
-    payload = metadata_json(event.event_payload)
-    return None if payload is None else (topic, payload)
-
-
-def _check_fully(
-    path: str, event: event_pb2.Event, failures: dict[int, list[Violation]], i: int
-) -> tuple[str, str] | None:
-    checker = Checker(path)
-    check_name(checker, "topic", event.topic, limits.MAX_TOPIC_CHARS)
-    payload = checker.json_object(
-        "event_payload", event.event_payload, limits.MAX_EVENT_PAYLOAD_BYTES
-    )
-    if checker.violations:
-        failures[i] = checker.violations
-        return None
-    return event.topic, payload
-
-
-def check_name(checker: Checker, name: str, value: str, max_chars: int) -> None:
-    """A topic or consumer group: 1-max characters of letters, digits, `.`, `_`, `:`, `-`."""
-    if not value:
-        checker.add(name, "is required", "REQUIRED")
-    elif len(value) > max_chars:
-        checker.add(name, f"at most {max_chars} characters, got {len(value)}", "TOO_LONG")
-    elif not _NAME.fullmatch(value):
-        checker.add(
-            name, "only letters, digits, '.', '_', ':' and '-' are allowed", "INVALID_CHARACTER"
-        )
+    parser = RecordParser(events, EVENT, EventColumns(), field_name="events", partial=partial)
+    return parser.parse_all()
 
 
 class StoredEvent(NamedTuple):
@@ -129,7 +89,7 @@ class Position:
         if match is None:
             return None
         ms, seq = int(match[1]), int(match[2] or 0)
-        return cls(ms, seq) if ms <= _U64 and seq <= _U64 else None
+        return cls(ms, seq) if ms <= _MAX_MS and seq <= _MAX_SEQ else None
 
 
 def epoch_ms(value: datetime) -> int:

@@ -1,20 +1,47 @@
-"""Reading EventService requests: subscription options, list filters, and page tokens."""
+"""Reading EventService requests: subscription options, list filters and acknowledgements."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 from google.protobuf import duration_pb2
 
 from zerodb.v1 import event_pb2
 from zerodb_batch import limits
-from zerodb_batch.domain.events import Position, TopicFilter, check_name
+from zerodb_batch.domain.event import Position, TopicFilter
+from zerodb_batch.domain.page_token import page_size
+from zerodb_batch.domain.rules import check_name
+from zerodb_batch.domain.timestamps import optional_datetime
 from zerodb_batch.domain.validate import Checker
-from zerodb_batch.errors import BatchTooLarge, InvalidArgument, Violation
-from zerodb_batch.events.subscription import Options, Start
+from zerodb_batch.errors import BatchTooLarge
+
+Start = Position | datetime | None  # after a stream id, from a time, or (None) new events only
+POSITION_SHAPE = (int,)  # a ListEvents page ends at the seq of its last event
+
+
+@dataclass(frozen=True)
+class Options:
+    """What one SubscribeEvents call asked for, checked."""
+
+    project_id: str
+    topics: TopicFilter
+    start: Start
+    heartbeat: float  # seconds
+    group: str = ""
+    consumer: str = ""
+    max_unacked: int = 0
+    redeliver_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    """A ListEvents request, checked."""
+
+    page_size: int
+    topics: TopicFilter
+    start: datetime | None
+    end: datetime | None
 
 
 def subscription_options(request: event_pb2.SubscribeEventsRequest) -> Options:
@@ -69,7 +96,7 @@ def _start(checker: Checker, request: event_pb2.SubscribeEventsRequest) -> Start
             checker.add(which, "not a stream entry id such as 1718000000000-1 (or 0)")
         return position
     if which == "start_time":
-        return request.start_time.ToDatetime(tzinfo=UTC)
+        return optional_datetime(checker, request, "start_time")
     return None
 
 
@@ -84,50 +111,26 @@ def _seconds(
     if not request.HasField(name):  # type: ignore[arg-type]
         return default
     value: duration_pb2.Duration = getattr(request, name)
-    seconds = value.ToTimedelta().total_seconds()
+    seconds = value.seconds + value.nanos / 1e9  # ToTimedelta() overflows on huge values
     if not low <= seconds <= high:
         checker.add(name, f"must be {low:g} s to {high:g} s, got {seconds:g} s", "OUT_OF_RANGE")
     return seconds
 
 
-def list_filters(
-    request: event_pb2.ListEventsRequest,
-) -> tuple[int, TopicFilter, datetime | None, datetime | None]:
+def list_filters(request: event_pb2.ListEventsRequest) -> ListFilters:
     checker = Checker("")
-    size = request.page_size or limits.DEFAULT_EVENTS_PAGE_SIZE
-    if not 1 <= size <= limits.MAX_PAGE_SIZE:
-        checker.add("page_size", f"must be 0 to {limits.MAX_PAGE_SIZE}", "OUT_OF_RANGE")
+    size = page_size(checker, request.page_size, limits.DEFAULT_EVENTS_PAGE_SIZE)
+    start = optional_datetime(checker, request, "start_time")
+    end = optional_datetime(checker, request, "end_time")
     checker.raise_if_any("ListEvents request is invalid")
-    topic = TopicFilter.parse({"topic": request.topic} if request.topic else {})
-    start = request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None
-    end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
-    return size, topic, start, end
+    topics = TopicFilter.parse({"topic": request.topic} if request.topic else {})
+    return ListFilters(size, topics, start, end)
 
 
-def query_digest(request: event_pb2.ListEventsRequest) -> str:
-    """What a page token is bound to: the request without its page size and token."""
-    query = event_pb2.ListEventsRequest()
-    query.CopyFrom(request)
-    query.page_size, query.page_token = 0, ""
-    return hashlib.sha256(query.SerializeToString(deterministic=True)).hexdigest()[:16]
-
-
-def encode_token(after_seq: int, query: str) -> str:
-    return base64.urlsafe_b64encode(f"{after_seq}:{query}".encode()).decode()
-
-
-def decode_token(token: str, query: str) -> int:
-    """The seq a page continues after; INVALID_ARGUMENT for a token of another query."""
-    try:
-        after, _, bound_to = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        # ASCII digits only, at most 19 of them: isdigit() alone accepts '²' and other digits
-        # int() refuses, and a bigint seq never needs more.
-        valid = bound_to == query and after.isascii() and after.isdigit() and len(after) <= 19
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        valid = False
-    if not valid:
-        raise InvalidArgument(
-            "page_token is not a next_page_token of this query (same filters, same project)",
-            violations=[Violation("page_token", "invalid for this request", "INVALID_PAGE_TOKEN")],
-        )
-    return int(after)
+def check_ack(request: event_pb2.AckEventsRequest) -> None:
+    checker = Checker("")
+    check_name(checker, "consumer_group", request.consumer_group, limits.MAX_ID_CHARS)
+    for i, stream_id in enumerate(request.stream_ids):
+        if Position.parse(stream_id) is None:
+            checker.add(f"stream_ids[{i}]", "not a stream entry id such as 1718000000000-1")
+    checker.raise_if_any("AckEvents request is invalid")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import LiteralString, NamedTuple
 
 import psycopg
 from psycopg.rows import class_row
 
-from zerodb_batch.domain.events import EventColumns, Position, StoredEvent, epoch_ms
-from zerodb_batch.storage.pool import Conn
+from zerodb_batch.domain.event import EventColumns, Position, StoredEvent, epoch_ms
+from zerodb_batch.storage.pool import Conn, translate_errors
 from zerodb_batch.storage.queries import Q
 
 LAST_SEQ = 2**63 - 1
@@ -199,3 +200,31 @@ async def _events(
     async with conn.cursor(row_factory=class_row(StoredEvent)) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()
+
+
+class Notifications:
+    """A connection of its own LISTENing for projects that publishers left events to relay."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def wait(self, seconds: float) -> set[str] | None:
+        """Projects named by NOTIFY within `seconds`, or None when they passed silently."""
+        async with translate_errors():
+            named = {n.payload async for n in self._conn.notifies(timeout=seconds, stop_after=1)}
+            if not named:
+                return None
+            # A burst of publishers deferring together: collect it and relay each project once.
+            named.update([n.payload async for n in self._conn.notifies(timeout=0.01)])
+        return named
+
+
+@asynccontextmanager
+async def listen(url: str) -> AsyncIterator[Notifications]:
+    """Notifications on a new connection (not a pooled one: it stays open while it listens)."""
+    async with translate_errors():
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    async with conn:
+        async with translate_errors():
+            await conn.execute(Q["event_listen"])
+        yield Notifications(conn)

@@ -1,0 +1,172 @@
+"""MemoryService: batch upsert, update and delete, reads by id and by page, streamed loads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from zerodb.v1 import memory_pb2, memory_pb2_grpc
+from zerodb_batch import limits
+from zerodb_batch.api import Ctx, results
+from zerodb_batch.api.load_engine import LoadEngine
+from zerodb_batch.domain.memory import MEMORY, MemoryColumns
+from zerodb_batch.domain.memory_list import parse_list, position
+from zerodb_batch.domain.memory_update import parse_updates
+from zerodb_batch.domain.page_token import PageTokens
+from zerodb_batch.domain.records import RecordParser
+from zerodb_batch.domain.struct_json import to_struct
+from zerodb_batch.domain.timestamps import to_timestamp
+from zerodb_batch.domain.validate import check_batch_size, check_ids, check_request_id
+from zerodb_batch.storage import memories
+from zerodb_batch.storage.idempotency import write_once
+from zerodb_batch.storage.pool import Conn, Database
+
+UPSERT_SLICE = 125  # records validated per upsert statement; the last slice may be smaller
+_UPSERTED = {results.INSERTED: "inserted", results.UPDATED: "updated", results.FAILED: "failed"}
+_UPDATED = {results.UPDATED: "updated", results.NOT_FOUND: "not_found", results.FAILED: "failed"}
+_DELETED = {results.DELETED: "deleted", results.NOT_FOUND: "not_found"}
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+    def __init__(self, db: Database, tokens: PageTokens) -> None:
+        self._db = db
+        self._tokens = tokens
+
+    async def BatchUpsertMemories(
+        self, request: memory_pb2.BatchUpsertMemoriesRequest, context: Ctx
+    ) -> memory_pb2.BatchUpsertMemoriesResponse:
+        check_batch_size("records", len(request.records), limits.MAX_MEMORY_UPSERT)
+        check_request_id(request.request_id)
+        records = request.records
+        ids = [r.id for r in records]
+        # Validated (and so written) in id order: see memory_upsert on lock order.
+        order = sorted(range(len(records)), key=ids.__getitem__)
+        parser = RecordParser(
+            records,
+            MEMORY,
+            MemoryColumns(),
+            field_name="records",
+            partial=request.partial_success,
+            order=order,
+        )
+
+        async def write(conn: Conn) -> memory_pb2.BatchUpsertMemoriesResponse:
+            # Each slice's upsert runs in PostgreSQL while the next slice is validated here.
+            sent = []
+            for stop in range(UPSERT_SLICE, len(records) + UPSERT_SLICE, UPSERT_SLICE):
+                first = len(parser.batch.rows)
+                parser.parse(min(stop, len(records)))
+                if parser.writable:  # else an atomic batch fails in finish(): no more writes
+                    rows = parser.batch.rows.since(first)
+                    sent.append(await memories.send_upsert(conn, request.project_id, rows))
+            batch = parser.finish()  # atomic + invalid: raises, and the transaction rolls back
+            outcomes = results.Outcomes(len(records), batch)
+            written: dict[str, bool] = {}
+            for cur in sent:
+                written.update(await memories.upsert_sent(cur))
+            for index, memory_id in zip(batch.rows.index, batch.rows.ids, strict=True):
+                outcome = results.INSERTED if written[memory_id] else results.UPDATED
+                outcomes.set(index, memory_id, outcome)
+            return results.fill(memory_pb2.BatchUpsertMemoriesResponse(), outcomes, _UPSERTED)
+
+        done = await write_once(
+            self._db, request, memory_pb2.BatchUpsertMemoriesResponse, write, pipelined=True
+        )
+        return done.response
+
+    async def BatchGetMemories(
+        self, request: memory_pb2.BatchGetMemoriesRequest, context: Ctx
+    ) -> memory_pb2.BatchGetMemoriesResponse:
+        check_batch_size("ids", len(request.ids), limits.MAX_MEMORY_GET)
+        check_ids("ids", request.ids)
+        async with self._db.connection() as conn:
+            found = await memories.get(conn, request.project_id, request.ids)
+        return memory_pb2.BatchGetMemoriesResponse(
+            memories=[to_message(found[i]) for i in request.ids if i in found],
+            not_found=[i for i in request.ids if i not in found],
+        )
+
+    async def BatchUpdateMemories(
+        self, request: memory_pb2.BatchUpdateMemoriesRequest, context: Ctx
+    ) -> memory_pb2.BatchUpdateMemoriesResponse:
+        check_batch_size("updates", len(request.updates), limits.MAX_MEMORY_UPDATE)
+        check_request_id(request.request_id)
+        parsed = parse_updates(request)
+
+        async def write(conn: Conn) -> memory_pb2.BatchUpdateMemoriesResponse:
+            found = await memories.update(conn, request.project_id, parsed.rows)
+            outcomes = results.Outcomes(len(request.updates), parsed)
+            for index, memory_id in zip(parsed.rows.index, parsed.rows.ids, strict=True):
+                outcome = results.UPDATED if memory_id in found else results.NOT_FOUND
+                outcomes.set(index, memory_id, outcome)
+            return results.fill(memory_pb2.BatchUpdateMemoriesResponse(), outcomes, _UPDATED)
+
+        done = await write_once(self._db, request, memory_pb2.BatchUpdateMemoriesResponse, write)
+        return done.response
+
+    async def BatchDeleteMemories(
+        self, request: memory_pb2.BatchDeleteMemoriesRequest, context: Ctx
+    ) -> memory_pb2.BatchDeleteMemoriesResponse:
+        check_batch_size("ids", len(request.ids), limits.MAX_MEMORY_DELETE)
+        check_request_id(request.request_id)
+        check_ids("ids", request.ids)
+
+        async def write(conn: Conn) -> memory_pb2.BatchDeleteMemoriesResponse:
+            deleted = await memories.delete(conn, request.project_id, request.ids)
+            outcomes = delete_outcomes(request.ids, deleted)
+            return results.fill(memory_pb2.BatchDeleteMemoriesResponse(), outcomes, _DELETED)
+
+        done = await write_once(self._db, request, memory_pb2.BatchDeleteMemoriesResponse, write)
+        return done.response
+
+    async def ListMemories(
+        self, request: memory_pb2.ListMemoriesRequest, context: Ctx
+    ) -> memory_pb2.ListMemoriesResponse:
+        query = parse_list(request, self._tokens)
+        async with self._db.connection() as conn:
+            # One row more than the page says whether another page follows.
+            rows = await memories.list_page(
+                conn, request.project_id, query.params, query.page_size + 1
+            )
+        page = rows[: query.page_size]
+        more = len(rows) > query.page_size
+        last = page[-1] if more else None
+        return memory_pb2.ListMemoriesResponse(
+            memories=[to_message(row) for row in page],
+            next_page_token=(
+                self._tokens.encode(request, position(last.create_time, last.id)) if last else ""
+            ),
+        )
+
+    async def StreamUpsertMemories(
+        self, request_iterator: AsyncIterator[memory_pb2.StreamUpsertMemoriesRequest], context: Ctx
+    ) -> memory_pb2.StreamUpsertMemoriesResponse:
+        response: memory_pb2.StreamUpsertMemoriesResponse = await LoadEngine(
+            self._db, memories.MemoryLoadWriter()
+        ).run(request_iterator)
+        return response
+
+
+def delete_outcomes(ids: Sequence[str], deleted: set[str]) -> results.Outcomes:
+    """One outcome per id in request order; an id repeated in the request is deleted once."""
+    outcomes, counted = results.Outcomes(len(ids)), set()
+    for index, item_id in enumerate(ids):
+        gone = item_id in deleted and item_id not in counted
+        counted.add(item_id)
+        outcomes.set(index, item_id, results.DELETED if gone else results.NOT_FOUND)
+    return outcomes
+
+
+def to_message(row: memories.MemoryRow) -> memory_pb2.Memory:
+    return memory_pb2.Memory(
+        id=row.id,
+        content=row.content,
+        memory_type=row.memory_type,
+        importance=row.importance,
+        tags=row.tags,
+        metadata=to_struct(row.metadata),
+        session_id=row.session_id or "",
+        agent_id=row.agent_id or "",
+        entity_id=row.entity_id or "",
+        create_time=to_timestamp(row.create_time),
+        update_time=to_timestamp(row.update_time),
+    )

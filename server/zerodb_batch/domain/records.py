@@ -1,0 +1,129 @@
+"""Validating the records of a batch or a streamed chunk against their entity's rules.
+
+The parser works a slice at a time so that a writer can send each slice while the next is being
+checked; duplicate ids are caught across slices. Valid records go to a `Rows` sink, the form in
+which storage writes them (column arrays for `unnest`, lines for COPY, ...).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from zerodb_batch.domain.rules import Rules
+from zerodb_batch.domain.validate import Checker
+from zerodb_batch.errors import InvalidArgument, Violation
+
+
+class Rows(Protocol):
+    """Where valid records go: `add` takes the request index, then the values of the entity's
+    rules in their order (a keyed entity's id already generated when the client sent none)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def add(self) -> Callable[..., None]:
+        """(index, *values): each kind names its values, so the protocol cannot."""
+
+
+R = TypeVar("R", bound=Rows)
+T = TypeVar("T")
+
+
+@dataclass
+class ParsedBatch(Generic[T]):
+    """The valid rows of a batch and, by request index, the violations of each invalid record."""
+
+    rows: T
+    failures: dict[int, list[Violation]] = field(default_factory=dict)
+    sent_ids: dict[int, str] = field(default_factory=dict)  # the id a refused record carried
+
+
+class RecordParser(Generic[R]):
+    """Validates `records` into `rows`, in the given `order` of indexes (default: as sent).
+
+    `finish()` gives the whole batch; in atomic mode (`partial=False`) it raises INVALID_ARGUMENT
+    listing every violation, so the caller must not commit before it.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        rules: Rules,
+        rows: R,
+        *,
+        field_name: str,
+        partial: bool,
+        order: Sequence[int] | None = None,
+    ) -> None:
+        self._records, self._rules, self._field_name = records, rules, field_name
+        self._partial = partial
+        self._order = order
+        self._seen: dict[str, int] = {}
+        self._parsed = 0  # records validated so far
+        self.batch = ParsedBatch(rows)
+
+    @property
+    def writable(self) -> bool:
+        """False once an atomic batch has an invalid record: nothing of it will be written."""
+        return self._partial or not self.batch.failures
+
+    @property
+    def parsed(self) -> int:
+        """How many records have been validated."""
+        return self._parsed
+
+    def parse(self, stop: int) -> None:
+        """Validate the records up to position `stop` of the order, adding the valid ones."""
+        records, order, fast, seen = self._records, self._order, self._rules.fast, self._seen
+        keyed, add = self._rules.keyed, self.batch.rows.add
+        for position in range(self._parsed, stop):
+            i = order[position] if order is not None else position
+            record = records[i]
+            # The fast path takes almost every record; the full check decides the rest.
+            values = fast(record)
+            if values is not None and keyed:
+                if rid := values[0]:
+                    if seen.setdefault(rid, i) != i:
+                        values = None  # a duplicate: the full check says of which record
+                else:
+                    values = (str(uuid.uuid4()), *values[1:])
+            if values is None:
+                self._check_fully(i, record)
+            else:
+                add(i, *values)
+        self._parsed = max(self._parsed, stop)
+
+    def _check_fully(self, i: int, record: Any) -> None:
+        checker = Checker(f"{self._field_name}[{i}]")
+        values = self._rules.check(checker, record)
+        rid = values[0] if self._rules.keyed else ""
+        if rid and (first := self._seen.setdefault(rid, i)) != i:
+            checker.add("id", f"duplicates {self._field_name}[{first}].id", "DUPLICATE_ID")
+        if checker.violations:
+            self.batch.failures[i] = checker.violations
+            self.batch.sent_ids[i] = str(rid)
+        elif self._rules.keyed and not rid:
+            self.batch.rows.add(i, str(uuid.uuid4()), *values[1:])
+        else:  # valid after all (say, long content within the byte limit)
+            self.batch.rows.add(i, *values)
+
+    def finish(self) -> ParsedBatch[R]:
+        assert self._parsed == len(self._records), "finish() before every record was parsed"
+        refuse_if_atomic(self.batch, len(self._records), self._field_name, self._partial)
+        return self.batch
+
+    def parse_all(self) -> ParsedBatch[R]:
+        self.parse(len(self._records))
+        return self.finish()
+
+
+def refuse_if_atomic(batch: ParsedBatch[Any], total: int, field_name: str, partial: bool) -> None:
+    """An atomic batch (not `partial`) with an invalid item: INVALID_ARGUMENT naming them all."""
+    if batch.failures and not partial:
+        raise InvalidArgument(
+            f"{len(batch.failures)} of {total} {field_name} are invalid; nothing was written",
+            violations=[v for vs in batch.failures.values() for v in vs],
+        )

@@ -1,0 +1,275 @@
+"""An entity's validation rules, declared once; the fast path and the full report both come from it.
+
+Every write validates every record, and almost every record is valid. So the rules of an entity
+compile, once at import, into one function (`Rules.fast`) that reads each field of a record once
+and applies the cheap checks inline: it returns the record's values ready to store, or None when
+a check fails or is in doubt (content longer in characters than a quarter of its byte limit, say).
+Only then does `Rules.check` run the same rules through a `Checker`, which decides exactly and
+names every violation by its path. Both come from the one declaration, so they cannot disagree
+about what a field is or allows; the generated code is plain Python, printed by `Rules.source`.
+
+A rule describes its fast path as small source snippets over a local variable (`v` below):
+`read` puts the field in `v`, `bad` is true when a cheap check fails, `scanned` adds the value to
+the one NUL scan of all text fields, `late` computes an expensive value only once the cheap checks
+passed (None means "in doubt"), and `stored` is what goes to the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from zerodb_batch import limits
+from zerodb_batch.domain import struct_json
+from zerodb_batch.domain.validate import Checker
+
+Values = tuple[Any, ...]
+
+
+class Rule:
+    """One field of a record: its full check and the snippets of its fast path."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def check(self, c: Checker, record: Any) -> object:
+        """The value to store, after adding any violation of the field to `c`."""
+        raise NotImplementedError
+
+    def read(self, v: str) -> str:
+        return f"{v} = r.{self.name}"
+
+    def bad(self, v: str) -> str | None:
+        return None
+
+    def scanned(self, v: str) -> str | None:
+        return None
+
+    def late(self, v: str) -> str | None:
+        return None
+
+    def stored(self, v: str) -> str:
+        return v
+
+    def constants(self, v: str) -> dict[str, object]:
+        return {}
+
+
+class Text(Rule):
+    """An identifier-like string: at most `max_chars` characters, no NUL."""
+
+    def __init__(self, name: str, max_chars: int = limits.MAX_ID_CHARS, *, required: bool = False):
+        super().__init__(name)
+        self.max_chars, self.required = max_chars, required
+
+    def check(self, c: Checker, record: Any) -> object:
+        value: str = getattr(record, self.name)
+        c.text(self.name, value, self.max_chars, required=self.required)
+        return value
+
+    def bad(self, v: str) -> str:
+        return f"len({v}) > {self.max_chars}" + (f" or not {v}" if self.required else "")
+
+    def scanned(self, v: str) -> str:
+        return v
+
+
+class Body(Rule):
+    """A free text measured in UTF-8 bytes, no NUL."""
+
+    def __init__(self, name: str, max_bytes: int, *, required: bool = False) -> None:
+        super().__init__(name)
+        self.max_bytes, self.required = max_bytes, required
+
+    def check(self, c: Checker, record: Any) -> object:
+        value: str = getattr(record, self.name)
+        if self.required and not value:
+            c.add(self.name, "is required", "REQUIRED")
+        c.body(self.name, value, self.max_bytes)
+        return value
+
+    def bad(self, v: str) -> str:
+        # A character is at most 4 bytes: a string this short cannot be over the byte limit.
+        return f"len({v}) > {self.max_bytes // 4}" + (f" or not {v}" if self.required else "")
+
+    def scanned(self, v: str) -> str:
+        return v
+
+
+class Choice(Rule):
+    """One of a fixed set of strings that users type; empty means `default` (None: NULL)."""
+
+    def __init__(self, name: str, allowed: Sequence[str], default: str | None) -> None:
+        super().__init__(name)
+        self.allowed, self.default = tuple(allowed), default
+
+    def check(self, c: Checker, record: Any) -> object:
+        value: str = getattr(record, self.name)
+        if value:
+            c.choice(self.name, value, self.allowed)
+        return value or self.default
+
+    def bad(self, v: str) -> str:
+        return f"({v} and {v} not in {v}_allowed)"
+
+    def stored(self, v: str) -> str:
+        return f"{v} or {v}_default"
+
+    def constants(self, v: str) -> dict[str, object]:
+        return {f"{v}_allowed": frozenset(self.allowed), f"{v}_default": self.default}
+
+
+class Number(Rule):
+    """An `optional double` from `low` to `high`; unset means `default` (None: NULL)."""
+
+    def __init__(self, name: str, low: float, high: float, default: float | None) -> None:
+        super().__init__(name)
+        self.low, self.high, self.default = low, high, default
+
+    def check(self, c: Checker, record: Any) -> object:
+        if not record.HasField(self.name):
+            return self.default
+        value: float = getattr(record, self.name)
+        c.unit_interval(self.name, value, self.low, self.high)
+        return value
+
+    def read(self, v: str) -> str:
+        # HasField only for a zero: one call saved for almost every record.
+        return (
+            f"{v} = r.{self.name}\n"
+            f"    if {v} == 0.0 and not r.HasField({self.name!r}): {v} = {v}_default"
+        )
+
+    def bad(self, v: str) -> str:
+        in_range = f"{self.low!r} <= {v} <= {self.high!r}"  # also false for NaN
+        return (
+            f"not {in_range}"
+            if self.default is not None
+            else f"({v} is not None and not {in_range})"
+        )
+
+    def constants(self, v: str) -> dict[str, object]:
+        return {f"{v}_default": self.default}
+
+
+class Tags(Rule):
+    """At most MAX_TAGS tags of 1 to MAX_TAG_CHARS characters."""
+
+    def check(self, c: Checker, record: Any) -> object:
+        value = list(getattr(record, self.name))
+        c.tags(self.name, value)
+        return value
+
+    def read(self, v: str) -> str:
+        return f"{v} = list(r.{self.name})"
+
+    def bad(self, v: str) -> str:
+        return (
+            f"({v} and (len({v}) > {limits.MAX_TAGS} or '' in {v}"
+            f" or max(map(len, {v})) > {limits.MAX_TAG_CHARS}))"
+        )
+
+    def scanned(self, v: str) -> str:
+        return f"*{v}"
+
+
+class Name(Rule):
+    """A topic-like name: 1 to `max_chars` of letters, digits, `.`, `_`, `:` and `-`."""
+
+    PATTERN = re.compile(r"[A-Za-z0-9._:\-]+")
+
+    def __init__(self, name: str, max_chars: int) -> None:
+        super().__init__(name)
+        self.max_chars = max_chars
+
+    def check(self, c: Checker, record: Any) -> object:
+        value: str = getattr(record, self.name)
+        check_name(c, self.name, value, self.max_chars)
+        return value
+
+    def bad(self, v: str) -> str:
+        return f"len({v}) > {self.max_chars} or not {v}_pattern({v})"
+
+    def constants(self, v: str) -> dict[str, object]:
+        return {f"{v}_pattern": self.PATTERN.fullmatch}
+
+
+def check_name(checker: Checker, name: str, value: str, max_chars: int) -> None:
+    """A topic or consumer group: 1-max characters of letters, digits, `.`, `_`, `:`, `-`."""
+    if not value:
+        checker.add(name, "is required", "REQUIRED")
+    elif len(value) > max_chars:
+        checker.add(name, f"at most {max_chars} characters, got {len(value)}", "TOO_LONG")
+    elif not Name.PATTERN.fullmatch(value):
+        checker.add(
+            name, "only letters, digits, '.', '_', ':' and '-' are allowed", "INVALID_CHARACTER"
+        )
+
+
+class JsonObject(Rule):
+    """A `google.protobuf.Struct`, stored as JSON text of at most `max_bytes`."""
+
+    def __init__(self, name: str, max_bytes: int) -> None:
+        super().__init__(name)
+        self.max_bytes = max_bytes
+
+    def check(self, c: Checker, record: Any) -> object:
+        return c.json_object(self.name, getattr(record, self.name), self.max_bytes)
+
+    def read(self, v: str) -> str:
+        return ""  # the conversion is the costly part: only once the cheap checks passed
+
+    def late(self, v: str) -> str:
+        return f"fast_json(r.{self.name}, {self.max_bytes // 4})"
+
+    def constants(self, v: str) -> dict[str, object]:
+        return {"fast_json": struct_json.fast_text}
+
+
+class Rules:
+    """The rules of one entity, in the order of the values they produce.
+
+    With `keyed`, the first rule is the record's client-chosen id: a batch refuses duplicates and
+    the server generates a UUID for an empty one (see records.RecordParser).
+    """
+
+    def __init__(self, entity: str, *rules: Rule, keyed: bool = False) -> None:
+        self.entity = entity
+        self.rules = rules
+        self.keyed = keyed
+        self.by_name = {rule.name: rule for rule in rules}
+        self.source, namespace = _generate(entity, rules)
+        exec(compile(self.source, f"<rules of {entity}>", "exec"), namespace)
+        self.fast: Callable[[Any], Values | None] = namespace["fast"]
+
+    def check(self, c: Checker, record: Any) -> Values:
+        """Every rule through the checker: the values, valid or not (see `c.violations`)."""
+        return tuple(rule.check(c, record) for rule in self.rules)
+
+
+def _generate(entity: str, rules: Sequence[Rule]) -> tuple[str, dict[str, Any]]:
+    names = [f"v{i}" for i in range(len(rules))]
+    namespace: dict[str, Any] = {}
+    reads, bad, scanned, late = [], [], [], []
+    for rule, v in zip(rules, names, strict=True):
+        namespace.update(rule.constants(v))
+        if read := rule.read(v):
+            reads.append(f"    {read}")
+        if test := rule.bad(v):
+            bad.append(test)
+        if scan := rule.scanned(v):
+            scanned.append(scan)
+        if expensive := rule.late(v):
+            late.append(f"    {v} = {expensive}\n    if {v} is None: return None")
+    if scanned:
+        bad.append(f"'\\x00' in ''.join(({', '.join(scanned)},))")
+    stored = ", ".join(rule.stored(v) for rule, v in zip(rules, names, strict=True))
+    lines = [
+        f"def fast(r):  # {entity}",
+        *reads,
+        *([f"    if {' or '.join(bad)}: return None"] if bad else []),
+        *late,
+        f"    return ({stored},)",
+    ]
+    return "\n".join(lines) + "\n", namespace
