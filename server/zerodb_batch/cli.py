@@ -1,4 +1,4 @@
-"""The `zerodb-batch` command: serve, migrate, keys create|list|revoke, load memories."""
+"""The `zerodb-batch` command: serve, migrate, keys create|list|revoke, load KIND FILE."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from zerodb_batch import app as app_module
-from zerodb_batch import loader
+from zerodb_batch import load_kinds, loader
 from zerodb_batch.config import ClientSettings, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
@@ -180,39 +180,47 @@ def _add_load(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kinds = sub.add_parser("load", help="bulk-load a file through a running server").add_subparsers(
         required=True, metavar="KIND"
     )
-    memories = kinds.add_parser(
-        "memories", help="stream a JSON-lines file of memories (resumable; see --resume)"
-    )
-    memories.add_argument("file", type=Path, help="one JSON memory record per line")
-    memories.add_argument("--project", required=True, help="project id to load into")
-    memories.add_argument("--target", default="localhost:50051", help="server address")
-    memories.add_argument("--api-key", help="API key (default: $ZERODB_API_KEY)")
-    memories.add_argument(
+    for command in load_kinds.COMMANDS:
+        parser = kinds.add_parser(command.kind.name, help=f"{command.help} (resumable)")
+        command.add_arguments(parser)
+        _add_load_arguments(parser)
+        parser.set_defaults(run=_loading(command))
+
+
+def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="one JSON record per line")
+    parser.add_argument("--project", required=True, help="project id to load into")
+    parser.add_argument("--target", default="localhost:50051", help="server address")
+    parser.add_argument("--api-key", help="API key (default: $ZERODB_API_KEY)")
+    parser.add_argument(
         "--load-id",
         help="name of the load (default: a hash of the file's content and the chunking). With "
         "your own id, resume it only with the same file and chunking (--resume checks the "
         "committed records against the file's chunks)",
     )
-    memories.add_argument(
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted load (an error if the load has no committed chunk)",
     )
-    memories.add_argument(
+    parser.add_argument(
         "--chunk-size",
         type=int,
         default=loader.DEFAULT_CHUNKING.records,
         help=f"records per chunk, at most (default {loader.DEFAULT_CHUNKING.records})",
     )
-    memories.add_argument(
+    parser.add_argument(
         "--chunk-bytes",
         type=int,
         default=loader.DEFAULT_CHUNK_BYTES,
         help=f"bytes of encoded records per chunk, at most (default {loader.DEFAULT_CHUNK_BYTES}; "
         f"{loader.MIN_CHUNK_BYTES} to {loader.MAX_CHUNK_BYTES})",
     )
-    memories.set_defaults(run=_load_memories)
 
 
-def _load_memories(_: Settings, args: argparse.Namespace) -> None:
-    sys.exit(loader.run_cli(args, ClientSettings.from_env()))
+def _loading(command: load_kinds.LoadCommand) -> Callable[[Settings, argparse.Namespace], None]:
+    def run(_: Settings, args: argparse.Namespace) -> None:
+        settings = ClientSettings.from_env()
+        sys.exit(loader.run_cli(args, settings, command.kind, command.fields(args)))
+
+    return run

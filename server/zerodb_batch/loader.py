@@ -1,4 +1,7 @@
-"""The bulk loader: a JSON-lines file of memories streamed through StreamUpsertMemories.
+"""The bulk loader: a JSON-lines file of records streamed through a `Stream*` RPC.
+
+Which RPC, and how a line becomes a record, is the load's `Kind` (see load_kinds.py); the rest is
+the same for every kind.
 
 The file is cut into chunks deterministically: only good lines count, and a chunk closes at
 `Chunking.records` records or before its encoded records would pass `Chunking.bytes`, so chunk n
@@ -14,20 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from tqdm import tqdm
 
-from zerodb.v1 import load_pb2, load_pb2_grpc, memory_pb2, memory_pb2_grpc
+from zerodb.v1 import load_pb2, load_pb2_grpc
 from zerodb_batch.config import ClientSettings
 from zerodb_batch.limits import MAX_STREAM_CHUNK_RECORDS as MAX_CHUNK_RECORDS
 
@@ -36,8 +39,6 @@ DEFAULT_CHUNK_BYTES = 8 << 20
 # Every record the server accepts encodes to well under 1 MiB, so none is ever alone over it.
 MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 1 << 20, 48 << 20
 
-_TEXT_FIELDS = ("id", "content", "memory_type", "session_id", "agent_id", "entity_id")
-_KNOWN = {*_TEXT_FIELDS, "importance", "tags", "metadata"}
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 
 
@@ -46,7 +47,19 @@ class LoaderError(Exception):
 
 
 class BadLine(ValueError):
-    """A line that is not a memory record."""
+    """A line that is not a record of the load's kind."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of streamed load, as the client sees it."""
+
+    name: str  # the CLI's word (`load memories`) and the default load id's prefix
+    method: str  # the Stream* RPC, e.g. /zerodb.v1.MemoryService/StreamUpsertMemories
+    request_type: type[Message]  # its chunk message
+    response_type: type[Message]  # its response (load, failures, chunk counts)
+    records_field: str  # the chunk's repeated field of records
+    parse_line: Callable[[str], Message]  # JSON text -> record; BadLine if it is not one
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,7 @@ DEFAULT_CHUNKING = Chunking()
 @dataclass(frozen=True)
 class Chunk:
     offset: int
-    records: list[memory_pb2.Memory]
+    records: list[Message]
     lines: array[int]  # the file line of each record
     last_line: int  # the last line read for this chunk (bad and blank lines included)
 
@@ -81,53 +94,28 @@ class Outcome:
         return self.bad_lines == 0 and self.load.failed == 0
 
 
-def default_load_id(path: Path, chunking: Chunking) -> str:
-    """The same bytes cut the same way are the same load, wherever the file lies or is called:
-    a moved file resumes, and a changed one is a new load rather than a resume of the old."""
+def default_load_id(
+    path: Path, chunking: Chunking, kind: Kind, fields: Mapping[str, str] | None = None
+) -> str:
+    """The same bytes cut the same way into the same place (`fields`: a table, a namespace) are
+    the same load, wherever the file lies or is called: a moved file resumes, and a changed one
+    is a new load rather than a resume of the old."""
     with path.open("rb") as file:
         content = hashlib.file_digest(file, "sha256")  # read in blocks: memory stays flat
     content.update(f"\0{chunking.records}\0{chunking.bytes}".encode())
-    return f"memories-{content.hexdigest()[:32]}"
-
-
-def parse_line(text: str) -> memory_pb2.Memory:
-    """One JSON object with the seed's record keys; BadLine says what is wrong."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadLine(f"not JSON ({e.msg} at column {e.colno})") from e
-    if not isinstance(obj, dict):
-        raise BadLine("not a JSON object")
-    if unknown := sorted(obj.keys() - _KNOWN):
-        raise BadLine(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
-    memory = memory_pb2.Memory()
-    for name in _TEXT_FIELDS:
-        if obj.get(name) is not None:
-            setattr(memory, name, _typed(obj, name, str, "a string"))
-    if obj.get("importance") is not None:
-        memory.importance = _typed(obj, "importance", (int, float), "a number")
-    if obj.get("tags") is not None:
-        tags = _typed(obj, "tags", list, "a list of strings")
-        if not all(isinstance(tag, str) for tag in tags):
-            raise BadLine("tags must be a list of strings")
-        memory.tags.extend(tags)
-    if obj.get("metadata") is not None:
-        memory.metadata.update(_typed(obj, "metadata", dict, "a JSON object"))
-    return memory
-
-
-def _typed(obj: dict[str, Any], name: str, kind: Any, expected: str) -> Any:
-    value = obj[name]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise BadLine(f"{name} must be {expected}")
-    return value
+    for name, value in sorted((fields or {}).items()):
+        content.update(f"\0{name}={value}".encode())
+    return f"{kind.name}-{content.hexdigest()[:32]}"
 
 
 def read_chunks(
-    path: Path, chunking: Chunking, on_bad: Callable[[int, str], None]
+    path: Path,
+    chunking: Chunking,
+    parse_line: Callable[[str], Message],
+    on_bad: Callable[[int, str], None],
 ) -> Iterator[Chunk]:
     """The file's chunks, in order; bad lines go to `on_bad` and never into a chunk."""
-    records: list[memory_pb2.Memory] = []
+    records: list[Message] = []
     lines: array[int] = array("I")
     offset = number = size = 0
     with path.open("rb") as file:
@@ -153,7 +141,7 @@ def read_chunks(
         yield Chunk(offset, records, lines, number)
 
 
-def _encoded_size(record: memory_pb2.Memory, chunking: Chunking) -> int:
+def _encoded_size(record: Message, chunking: Chunking) -> int:
     """The record's bytes in a chunk message (field tag and length included)."""
     size = record.ByteSize()
     framed = 1 + (max(size.bit_length(), 1) + 6) // 7 + size  # tag, varint length, record
@@ -180,19 +168,27 @@ class Loader:
     def __init__(
         self,
         channel: grpc.Channel,
+        kind: Kind,
         project_id: str,
         api_key: str,
         load_id: str,
         chunking: Chunking = DEFAULT_CHUNKING,
         *,
+        fields: Mapping[str, str] | None = None,
         retries: int = 5,
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
         progress: bool = True,
     ) -> None:
-        self._memories = memory_pb2_grpc.MemoryServiceStub(channel)
+        self._kind = kind
+        self._stream = channel.stream_unary(
+            kind.method,
+            request_serializer=kind.request_type.SerializeToString,
+            response_deserializer=kind.response_type.FromString,
+        )
         self._loads = load_pb2_grpc.LoadServiceStub(channel)
         self._project_id, self._load_id, self._chunking = project_id, load_id, chunking
+        self._fields = dict(fields or {})  # chunk fields of the kind: a table, a namespace
         self._auth = (("x-api-key", api_key),)
         self._retries, self._backoff, self._sleep = retries, backoff, sleep
         self._progress = progress
@@ -200,7 +196,7 @@ class Loader:
         self._lines: dict[int, array[int]] = {}  # chunk offset -> record lines, this stream
 
     def run(self, path: Path, *, resume: bool) -> Outcome:
-        if next(read_chunks(path, self._chunking, self._report_bad), None) is None:
+        if next(self._chunks(path, self._report_bad), None) is None:
             raise LoaderError(f"{path} holds no valid record; nothing to load")
         start = self._resumed(path) if resume else self._fresh()
         with tqdm(
@@ -250,7 +246,7 @@ class Loader:
             len(chunk.records)
             for chunk in itertools.takewhile(
                 lambda c: c.offset < load.next_offset,
-                read_chunks(path, self._chunking, lambda *_: None),
+                self._chunks(path, lambda *_: None),
             )
         )
         counted = load.inserted + load.updated + load.failed
@@ -263,6 +259,9 @@ class Loader:
                 "--chunk-size was 500 before 1000)"
             )
 
+    def _chunks(self, path: Path, on_bad: Callable[[int, str], None]) -> Iterator[Chunk]:
+        return read_chunks(path, self._chunking, self._kind.parse_line, on_bad)
+
     def _fresh(self) -> int:
         """A new load must not silently continue an old one: that is what --resume is for."""
         if committed := self.committed_offset():
@@ -272,15 +271,11 @@ class Loader:
             )
         return 0
 
-    def _stream_with_retries(
-        self, path: Path, start: int, bar: tqdm[Any]
-    ) -> memory_pb2.StreamUpsertMemoriesResponse:
+    def _stream_with_retries(self, path: Path, start: int, bar: tqdm[Any]) -> Any:
         failures = 0
         while True:
             try:
-                return self._memories.StreamUpsertMemories(
-                    self._requests(path, start, bar), metadata=self._auth
-                )
+                return self._stream(self._requests(path, start, bar), metadata=self._auth)
             except grpc.RpcError as e:
                 failures += 1
                 if e.code() not in _RETRYABLE or failures > self._retries:
@@ -300,16 +295,14 @@ class Loader:
                 raise
             return start  # the server is still away: try the stream again from where we were
 
-    def _requests(
-        self, path: Path, start: int, bar: tqdm[Any]
-    ) -> Iterator[memory_pb2.StreamUpsertMemoriesRequest]:
+    def _requests(self, path: Path, start: int, bar: tqdm[Any]) -> Iterator[Message]:
         """The chunks from `start` on. If none is left, the last committed chunk is sent again:
         the server skips it as a duplicate, and the stream's clean close marks the load done."""
         self._lines = {}
         bar.reset()
         last: Chunk | None = None
         sent = False
-        for chunk in read_chunks(path, self._chunking, self._report_bad):
+        for chunk in self._chunks(path, self._report_bad):
             bar.update(chunk.last_line - bar.n)
             if chunk.offset < start:
                 last = chunk
@@ -319,22 +312,24 @@ class Loader:
         if not sent and last is not None:
             yield self._message(last)
 
-    def _message(self, chunk: Chunk) -> memory_pb2.StreamUpsertMemoriesRequest:
+    def _message(self, chunk: Chunk) -> Message:
         self._lines[chunk.offset] = chunk.lines
-        return memory_pb2.StreamUpsertMemoriesRequest(
+        message = self._kind.request_type(
             project_id=self._project_id,
             load_id=self._load_id,
             offset=chunk.offset,
-            records=chunk.records,
             partial_success=True,  # a bad record is reported with its line; the rest load
+            **self._fields,
         )
+        getattr(message, self._kind.records_field).extend(chunk.records)
+        return message
 
     def _report_bad(self, line: int, reason: str) -> None:
         if line not in self._bad:
             self._bad[line] = reason
             tqdm.write(f"line {line}: skipped: {reason}", file=sys.stderr)
 
-    def _outcome(self, response: memory_pb2.StreamUpsertMemoriesResponse) -> Outcome:
+    def _outcome(self, response: Any) -> Outcome:
         outcome = Outcome(response.load, bad_lines=len(self._bad))
         for failure in response.failures:
             lines = self._lines.get(failure.offset)
@@ -352,23 +347,25 @@ def _describe(status: status_pb2.Status) -> str:
     return str(status.message)
 
 
-def run_cli(args: Any, settings: ClientSettings) -> int:
-    """`zerodb-batch load memories`: 0 when every record loaded, 1 when some were left out
+def run_cli(args: Any, settings: ClientSettings, kind: Kind, fields: Mapping[str, str]) -> int:
+    """`zerodb-batch load KIND FILE`: 0 when every record loaded, 1 when some were left out
     (bad lines, refused records), 2 when the load could not run."""
     problem = _check_args(args, settings)
     if problem:
         print(f"zerodb-batch: {problem}", file=sys.stderr)
         return 2
     chunking = Chunking(args.chunk_size, args.chunk_bytes)
-    load_id = args.load_id or default_load_id(args.file, chunking)
+    load_id = args.load_id or default_load_id(args.file, chunking, kind, fields)
     print(f"load {load_id}: {args.file} -> {args.target}", file=sys.stderr)
     with grpc.insecure_channel(args.target) as channel:
         loader = Loader(
             channel,
+            kind,
             args.project,
             args.api_key or settings.api_key or "",
             load_id,
             chunking,
+            fields=fields,
             progress=sys.stderr.isatty(),
         )
         try:

@@ -19,6 +19,7 @@ from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 from zerodb_batch import cli
+from zerodb_batch.load_kinds import MEMORIES, parse_memory
 from zerodb_batch.loader import Chunking, default_load_id, read_chunks
 
 Db = psycopg.Connection[tuple[object, ...]]
@@ -82,7 +83,7 @@ def test_resume_continues_an_interrupted_load(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = facts(tmp_path / "facts.jsonl", 11)
-    load_id = default_load_id(path, Chunking(4))
+    load_id = default_load_id(path, Chunking(4), MEMORIES)
     _interrupted_run(memories, LoadServiceStub(channel), project, path, load_id)
     assert len(contents(db, project)) == 8
 
@@ -117,7 +118,7 @@ def test_resume_follows_the_content_not_the_path(
     channel: grpc.Channel,
 ) -> None:
     path = facts(tmp_path / "facts.jsonl", 11)
-    load_id = default_load_id(path, Chunking(4))
+    load_id = default_load_id(path, Chunking(4), MEMORIES)
     _interrupted_run(memories, LoadServiceStub(channel), project, path, load_id)
     moved = tmp_path / "archive" / "renamed.jsonl"
     moved.parent.mkdir()
@@ -196,7 +197,7 @@ def _interrupted_run(
     """What a loader killed after its second chunk leaves: chunks 0 and 1 committed."""
     feed = Feed()
     call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
-    for chunk in list(read_chunks(path, Chunking(4), lambda *_: None))[:2]:
+    for chunk in list(read_chunks(path, Chunking(4), parse_memory, lambda *_: None))[:2]:
         feed.send(
             memory_pb2.StreamUpsertMemoriesRequest(
                 project_id=project.id, load_id=load_id, offset=chunk.offset, records=chunk.records

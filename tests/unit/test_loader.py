@@ -10,7 +10,10 @@ import pytest
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch.config import Settings
-from zerodb_batch.loader import BadLine, Chunking, default_load_id, parse_line, read_chunks
+from zerodb_batch.load_kinds import MEMORIES
+from zerodb_batch.load_kinds import parse_memory as parse_line
+from zerodb_batch.loader import BadLine, Chunking, read_chunks
+from zerodb_batch.loader import default_load_id as load_id_of
 
 GOOD = {
     "content": "likes tea",
@@ -57,14 +60,14 @@ def test_chunks_leave_bad_and_blank_lines_out_consistently(tmp_path: Path) -> No
     good = json.dumps(GOOD)
     path = write(tmp_path / "m.jsonl", [good, "oops", good, "", good, good, "[]", good])
     bad: list[tuple[int, str]] = []
-    chunks = list(read_chunks(path, Chunking(2), lambda n, why: bad.append((n, why))))
+    chunks = list(read_chunks(path, Chunking(2), parse_line, lambda n, why: bad.append((n, why))))
     assert [(c.offset, list(c.lines), c.last_line) for c in chunks] == [
         (0, [1, 3], 3),
         (1, [5, 6], 6),
         (2, [8], 8),
     ]
     assert [n for n, _ in bad] == [2, 7]
-    again = list(read_chunks(path, Chunking(2), lambda n, why: None))
+    again = list(read_chunks(path, Chunking(2), parse_line, lambda n, why: None))
     assert [c.records for c in again] == [c.records for c in chunks]
 
 
@@ -72,21 +75,24 @@ def test_invalid_utf8_is_a_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_bytes(b'{"content": "\xff"}\n{"content": "ok"}\n')
     bad: list[int] = []
-    chunks = list(read_chunks(path, Chunking(10), lambda n, why: bad.append(n)))
+    chunks = list(read_chunks(path, Chunking(10), parse_line, lambda n, why: bad.append(n)))
     assert bad == [1] and [list(c.lines) for c in chunks] == [[2]]
 
 
 def test_default_load_id_follows_content_and_chunking_not_the_path(tmp_path: Path) -> None:
     path = write(tmp_path / "memories.jsonl", [json.dumps(GOOD)])
-    load_id = default_load_id(path, Chunking())
+    load_id = load_id_of(path, Chunking(), MEMORIES)
     moved = tmp_path / "elsewhere" / "renamed.jsonl"
     moved.parent.mkdir()
     path.rename(moved)
-    assert default_load_id(moved, Chunking()) == load_id  # a moved file is the same load
-    assert default_load_id(moved, Chunking(100)) != load_id
-    assert default_load_id(moved, Chunking(bytes=1 << 20)) != load_id
+    assert load_id_of(moved, Chunking(), MEMORIES) == load_id  # a moved file is the same load
+    assert load_id_of(moved, Chunking(100), MEMORIES) != load_id
+    assert load_id_of(moved, Chunking(bytes=1 << 20), MEMORIES) != load_id
+    # Into another place (a table, a namespace) is another load.
+    into_a = load_id_of(moved, Chunking(), MEMORIES, {"table": "a"})
+    assert into_a != load_id != load_id_of(moved, Chunking(), MEMORIES, {"table": "b"}) != into_a
     write(moved, [json.dumps({**GOOD, "content": "likes coffee"})])
-    assert default_load_id(moved, Chunking()) != load_id  # regenerated: another load
+    assert load_id_of(moved, Chunking(), MEMORIES) != load_id  # regenerated: another load
     assert load_id.startswith("memories-") and len(load_id) <= 128
 
 
@@ -95,7 +101,7 @@ def test_default_load_id_reads_the_file_in_blocks(tmp_path: Path) -> None:
     path.write_bytes(b"x" * (32 << 20))
     tracemalloc.start()
     try:
-        default_load_id(path, Chunking())
+        load_id_of(path, Chunking(), MEMORIES)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -110,13 +116,18 @@ def test_chunks_are_capped_by_encoded_bytes_too(tmp_path: Path) -> None:
     # 3 KiB records under a 10 KiB cap: three to a chunk, never more, the same on every read.
     path = write(tmp_path / "m.jsonl", [record_line(i, 3) for i in range(10)] + ["oops", ""])
     chunking = Chunking(records=500, bytes=10 << 10)
-    chunks = list(read_chunks(path, chunking, lambda n, why: None))
+    chunks = list(read_chunks(path, chunking, parse_line, lambda n, why: None))
     assert [list(c.lines) for c in chunks] == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10]]
     assert [c.last_line for c in chunks] == [3, 6, 9, 12]
     for c in chunks:
         message = memory_pb2.StreamUpsertMemoriesRequest(records=c.records)
         assert message.ByteSize() <= chunking.bytes
-    assert [c.offset for c in read_chunks(path, chunking, lambda n, why: None)] == [0, 1, 2, 3]
+    assert [c.offset for c in read_chunks(path, chunking, parse_line, lambda n, why: None)] == [
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 def test_default_chunks_of_large_records_fit_a_server_message(tmp_path: Path) -> None:
@@ -124,7 +135,7 @@ def test_default_chunks_of_large_records_fit_a_server_message(tmp_path: Path) ->
     path = write(tmp_path / "m.jsonl", [record_line(i, 136) for i in range(500)])
     sizes = [
         memory_pb2.StreamUpsertMemoriesRequest(records=c.records).ByteSize()
-        for c in read_chunks(path, Chunking(), lambda n, why: None)
+        for c in read_chunks(path, Chunking(), parse_line, lambda n, why: None)
     ]
     assert sum(sizes) > Settings().max_message_bytes
     assert max(sizes) <= Chunking().bytes < Settings().max_message_bytes
@@ -134,6 +145,6 @@ def test_a_record_larger_than_a_chunk_is_a_bad_line(tmp_path: Path) -> None:
     path = write(tmp_path / "m.jsonl", [record_line(0, 1), record_line(1, 20), record_line(2, 1)])
     bad: list[tuple[int, str]] = []
     chunking = Chunking(bytes=10 << 10)
-    chunks = list(read_chunks(path, chunking, lambda n, why: bad.append((n, why))))
+    chunks = list(read_chunks(path, chunking, parse_line, lambda n, why: bad.append((n, why))))
     assert [list(c.lines) for c in chunks] == [[1, 3]]
     assert [n for n, _ in bad] == [2] and "more than a whole chunk (10240 bytes)" in bad[0][1]

@@ -18,6 +18,7 @@ import pytest
 
 from zerodb.v1 import common_pb2, load_pb2, memory_pb2
 from zerodb_batch.errors import InvalidArgument, Violation
+from zerodb_batch.load_kinds import MEMORIES
 from zerodb_batch.loader import Chunking, Loader, LoaderError, Outcome
 
 MEMORY = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"]
@@ -35,6 +36,7 @@ class Run:
         self.sleeps: list[float] = []
         loader = Loader(
             self.channel,
+            MEMORIES,
             "p1",
             "zdb_key",
             "load-x",
