@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16zerodb/v1/common.proto\x12\tzerodb.v1\x1a\x17google/rpc/status.proto\"o\n\nItemResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12#\n\x07outcome\x18\x03 \x01(\x0e\x32\x12.zerodb.v1.Outcome\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"Q\n\rRecordFailure\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x05\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status*\xa2\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_INSERTED\x10\x01\x12\x13\n\x0fOUTCOME_UPDATED\x10\x02\x12\x13\n\x0fOUTCOME_DELETED\x10\x03\x12\x15\n\x11OUTCOME_NOT_FOUND\x10\x04\x12\x12\n\x0eOUTCOME_FAILED\x10\x05\x12\x13\n\x0fOUTCOME_SKIPPED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16zerodb/v1/common.proto\x12\tzerodb.v1\x1a\x17google/rpc/status.proto\"o\n\nItemResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12#\n\x07outcome\x18\x03 \x01(\x0e\x32\x12.zerodb.v1.Outcome\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"Q\n\rRecordFailure\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x05\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status*\xa2\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_INSERTED\x10\x01\x12\x13\n\x0fOUTCOME_UPDATED\x10\x02\x12\x13\n\x0fOUTCOME_DELETED\x10\x03\x12\x15\n\x11OUTCOME_NOT_FOUND\x10\x04\x12\x12\n\x0eOUTCOME_FAILED\x10\x05\x12\x13\n\x0fOUTCOME_SKIPPED\x10\x06*q\n\nResultView\x12\x1b\n\x17RESULT_VIEW_UNSPECIFIED\x10\x00\x12\x14\n\x10RESULT_VIEW_FULL\x10\x01\x12\x18\n\x14RESULT_VIEW_FAILURES\x10\x02\x12\x16\n\x12RESULT_VIEW_COUNTS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OUTCOME']._serialized_start=259
   _globals['_OUTCOME']._serialized_end=421
+  _globals['_RESULTVIEW']._serialized_start=423
+  _globals['_RESULTVIEW']._serialized_end=536
   _globals['_ITEMRESULT']._serialized_start=62
   _globals['_ITEMRESULT']._serialized_end=173
   _globals['_RECORDFAILURE']._serialized_start=175

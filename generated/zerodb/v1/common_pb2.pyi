@@ -58,6 +58,42 @@ OUTCOME_SKIPPED: Outcome.ValueType  # 6
 """The item was not attempted (an atomic batch failed, or `stop_on_error` stopped it)."""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
+class _ResultView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResultViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResultView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESULT_VIEW_UNSPECIFIED: _ResultView.ValueType  # 0
+    """Same as RESULT_VIEW_FULL."""
+    RESULT_VIEW_FULL: _ResultView.ValueType  # 1
+    """One `results` entry per input item, and `ids` where the response has them."""
+    RESULT_VIEW_FAILURES: _ResultView.ValueType  # 2
+    """`results` only for the items that were not written as asked (failed, not found, skipped),
+    and `ids` where the response has them: a large batch answers in a few bytes when all went
+    well.
+    """
+    RESULT_VIEW_COUNTS: _ResultView.ValueType  # 3
+    """Counters only: no `results` and no `ids`."""
+
+class ResultView(_ResultView, metaclass=_ResultViewEnumTypeWrapper):
+    """How much of the per-item results a write batch answers with. The counters (`inserted`,
+    `deleted`, ...) are always there.
+    """
+
+RESULT_VIEW_UNSPECIFIED: ResultView.ValueType  # 0
+"""Same as RESULT_VIEW_FULL."""
+RESULT_VIEW_FULL: ResultView.ValueType  # 1
+"""One `results` entry per input item, and `ids` where the response has them."""
+RESULT_VIEW_FAILURES: ResultView.ValueType  # 2
+"""`results` only for the items that were not written as asked (failed, not found, skipped),
+and `ids` where the response has them: a large batch answers in a few bytes when all went
+well.
+"""
+RESULT_VIEW_COUNTS: ResultView.ValueType  # 3
+"""Counters only: no `results` and no `ids`."""
+Global___ResultView: _TypeAlias = ResultView  # noqa: Y015
+
 @_typing.final
 class ItemResult(_message.Message):
     """The result of one input item. A batch response holds one per input item, in input order."""

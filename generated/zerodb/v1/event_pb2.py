@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from zerodb.v1 import common_pb2 as zerodb_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zerodb/v1/event.proto\x12\tzerodb.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16zerodb/v1/common.proto\"\x97\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12.\n\revent_payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0cpublish_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tstream_id\x18\x05 \x01(\t\"~\n\x19\x42\x61tchPublishEventsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.zerodb.v1.Event\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x17\n\x0fpartial_success\x18\x04 \x01(\x08\"\x8b\x01\n\x1a\x42\x61tchPublishEventsResponse\x12\x11\n\tpublished\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\x12&\n\x07results\x18\x03 \x03(\x0b\x32\x15.zerodb.v1.ItemResult\x12\x0b\n\x03ids\x18\x04 \x03(\t\x12\x15\n\rpending_relay\x18\x05 \x01(\x05\"\xe1\x02\n\x16SubscribeEventsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12\x18\n\x0estart_from_new\x18\x03 \x01(\x08H\x00\x12\x1f\n\x15start_after_stream_id\x18\x04 \x01(\tH\x00\x12\x30\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x16\n\x0e\x63onsumer_group\x18\x06 \x01(\t\x12\x15\n\rconsumer_name\x18\x07 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_unacked\x18\t \x01(\x05\x12\x32\n\x0fredeliver_after\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationB\x07\n\x05start\"T\n\tHeartbeat\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elast_stream_id\x18\x02 \x01(\t\"o\n\x17SubscribeEventsResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.zerodb.v1.EventH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.zerodb.v1.HeartbeatH\x00\x42\x06\n\x04kind\"R\n\x10\x41\x63kEventsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63onsumer_group\x18\x02 \x01(\t\x12\x12\n\nstream_ids\x18\x03 \x03(\t\"\"\n\x11\x41\x63kEventsResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x01(\x05\"\xbb\x01\n\x11ListEventsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.zerodb.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x98\x04\n\x0c\x45ventService\x12\xa1\x01\n\x12\x42\x61tchPublishEvents\x12$.zerodb.v1.BatchPublishEventsRequest\x1a%.zerodb.v1.BatchPublishEventsResponse\">\x82\xd3\xe4\x93\x02\x38\"3/api/v1/projects/{project_id}/database/events/batch:\x01*\x12Z\n\x0fSubscribeEvents\x12!.zerodb.v1.SubscribeEventsRequest\x1a\".zerodb.v1.SubscribeEventsResponse0\x01\x12\x84\x01\n\tAckEvents\x12\x1b.zerodb.v1.AckEventsRequest\x1a\x1c.zerodb.v1.AckEventsResponse\"<\x82\xd3\xe4\x93\x02\x36\"1/api/v1/projects/{project_id}/database/events/ack:\x01*\x12\x80\x01\n\nListEvents\x12\x1c.zerodb.v1.ListEventsRequest\x1a\x1d.zerodb.v1.ListEventsResponse\"5\x82\xd3\xe4\x93\x02/\x12-/api/v1/projects/{project_id}/database/eventsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zerodb/v1/event.proto\x12\tzerodb.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16zerodb/v1/common.proto\"\x97\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12.\n\revent_payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0cpublish_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tstream_id\x18\x05 \x01(\t\"\xaa\x01\n\x19\x42\x61tchPublishEventsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.zerodb.v1.Event\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x17\n\x0fpartial_success\x18\x04 \x01(\x08\x12*\n\x0bresult_view\x18\x05 \x01(\x0e\x32\x15.zerodb.v1.ResultView\"\x8b\x01\n\x1a\x42\x61tchPublishEventsResponse\x12\x11\n\tpublished\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\x12&\n\x07results\x18\x03 \x03(\x0b\x32\x15.zerodb.v1.ItemResult\x12\x0b\n\x03ids\x18\x04 \x03(\t\x12\x15\n\rpending_relay\x18\x05 \x01(\x05\"\xe1\x02\n\x16SubscribeEventsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12\x18\n\x0estart_from_new\x18\x03 \x01(\x08H\x00\x12\x1f\n\x15start_after_stream_id\x18\x04 \x01(\tH\x00\x12\x30\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x16\n\x0e\x63onsumer_group\x18\x06 \x01(\t\x12\x15\n\rconsumer_name\x18\x07 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_unacked\x18\t \x01(\x05\x12\x32\n\x0fredeliver_after\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationB\x07\n\x05start\"T\n\tHeartbeat\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elast_stream_id\x18\x02 \x01(\t\"o\n\x17SubscribeEventsResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.zerodb.v1.EventH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.zerodb.v1.HeartbeatH\x00\x42\x06\n\x04kind\"R\n\x10\x41\x63kEventsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63onsumer_group\x18\x02 \x01(\t\x12\x12\n\nstream_ids\x18\x03 \x03(\t\"\"\n\x11\x41\x63kEventsResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x01(\x05\"\xbb\x01\n\x11ListEventsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.zerodb.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x98\x04\n\x0c\x45ventService\x12\xa1\x01\n\x12\x42\x61tchPublishEvents\x12$.zerodb.v1.BatchPublishEventsRequest\x1a%.zerodb.v1.BatchPublishEventsResponse\">\x82\xd3\xe4\x93\x02\x38\"3/api/v1/projects/{project_id}/database/events/batch:\x01*\x12Z\n\x0fSubscribeEvents\x12!.zerodb.v1.SubscribeEventsRequest\x1a\".zerodb.v1.SubscribeEventsResponse0\x01\x12\x84\x01\n\tAckEvents\x12\x1b.zerodb.v1.AckEventsRequest\x1a\x1c.zerodb.v1.AckEventsResponse\"<\x82\xd3\xe4\x93\x02\x36\"1/api/v1/projects/{project_id}/database/events/ack:\x01*\x12\x80\x01\n\nListEvents\x12\x1c.zerodb.v1.ListEventsRequest\x1a\x1d.zerodb.v1.ListEventsResponse\"5\x82\xd3\xe4\x93\x02/\x12-/api/v1/projects/{project_id}/database/eventsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,24 +44,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\202\323\344\223\002/\022-/api/v1/projects/{project_id}/database/events'
   _globals['_EVENT']._serialized_start=186
   _globals['_EVENT']._serialized_end=337
-  _globals['_BATCHPUBLISHEVENTSREQUEST']._serialized_start=339
-  _globals['_BATCHPUBLISHEVENTSREQUEST']._serialized_end=465
-  _globals['_BATCHPUBLISHEVENTSRESPONSE']._serialized_start=468
-  _globals['_BATCHPUBLISHEVENTSRESPONSE']._serialized_end=607
-  _globals['_SUBSCRIBEEVENTSREQUEST']._serialized_start=610
-  _globals['_SUBSCRIBEEVENTSREQUEST']._serialized_end=963
-  _globals['_HEARTBEAT']._serialized_start=965
-  _globals['_HEARTBEAT']._serialized_end=1049
-  _globals['_SUBSCRIBEEVENTSRESPONSE']._serialized_start=1051
-  _globals['_SUBSCRIBEEVENTSRESPONSE']._serialized_end=1162
-  _globals['_ACKEVENTSREQUEST']._serialized_start=1164
-  _globals['_ACKEVENTSREQUEST']._serialized_end=1246
-  _globals['_ACKEVENTSRESPONSE']._serialized_start=1248
-  _globals['_ACKEVENTSRESPONSE']._serialized_end=1282
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1285
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1472
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1474
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1553
-  _globals['_EVENTSERVICE']._serialized_start=1556
-  _globals['_EVENTSERVICE']._serialized_end=2092
+  _globals['_BATCHPUBLISHEVENTSREQUEST']._serialized_start=340
+  _globals['_BATCHPUBLISHEVENTSREQUEST']._serialized_end=510
+  _globals['_BATCHPUBLISHEVENTSRESPONSE']._serialized_start=513
+  _globals['_BATCHPUBLISHEVENTSRESPONSE']._serialized_end=652
+  _globals['_SUBSCRIBEEVENTSREQUEST']._serialized_start=655
+  _globals['_SUBSCRIBEEVENTSREQUEST']._serialized_end=1008
+  _globals['_HEARTBEAT']._serialized_start=1010
+  _globals['_HEARTBEAT']._serialized_end=1094
+  _globals['_SUBSCRIBEEVENTSRESPONSE']._serialized_start=1096
+  _globals['_SUBSCRIBEEVENTSRESPONSE']._serialized_end=1207
+  _globals['_ACKEVENTSREQUEST']._serialized_start=1209
+  _globals['_ACKEVENTSREQUEST']._serialized_end=1291
+  _globals['_ACKEVENTSRESPONSE']._serialized_start=1293
+  _globals['_ACKEVENTSRESPONSE']._serialized_end=1327
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1330
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1517
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1519
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1598
+  _globals['_EVENTSERVICE']._serialized_start=1601
+  _globals['_EVENTSERVICE']._serialized_end=2137
 # @@protoc_insertion_point(module_scope)

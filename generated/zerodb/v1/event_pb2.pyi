@@ -82,6 +82,7 @@ class BatchPublishEventsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
+    RESULT_VIEW_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to publish to; must be the API key's project."""
     request_id: _builtins.str
@@ -90,6 +91,8 @@ class BatchPublishEventsRequest(_message.Message):
     """
     partial_success: _builtins.bool
     """Publish the valid events and report invalid ones in `results` instead of failing the call."""
+    result_view: _common_pb2.ResultView.ValueType
+    """How much of the per-item results to answer with (default: all of them)."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
         """1 to 100 events."""
@@ -101,10 +104,11 @@ class BatchPublishEventsRequest(_message.Message):
         events: _abc.Iterable[Global___Event] | None = ...,
         request_id: _builtins.str = ...,
         partial_success: _builtins.bool = ...,
+        result_view: _common_pb2.ResultView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "partial_success", b"partial_success", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "partial_success", b"partial_success", "project_id", b"project_id", "request_id", b"request_id", "result_view", b"result_view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -132,6 +132,7 @@ class BatchUpsertMemoriesRequest(_message.Message):
     RECORDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
+    RESULT_VIEW_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to write to; must be the API key's project."""
     request_id: _builtins.str
@@ -140,6 +141,8 @@ class BatchUpsertMemoriesRequest(_message.Message):
     """
     partial_success: _builtins.bool
     """Write the valid records and report invalid ones in `results` instead of failing the call."""
+    result_view: _common_pb2.ResultView.ValueType
+    """How much of the per-item results to answer with (default: all of them)."""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Memory]:
         """1 to 500 records."""
@@ -151,10 +154,11 @@ class BatchUpsertMemoriesRequest(_message.Message):
         records: _abc.Iterable[Global___Memory] | None = ...,
         request_id: _builtins.str = ...,
         partial_success: _builtins.bool = ...,
+        result_view: _common_pb2.ResultView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial_success", b"partial_success", "project_id", b"project_id", "records", b"records", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial_success", b"partial_success", "project_id", b"project_id", "records", b"records", "request_id", b"request_id", "result_view", b"result_view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -302,12 +306,15 @@ class BatchUpdateMemoriesRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
+    RESULT_VIEW_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to write to."""
     request_id: _builtins.str
     """Optional idempotency key, as in `BatchUpsertMemoriesRequest`."""
     partial_success: _builtins.bool
     """Apply the valid updates and report invalid ones instead of failing the call."""
+    result_view: _common_pb2.ResultView.ValueType
+    """How much of the per-item results to answer with (default: all of them)."""
     @_builtins.property
     def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemoryUpdate]:
         """1 to 500 updates, each naming a distinct id."""
@@ -324,10 +331,11 @@ class BatchUpdateMemoriesRequest(_message.Message):
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         request_id: _builtins.str = ...,
         partial_success: _builtins.bool = ...,
+        result_view: _common_pb2.ResultView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial_success", b"partial_success", "project_id", b"project_id", "request_id", b"request_id", "update_mask", b"update_mask", "updates", b"updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial_success", b"partial_success", "project_id", b"project_id", "request_id", b"request_id", "result_view", b"result_view", "update_mask", b"update_mask", "updates", b"updates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,10 +386,13 @@ class BatchDeleteMemoriesRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESULT_VIEW_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to delete from."""
     request_id: _builtins.str
     """Optional idempotency key, as in `BatchUpsertMemoriesRequest`."""
+    result_view: _common_pb2.ResultView.ValueType
+    """How much of the per-item results to answer with (default: all of them)."""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """1 to 500 ids."""
@@ -392,10 +403,11 @@ class BatchDeleteMemoriesRequest(_message.Message):
         project_id: _builtins.str = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        result_view: _common_pb2.ResultView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "project_id", b"project_id", "request_id", b"request_id", "result_view", b"result_view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

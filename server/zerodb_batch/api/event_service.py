@@ -72,7 +72,8 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             written.extend(await outbox.insert(conn, request.project_id, batch.rows))
             outcomes = results.Outcomes(len(request.events), batch)
             outcomes.set_all(batch.rows.index, (e.id for e in written), results.INSERTED)
-            return results.fill(event_pb2.BatchPublishEventsResponse(), outcomes, _PUBLISHED)
+            response = event_pb2.BatchPublishEventsResponse()
+            return results.fill(response, outcomes, _PUBLISHED, request.result_view)
 
         done = await write_once(self._db, request, event_pb2.BatchPublishEventsResponse, write)
         response = done.response

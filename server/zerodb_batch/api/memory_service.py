@@ -66,7 +66,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             for index, memory_id in zip(batch.rows.index, batch.rows.ids, strict=True):
                 outcome = results.INSERTED if written[memory_id] else results.UPDATED
                 outcomes.set(index, memory_id, outcome)
-            return results.fill(memory_pb2.BatchUpsertMemoriesResponse(), outcomes, _UPSERTED)
+            response = memory_pb2.BatchUpsertMemoriesResponse()
+            return results.fill(response, outcomes, _UPSERTED, request.result_view)
 
         done = await write_once(
             self._db, request, memory_pb2.BatchUpsertMemoriesResponse, write, pipelined=True
@@ -98,7 +99,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             for index, memory_id in zip(parsed.rows.index, parsed.rows.ids, strict=True):
                 outcome = results.UPDATED if memory_id in found else results.NOT_FOUND
                 outcomes.set(index, memory_id, outcome)
-            return results.fill(memory_pb2.BatchUpdateMemoriesResponse(), outcomes, _UPDATED)
+            response = memory_pb2.BatchUpdateMemoriesResponse()
+            return results.fill(response, outcomes, _UPDATED, request.result_view)
 
         done = await write_once(self._db, request, memory_pb2.BatchUpdateMemoriesResponse, write)
         return done.response
@@ -113,7 +115,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         async def write(conn: Conn) -> memory_pb2.BatchDeleteMemoriesResponse:
             deleted = await memories.delete(conn, request.project_id, request.ids)
             outcomes = delete_outcomes(request.ids, deleted)
-            return results.fill(memory_pb2.BatchDeleteMemoriesResponse(), outcomes, _DELETED)
+            response = memory_pb2.BatchDeleteMemoriesResponse()
+            return results.fill(response, outcomes, _DELETED, request.result_view)
 
         done = await write_once(self._db, request, memory_pb2.BatchDeleteMemoriesResponse, write)
         return done.response

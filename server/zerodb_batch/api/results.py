@@ -26,6 +26,8 @@ UPDATED: Final = common_pb2.OUTCOME_UPDATED
 DELETED: Final = common_pb2.OUTCOME_DELETED
 NOT_FOUND: Final = common_pb2.OUTCOME_NOT_FOUND
 FAILED: Final = common_pb2.OUTCOME_FAILED
+_DONE: Final = frozenset((INSERTED, UPDATED, DELETED))  # written as asked
+View: TypeAlias = common_pb2.ResultView.ValueType
 
 
 class Outcomes:
@@ -51,19 +53,28 @@ class Outcomes:
             self.outcomes[index] = outcome
 
 
-def fill(response: M, outcomes: Outcomes, counters: Mapping[Outcome, str]) -> M:
-    """Write `outcomes` into a batch response: `results`, the counters named in `counters`
-    (outcome -> field) and, if the response has it, `ids` (empty for a refused item)."""
-    items: Any = getattr(response, "results")  # noqa: B009 - every batch response has results
-    add = items.add  # built in place: no per-item message copies
-    for index, (item_id, outcome) in enumerate(zip(outcomes.ids, outcomes.outcomes, strict=True)):
-        if outcome == FAILED:
-            items.append(failed(index, item_id, outcomes.failures[index]))
-        else:
-            add(index=index, id=item_id, outcome=outcome)
+def fill(
+    response: M,
+    outcomes: Outcomes,
+    counters: Mapping[Outcome, str],
+    view: View = common_pb2.RESULT_VIEW_FULL,
+) -> M:
+    """Write `outcomes` into a batch response: the counters named in `counters` (outcome ->
+    field) and, as far as the request's `view` asks, `results` and (if the response has it)
+    `ids` (empty for a refused item)."""
     counted = Counter(outcomes.outcomes)
     for outcome, name in counters.items():
         setattr(response, name, counted[outcome])
+    if view == common_pb2.RESULT_VIEW_COUNTS:
+        return response
+    items: Any = getattr(response, "results")  # noqa: B009 - every batch response has results
+    add = items.add  # built in place: no per-item message copies
+    only_failures = view == common_pb2.RESULT_VIEW_FAILURES
+    for index, (item_id, outcome) in enumerate(zip(outcomes.ids, outcomes.outcomes, strict=True)):
+        if outcome == FAILED:
+            items.append(failed(index, item_id, outcomes.failures[index]))
+        elif not only_failures or outcome not in _DONE:
+            add(index=index, id=item_id, outcome=outcome)
     if "ids" in type(response).DESCRIPTOR.fields_by_name:
         getattr(response, "ids").extend(  # noqa: B009
             "" if outcome == FAILED else item_id
