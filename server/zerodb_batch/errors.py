@@ -117,6 +117,11 @@ class NotFound(ZeroDBError):
     reason = "NOT_FOUND"
 
 
+class AlreadyExists(ZeroDBError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
 class FailedPrecondition(ZeroDBError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
