@@ -16,6 +16,7 @@ from zerodb_batch.domain.table_filter import MATCH_ALL
 from zerodb_batch.domain.table_ops import TableSpec
 from zerodb_batch.errors import AlreadyExists, NotFound
 from zerodb_batch.storage import table_rows, tables
+from zerodb_batch.storage.queries import Q
 from zerodb_batch.storage.table_sql import index_name
 
 
@@ -122,6 +123,19 @@ def test_sync_indexes_drops_strays_and_builds_missing_ones(aloop: Loop) -> None:
     }
     assert index_states(aloop, 999999999) == {}
     assert aloop.run(tables.sync_indexes(aloop.conn)) == []
+
+
+def test_sync_indexes_leaves_index_builds_in_flight_alone(aloop: Loop) -> None:
+    stray = "table_rows_t999999998_f0"
+    aloop.run(aloop.conn.execute(sql.SQL(
+        "CREATE INDEX {} ON table_rows (row_id) WHERE table_id = 999999998"
+    ).format(sql.Identifier(stray))))  # fmt: skip
+    building = aloop.connect()  # as a create() building indexes on another server
+    aloop.run(building.execute(Q["table_index_build_begin"]))
+    assert aloop.run(tables.sync_indexes(aloop.conn)) == []
+    assert index_states(aloop, 999999998) == {stray: True}
+    aloop.run(building.execute(Q["table_index_build_end"]))
+    assert stray in aloop.run(tables.sync_indexes(aloop.conn))
 
 
 def test_a_failed_index_build_removes_the_table(aloop: Loop) -> None:

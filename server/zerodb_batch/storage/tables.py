@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import args_row
 
+from zerodb_batch.domain.table_fields import Path
 from zerodb_batch.domain.table_ops import TableSpec
 from zerodb_batch.errors import AlreadyExists, NotFound
 from zerodb_batch.storage import table_sql
@@ -73,14 +74,25 @@ async def create(conn: Conn, project_id: str, spec: TableSpec) -> TableInfo:
         ) from e  # fmt: skip
     info = await cur.fetchone()
     assert info is not None  # INSERT ... RETURNING of one row
+    if spec.indexed_fields:
+        await _build_indexes(conn, info, spec.indexed_fields)
+    return info
+
+
+async def _build_indexes(conn: Conn, info: TableInfo, fields: tuple[Path, ...]) -> None:
+    # Held (shared) while building, so that sync_indexes() never takes these indexes, invalid
+    # until built, or missing until their turn, for leftovers of a crash.
+    await conn.execute(Q["table_index_build_begin"])
     try:
-        for n, path in enumerate(spec.indexed_fields):
+        for n, path in enumerate(fields):
             await conn.execute(table_sql.index_ddl(info.table_id, n, path))
     except Exception:
-        await conn.execute(Q["table_forget"], {"project_id": project_id, "table_id": info.table_id})
-        await _drop_leftovers(conn, info.table_id, len(spec.indexed_fields))
+        params = {"project_id": info.project_id, "table_id": info.table_id}
+        await conn.execute(Q["table_forget"], params)
+        await _drop_leftovers(conn, info.table_id, len(fields))
         raise
-    return info
+    finally:
+        await conn.execute(Q["table_index_build_end"])
 
 
 async def _drop_leftovers(conn: Conn, table_id: int, count: int) -> None:
@@ -140,25 +152,41 @@ async def sync_indexes(conn: Conn) -> list[str]:
     """Make the table indexes match the registry after a crash; returns the names changed.
 
     Drops indexes of deleted tables and invalid ones (an interrupted CREATE INDEX CONCURRENTLY),
-    then builds the indexes that registered tables lack. `conn` as for create(). Safe to run at
-    any time, from several servers at once (IF EXISTS / IF NOT EXISTS).
+    then builds the indexes that registered tables lack. `conn` as for create(). Does nothing
+    while any create() is building indexes (on any server): run it again later.
     """
-    changed = []
-    present = set()
+    cur = await conn.execute(Q["table_index_sync_begin"])
+    if not (await cur.fetchone() or (False,))[0]:
+        return []
+    try:
+        changed = await _drop_unwanted(conn)
+        changed += await _build_missing(conn)
+    finally:
+        await conn.execute(Q["table_index_sync_end"])
+    if changed:
+        log.info("table indexes synced: %s", ", ".join(changed))
+    return changed
+
+
+async def _drop_unwanted(conn: Conn) -> list[str]:
     indexes = await (await conn.execute(Q["table_indexes"])).fetchall()
+    dropped = []
     for name, valid, wanted in cast(list[tuple[str, bool, bool]], indexes):
-        if valid and wanted:
-            present.add(name)
-        else:
+        if not (valid and wanted):
             await _drop_index(conn, name)
-            changed.append(name)
+            dropped.append(name)
+    return dropped
+
+
+async def _build_missing(conn: Conn) -> list[str]:
+    cur = await conn.execute(Q["table_indexes"])
+    present = {name for name, _, _ in cast(list[tuple[str, bool, bool]], await cur.fetchall())}
     tables = await (await conn.execute(Q["table_fields_indexed"])).fetchall()
+    built = []
     for table_id, fields in cast(list[tuple[int, list[str]]], tables):
         for n, field in enumerate(fields):
             name = table_sql.index_name(table_id, n)
             if name not in present:
                 await conn.execute(table_sql.index_ddl(table_id, n, tuple(field.split("."))))
-                changed.append(name)
-    if changed:
-        log.info("table indexes synced: %s", ", ".join(changed))
-    return changed
+                built.append(name)
+    return built

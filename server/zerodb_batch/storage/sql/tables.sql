@@ -43,6 +43,20 @@ FROM pg_index x
 JOIN pg_class i ON i.oid = x.indexrelid
 WHERE x.indrelid = 'table_rows'::regclass AND i.relname ~ '^table_rows_t[0-9]+_f[0-9]+$';
 
+-- name: table_index_build_begin
+-- CreateTable holds this advisory lock shared while it builds indexes; sync_indexes takes it
+-- exclusively, or does nothing (the key is any constant, here "zdb_idx").
+SELECT pg_advisory_lock_shared(x'7A64625F696478'::bigint);
+
+-- name: table_index_build_end
+SELECT pg_advisory_unlock_shared(x'7A64625F696478'::bigint);
+
+-- name: table_index_sync_begin
+SELECT pg_try_advisory_lock(x'7A64625F696478'::bigint);
+
+-- name: table_index_sync_end
+SELECT pg_advisory_unlock(x'7A64625F696478'::bigint);
+
 -- name: table_fields_indexed
 SELECT table_id, indexed_fields FROM tables WHERE cardinality(indexed_fields) > 0;
 
