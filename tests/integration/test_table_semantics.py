@@ -91,6 +91,19 @@ def test_comparison_rule(
         assert {labels[i] for i in pair.ids(table, query)} == expected, table.name
 
 
+INDEXABLE = [{"n": {"$gt": 5}}, {"n": {"$gt": "1"}}, {"n": 1}, {"s": {"$lt": "a"}},
+             {"n": {"$in": [5, "10"]}}, {"$or": [{"n": 5}, {"s": "a"}]}]  # fmt: skip
+
+
+@pytest.mark.parametrize("flt", INDEXABLE, ids=str)
+def test_the_indexed_table_is_read_through_its_indexes(
+    loaded: tuple[Pair, dict[str, str]], flt: dict[str, Any]
+) -> None:
+    pair, _ = loaded
+    tree = parse_filter(through_struct(flt), "filters")
+    assert f"table_rows_t{pair.indexed.table_id}_f" in pair.plan(RowQuery(filter=tree))
+
+
 def test_sort_orders_types_then_values(loaded: tuple[Pair, dict[str, str]]) -> None:
     pair, labels = loaded
     query = RowQuery(sort=(SortKey(("n",), False),), limit=100)

@@ -9,15 +9,17 @@ import json
 import os
 import uuid
 from collections.abc import Coroutine, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
 from hypothesis import settings
+from psycopg import sql
 
 from zerodb_batch import limits
 from zerodb_batch.domain.table_fields import Path
-from zerodb_batch.domain.table_filter import MATCH_ALL
+from zerodb_batch.domain.table_filter import And, Exists
 from zerodb_batch.domain.table_ops import RowQuery, TableSpec
 from zerodb_batch.domain.validate import Checker, dict_to_struct, struct_to_dict
 from zerodb_batch.storage import table_rows, tables
@@ -69,31 +71,55 @@ INDEXED_FIELDS = ("a", "n", "s", "t.x", "arr.0", "b")
 
 
 class Pair:
-    """The same documents in a plain table and in an indexed one, read with sequential scans off
-    so that the indexes are used wherever they can be."""
+    """The same documents in a plain table and in an indexed one.
+
+    The planner must choose the indexes for them to matter: the indexed table also holds
+    PADDING rows without any indexed field, analyzed, so that the field indexes look (and are)
+    far more selective than walking the table's primary key, and it is read with sequential
+    scans off. Every read leaves the padding out, with a condition no index serves.
+    """
+
+    PADDING = 3000
 
     def __init__(self, aloop: Loop) -> None:
         self.aloop = aloop
         self.plain = aloop.table("plain")
         self.indexed = aloop.table("indexed", *INDEXED_FIELDS)
+        padding = [json.dumps({"pad": i}) for i in range(self.PADDING)]
+        aloop.run(table_rows.insert(aloop.conn, self.indexed, padding))
+        aloop.run(aloop.conn.execute("ANALYZE table_rows"))
         self.index_conn: Conn = aloop.connect()
         aloop.run(self.index_conn.execute("SET enable_seqscan = off"))
 
     def load(self, docs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-        """Replace both tables' rows with `docs`; returns, per table name, row id -> document
-        as stored."""
+        """Replace both tables' documents with `docs`; returns, per table name, row id ->
+        document as stored."""
         texts = [as_stored(doc) for doc in docs]
         stored: dict[str, dict[str, dict[str, Any]]] = {}
         for table in (self.plain, self.indexed):
-            self.aloop.run(table_rows.delete(self.aloop.conn, table, MATCH_ALL))
+            self.aloop.run(table_rows.delete(self.aloop.conn, table, _NOT_PADDING))
             ids = self.aloop.run(table_rows.insert(self.aloop.conn, table, texts)) if texts else []
             stored[table.name] = dict(zip(ids, map(json.loads, texts), strict=True))
         return stored
 
-    def ids(self, table: TableInfo, q: RowQuery) -> list[str]:
+    def page(self, table: TableInfo, q: RowQuery) -> table_rows.RowPage:
+        """`q` on `table`, padding left out."""
         conn = self.index_conn if table is self.indexed else self.aloop.conn
-        page = self.aloop.run(table_rows.query(conn, table, q))
-        return [row.row_id for row in page.rows]
+        unpadded = replace(q, filter=And((q.filter, _NOT_PADDING)))
+        return self.aloop.run(table_rows.query(conn, table, unpadded))
+
+    def ids(self, table: TableInfo, q: RowQuery) -> list[str]:
+        return [row.row_id for row in self.page(table, q).rows]
+
+    def plan(self, q: RowQuery) -> str:
+        """EXPLAIN of `q` on the indexed table, as ids() runs it."""
+        unpadded = replace(q, filter=And((q.filter, _NOT_PADDING)))
+        stmt, params = table_rows.query_statement(self.indexed, unpadded)
+        cur = self.aloop.run(self.index_conn.execute(sql.SQL("EXPLAIN ") + stmt, params))
+        return "\n".join(str(row[0]) for row in self.aloop.run(cur.fetchall()))
+
+
+_NOT_PADDING = Exists(("pad",), False)
 
 
 def as_stored(doc: dict[str, Any]) -> str:
