@@ -40,3 +40,23 @@ DEFAULT_REDELIVER_SECONDS: Final = 30
 MIN_REDELIVER_SECONDS: Final = 1
 MAX_REDELIVER_SECONDS: Final = 3600
 MAX_JSON_DEPTH: Final = 20  # levels of objects and arrays in metadata, payloads and rows
+
+# Tables (TableService; the proto comments state the same numbers).
+MAX_TABLE_NAME_CHARS: Final = 128
+MAX_TABLE_DESCRIPTION_CHARS: Final = 1024
+MAX_INDEXED_FIELDS: Final = 8  # per table
+MAX_FIELD_PATH_CHARS: Final = 256
+MAX_FIELD_PATH_PARTS: Final = 16  # nesting depth of a dotted path
+MAX_FILTER_DEPTH: Final = 8  # nesting of $and / $or / $not
+MAX_FILTER_CONDITIONS: Final = 256  # leaf conditions in one filter
+MAX_IN_VALUES: Final = 1000  # values of one $in / $nin
+MAX_REGEX_CHARS: Final = 512
+MAX_REGEX_SIZE: Final = 10_000  # atoms after expanding bounded repetitions
+MAX_REGEX_REPEAT: Final = 255  # PostgreSQL's own bound on {m,n}
+DEFAULT_QUERY_LIMIT: Final = 100
+MAX_QUERY_LIMIT: Final = 1000
+MAX_SORT_KEYS: Final = 8
+MAX_PROJECTION_FIELDS: Final = 64
+MAX_INSERT_ROWS: Final = 1000  # per insert operation
+MAX_ROW_BYTES: Final = 1024 * 1024  # one row's row_data as JSON
+MAX_UPDATE_FIELDS: Final = 64  # fields named by one update, over all its operators

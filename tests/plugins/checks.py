@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import psycopg
@@ -63,6 +64,18 @@ def retry_unavailable(call: Callable[[], T], deadline: float = 60) -> T:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 2)
+
+
+async def waiting_on_lock(observer: psycopg.AsyncConnection[Any], pid: int) -> None:
+    """Return once backend `pid` waits on a lock (fail, not a timing check, after 20 s)."""
+    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        row = await (await observer.execute(query, (pid,))).fetchone()
+        if row is not None and row[0] == "Lock":
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"backend {pid} never waited on a lock")
 
 
 class Outage:

@@ -6,12 +6,13 @@ import json
 import math
 
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch.domain.memory import MEMORY, MemoryColumns
 from zerodb_batch.domain.records import ParsedBatch, RecordParser
 from zerodb_batch.domain.struct_json import fast_text
+from zerodb_batch.domain.struct_json import to_dict as struct_to_dict
 from zerodb_batch.domain.validate import Checker
 from zerodb_batch.errors import InvalidArgument
 
@@ -25,21 +26,6 @@ def parse(*records: memory_pb2.Memory, partial: bool = True) -> ParsedBatch[Memo
 
 def metadata_json(value: struct_pb2.Struct) -> str | None:
     return fast_text(value, 16384)
-
-
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, object]:
-    """The Struct as JSON semantics read it: an integral number is an int."""
-
-    def plain(v: object) -> object:
-        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
-            return int(v)
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(json_format.MessageToDict(value))  # type: ignore[return-value]
 
 
 def struct(value: dict[str, object]) -> struct_pb2.Struct:

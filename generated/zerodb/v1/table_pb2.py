@@ -30,7 +30,7 @@ from zerodb.v1 import common_pb2 as zerodb_dot_v1_dot_common__pb2
 from zerodb.v1 import load_pb2 as zerodb_dot_v1_dot_load__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zerodb/v1/table.proto\x12\tzerodb.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16zerodb/v1/common.proto\x1a\x14zerodb/v1/load.proto\"[\n\x05Table\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa2\x01\n\x03Row\x12\x0e\n\x06row_id\x18\x01 \x01(\t\x12)\n\x08row_data\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x12\x43reateTableRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"6\n\x13\x43reateTableResponse\x12\x1f\n\x05table\x18\x01 \x01(\x0b\x32\x10.zerodb.v1.Table\"N\n\x11ListTablesRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"O\n\x12ListTablesResponse\x12 \n\x06tables\x18\x01 \x03(\x0b\x32\x10.zerodb.v1.Table\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x44\x65leteTableRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"+\n\x13\x44\x65leteTableResponse\x12\x14\n\x0crows_deleted\x18\x01 \x01(\x03\"+\n\x07SortKey\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\x05\"\x8e\x02\n\x0eTableOperation\x12\n\n\x02op\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12(\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x04sort\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12#\n\x07sort_by\x18\x05 \x03(\x0b\x32\x12.zerodb.v1.SortKey\x12\x0c\n\x04skip\x18\x06 \x01(\x05\x12\r\n\x05limit\x18\x07 \x01(\x05\x12%\n\x04rows\x18\x08 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06update\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"\x93\x01\n\x11\x42\x61tchQueryRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12-\n\noperations\x18\x02 \x03(\x0b\x32\x19.zerodb.v1.TableOperation\x12\x10\n\x08parallel\x18\x03 \x01(\x08\x12\x15\n\rstop_on_error\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x93\x02\n\x0fOperationResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05table\x18\x02 \x01(\t\x12\n\n\x02op\x18\x03 \x01(\t\x12,\n\x07outcome\x18\x04 \x01(\x0e\x32\x1b.zerodb.v1.OperationOutcome\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12\x1c\n\x04rows\x18\x06 \x03(\x0b\x32\x0e.zerodb.v1.Row\x12\x10\n\x08has_more\x18\x07 \x01(\x08\x12\x10\n\x08inserted\x18\x08 \x01(\x03\x12\x0f\n\x07matched\x18\t \x01(\x03\x12\x10\n\x08modified\x18\n \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x0b \x01(\x03\x12\x0f\n\x07row_ids\x18\x0c \x03(\t\"u\n\x12\x42\x61tchQueryResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.zerodb.v1.OperationResult\x12\x11\n\tsucceeded\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x0f\n\x07skipped\x18\x04 \x01(\x05\"\x9d\x01\n\x17StreamInsertRowsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07load_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05table\x18\x04 \x01(\t\x12%\n\x04rows\x18\x05 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fpartial_success\x18\x06 \x01(\x08\"\x97\x01\n\x18StreamInsertRowsResponse\x12\x1d\n\x04load\x18\x01 \x01(\x0b\x32\x0f.zerodb.v1.Load\x12*\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x18.zerodb.v1.RecordFailure\x12\x18\n\x10\x63hunks_committed\x18\x03 \x01(\x03\x12\x16\n\x0e\x63hunks_skipped\x18\x04 \x01(\x03*\x93\x01\n\x10OperationOutcome\x12!\n\x1dOPERATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bOPERATION_OUTCOME_SUCCEEDED\x10\x01\x12\x1c\n\x18OPERATION_OUTCOME_FAILED\x10\x02\x12\x1d\n\x19OPERATION_OUTCOME_SKIPPED\x10\x03\x32\x91\x05\n\x0cTableService\x12\x86\x01\n\x0b\x43reateTable\x12\x1d.zerodb.v1.CreateTableRequest\x1a\x1e.zerodb.v1.CreateTableResponse\"8\x82\xd3\xe4\x93\x02\x32\"-/api/v1/projects/{project_id}/database/tables:\x01*\x12\x80\x01\n\nListTables\x12\x1c.zerodb.v1.ListTablesRequest\x1a\x1d.zerodb.v1.ListTablesResponse\"5\x82\xd3\xe4\x93\x02/\x12-/api/v1/projects/{project_id}/database/tables\x12\x8a\x01\n\x0b\x44\x65leteTable\x12\x1d.zerodb.v1.DeleteTableRequest\x1a\x1e.zerodb.v1.DeleteTableResponse\"<\x82\xd3\xe4\x93\x02\x36*4/api/v1/projects/{project_id}/database/tables/{name}\x12\x88\x01\n\nBatchQuery\x12\x1c.zerodb.v1.BatchQueryRequest\x1a\x1d.zerodb.v1.BatchQueryResponse\"=\x82\xd3\xe4\x93\x02\x37\"2/api/v1/projects/{project_id}/database/batch/query:\x01*\x12]\n\x10StreamInsertRows\x12\".zerodb.v1.StreamInsertRowsRequest\x1a#.zerodb.v1.StreamInsertRowsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zerodb/v1/table.proto\x12\tzerodb.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16zerodb/v1/common.proto\x1a\x14zerodb/v1/load.proto\"s\n\x05Table\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eindexed_fields\x18\x04 \x03(\t\"\xa2\x01\n\x03Row\x12\x0e\n\x06row_id\x18\x01 \x01(\t\x12)\n\x08row_data\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x12\x43reateTableRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x16\n\x0eindexed_fields\x18\x04 \x03(\t\"6\n\x13\x43reateTableResponse\x12\x1f\n\x05table\x18\x01 \x01(\x0b\x32\x10.zerodb.v1.Table\"N\n\x11ListTablesRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"O\n\x12ListTablesResponse\x12 \n\x06tables\x18\x01 \x03(\x0b\x32\x10.zerodb.v1.Table\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x44\x65leteTableRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"+\n\x13\x44\x65leteTableResponse\x12\x14\n\x0crows_deleted\x18\x01 \x01(\x03\"+\n\x07SortKey\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\x05\"\xb4\x02\n\x0eTableOperation\x12\n\n\x02op\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12(\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x04sort\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12#\n\x07sort_by\x18\x05 \x03(\x0b\x32\x12.zerodb.v1.SortKey\x12\x0c\n\x04skip\x18\x06 \x01(\x05\x12\r\n\x05limit\x18\x07 \x01(\x05\x12%\n\x04rows\x18\x08 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06update\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61ll_rows\x18\n \x01(\x08\x12\x12\n\nprojection\x18\x0b \x03(\t\"\xa3\x01\n\x11\x42\x61tchQueryRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12-\n\noperations\x18\x02 \x03(\x0b\x32\x19.zerodb.v1.TableOperation\x12\x10\n\x08parallel\x18\x03 \x01(\x08\x12\x15\n\rstop_on_error\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0e\n\x06\x61tomic\x18\x06 \x01(\x08\"\xbd\x02\n\x0fOperationResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05table\x18\x02 \x01(\t\x12\n\n\x02op\x18\x03 \x01(\t\x12,\n\x07outcome\x18\x04 \x01(\x0e\x32\x1b.zerodb.v1.OperationOutcome\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12\x1c\n\x04rows\x18\x06 \x03(\x0b\x32\x0e.zerodb.v1.Row\x12\x10\n\x08has_more\x18\x07 \x01(\x08\x12\x10\n\x08inserted\x18\x08 \x01(\x03\x12\x0f\n\x07matched\x18\t \x01(\x03\x12\x10\n\x08modified\x18\n \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x0b \x01(\x03\x12\x0f\n\x07row_ids\x18\x0c \x03(\t\x12\r\n\x05\x63ount\x18\r \x01(\x03\x12\x19\n\x11\x65xecution_time_ms\x18\x0e \x01(\x01\"u\n\x12\x42\x61tchQueryResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.zerodb.v1.OperationResult\x12\x11\n\tsucceeded\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x0f\n\x07skipped\x18\x04 \x01(\x05\"\x9d\x01\n\x17StreamInsertRowsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07load_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05table\x18\x04 \x01(\t\x12%\n\x04rows\x18\x05 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fpartial_success\x18\x06 \x01(\x08\"\x97\x01\n\x18StreamInsertRowsResponse\x12\x1d\n\x04load\x18\x01 \x01(\x0b\x32\x0f.zerodb.v1.Load\x12*\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x18.zerodb.v1.RecordFailure\x12\x18\n\x10\x63hunks_committed\x18\x03 \x01(\x03\x12\x16\n\x0e\x63hunks_skipped\x18\x04 \x01(\x03*\x93\x01\n\x10OperationOutcome\x12!\n\x1dOPERATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bOPERATION_OUTCOME_SUCCEEDED\x10\x01\x12\x1c\n\x18OPERATION_OUTCOME_FAILED\x10\x02\x12\x1d\n\x19OPERATION_OUTCOME_SKIPPED\x10\x03\x32\x91\x05\n\x0cTableService\x12\x86\x01\n\x0b\x43reateTable\x12\x1d.zerodb.v1.CreateTableRequest\x1a\x1e.zerodb.v1.CreateTableResponse\"8\x82\xd3\xe4\x93\x02\x32\"-/api/v1/projects/{project_id}/database/tables:\x01*\x12\x80\x01\n\nListTables\x12\x1c.zerodb.v1.ListTablesRequest\x1a\x1d.zerodb.v1.ListTablesResponse\"5\x82\xd3\xe4\x93\x02/\x12-/api/v1/projects/{project_id}/database/tables\x12\x8a\x01\n\x0b\x44\x65leteTable\x12\x1d.zerodb.v1.DeleteTableRequest\x1a\x1e.zerodb.v1.DeleteTableResponse\"<\x82\xd3\xe4\x93\x02\x36*4/api/v1/projects/{project_id}/database/tables/{name}\x12\x88\x01\n\nBatchQuery\x12\x1c.zerodb.v1.BatchQueryRequest\x1a\x1d.zerodb.v1.BatchQueryResponse\"=\x82\xd3\xe4\x93\x02\x37\"2/api/v1/projects/{project_id}/database/batch/query:\x01*\x12]\n\x10StreamInsertRows\x12\".zerodb.v1.StreamInsertRowsRequest\x1a#.zerodb.v1.StreamInsertRowsResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,38 +45,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TABLESERVICE'].methods_by_name['DeleteTable']._serialized_options = b'\202\323\344\223\0026*4/api/v1/projects/{project_id}/database/tables/{name}'
   _globals['_TABLESERVICE'].methods_by_name['BatchQuery']._loaded_options = None
   _globals['_TABLESERVICE'].methods_by_name['BatchQuery']._serialized_options = b'\202\323\344\223\0027\"2/api/v1/projects/{project_id}/database/batch/query:\001*'
-  _globals['_OPERATIONOUTCOME']._serialized_start=2033
-  _globals['_OPERATIONOUTCOME']._serialized_end=2180
+  _globals['_OPERATIONOUTCOME']._serialized_start=2177
+  _globals['_OPERATIONOUTCOME']._serialized_end=2324
   _globals['_TABLE']._serialized_start=200
-  _globals['_TABLE']._serialized_end=291
-  _globals['_ROW']._serialized_start=294
-  _globals['_ROW']._serialized_end=456
-  _globals['_CREATETABLEREQUEST']._serialized_start=458
-  _globals['_CREATETABLEREQUEST']._serialized_end=533
-  _globals['_CREATETABLERESPONSE']._serialized_start=535
-  _globals['_CREATETABLERESPONSE']._serialized_end=589
-  _globals['_LISTTABLESREQUEST']._serialized_start=591
-  _globals['_LISTTABLESREQUEST']._serialized_end=669
-  _globals['_LISTTABLESRESPONSE']._serialized_start=671
-  _globals['_LISTTABLESRESPONSE']._serialized_end=750
-  _globals['_DELETETABLEREQUEST']._serialized_start=752
-  _globals['_DELETETABLEREQUEST']._serialized_end=806
-  _globals['_DELETETABLERESPONSE']._serialized_start=808
-  _globals['_DELETETABLERESPONSE']._serialized_end=851
-  _globals['_SORTKEY']._serialized_start=853
-  _globals['_SORTKEY']._serialized_end=896
-  _globals['_TABLEOPERATION']._serialized_start=899
-  _globals['_TABLEOPERATION']._serialized_end=1169
-  _globals['_BATCHQUERYREQUEST']._serialized_start=1172
-  _globals['_BATCHQUERYREQUEST']._serialized_end=1319
-  _globals['_OPERATIONRESULT']._serialized_start=1322
-  _globals['_OPERATIONRESULT']._serialized_end=1597
-  _globals['_BATCHQUERYRESPONSE']._serialized_start=1599
-  _globals['_BATCHQUERYRESPONSE']._serialized_end=1716
-  _globals['_STREAMINSERTROWSREQUEST']._serialized_start=1719
-  _globals['_STREAMINSERTROWSREQUEST']._serialized_end=1876
-  _globals['_STREAMINSERTROWSRESPONSE']._serialized_start=1879
-  _globals['_STREAMINSERTROWSRESPONSE']._serialized_end=2030
-  _globals['_TABLESERVICE']._serialized_start=2183
-  _globals['_TABLESERVICE']._serialized_end=2840
+  _globals['_TABLE']._serialized_end=315
+  _globals['_ROW']._serialized_start=318
+  _globals['_ROW']._serialized_end=480
+  _globals['_CREATETABLEREQUEST']._serialized_start=482
+  _globals['_CREATETABLEREQUEST']._serialized_end=581
+  _globals['_CREATETABLERESPONSE']._serialized_start=583
+  _globals['_CREATETABLERESPONSE']._serialized_end=637
+  _globals['_LISTTABLESREQUEST']._serialized_start=639
+  _globals['_LISTTABLESREQUEST']._serialized_end=717
+  _globals['_LISTTABLESRESPONSE']._serialized_start=719
+  _globals['_LISTTABLESRESPONSE']._serialized_end=798
+  _globals['_DELETETABLEREQUEST']._serialized_start=800
+  _globals['_DELETETABLEREQUEST']._serialized_end=854
+  _globals['_DELETETABLERESPONSE']._serialized_start=856
+  _globals['_DELETETABLERESPONSE']._serialized_end=899
+  _globals['_SORTKEY']._serialized_start=901
+  _globals['_SORTKEY']._serialized_end=944
+  _globals['_TABLEOPERATION']._serialized_start=947
+  _globals['_TABLEOPERATION']._serialized_end=1255
+  _globals['_BATCHQUERYREQUEST']._serialized_start=1258
+  _globals['_BATCHQUERYREQUEST']._serialized_end=1421
+  _globals['_OPERATIONRESULT']._serialized_start=1424
+  _globals['_OPERATIONRESULT']._serialized_end=1741
+  _globals['_BATCHQUERYRESPONSE']._serialized_start=1743
+  _globals['_BATCHQUERYRESPONSE']._serialized_end=1860
+  _globals['_STREAMINSERTROWSREQUEST']._serialized_start=1863
+  _globals['_STREAMINSERTROWSREQUEST']._serialized_end=2020
+  _globals['_STREAMINSERTROWSRESPONSE']._serialized_start=2023
+  _globals['_STREAMINSERTROWSRESPONSE']._serialized_end=2174
+  _globals['_TABLESERVICE']._serialized_start=2327
+  _globals['_TABLESERVICE']._serialized_end=2984
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,7 @@ class Table(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    INDEXED_FIELDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The table's name, unique in the project: 1-128 characters of letters, digits, `_` and `-`,
     starting with a letter.
@@ -71,16 +72,21 @@ class Table(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the table was created (output only)."""
 
+    @_builtins.property
+    def indexed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields the table was created with an index on (field paths, see TableService)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        indexed_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "indexed_fields", b"indexed_fields", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -135,22 +141,32 @@ class CreateTableRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    INDEXED_FIELDS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to create the table in; must be the API key's project."""
     name: _builtins.str
     """The new table's name: 1-128 characters of letters, digits, `_` and `-`, starting with a letter."""
     description: _builtins.str
     """Optional free text, at most 1024 characters."""
+    @_builtins.property
+    def indexed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fields to index, at most 8 distinct field paths (see TableService). An index serves the
+        number and string comparisons of a filter on that field (`$eq`, a bare value, `$in`, `$gt`,
+        `$gte`, `$lt`, `$lte`), with the same results as without it. The indexes are built before
+        CreateTable answers.
+        """
+
     def __init__(
         self,
         *,
         project_id: _builtins.str = ...,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
+        indexed_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "indexed_fields", b"indexed_fields", "name", b"name", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,18 +345,30 @@ class TableOperation(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     UPDATE_FIELD_NUMBER: _builtins.int
+    ALL_ROWS_FIELD_NUMBER: _builtins.int
+    PROJECTION_FIELD_NUMBER: _builtins.int
     op: _builtins.str
-    """What to do: `query` (the default when empty), `insert`, `update` or `delete`."""
+    """What to do: `query` (the default when empty), `count` (how many rows match `filters`),
+    `insert`, `update` or `delete`.
+    """
     table: _builtins.str
     """The table to operate on (must exist; NOT_FOUND in the operation's result otherwise)."""
     skip: _builtins.int
     """query: rows to skip before the first one returned; 0 or more."""
     limit: _builtins.int
-    """query: rows to return, 1 to 1000; 0 means 100."""
+    """query: rows to return, 1 to 1000; 0 means 100; larger values are treated as 1000
+    (`has_more` tells whether more rows match).
+    """
+    all_rows: _builtins.bool
+    """update, delete: apply to every row of the table. Required to update or delete with an empty
+    filter (an empty filter is refused otherwise, so that no slip deletes a whole table); must not
+    be set with a non-empty filter.
+    """
     @_builtins.property
     def filters(self) -> _struct_pb2.Struct:
-        """query, update, delete: which rows, as a MongoDB-style filter (see TableService). Empty matches
-        every row for `query`; `update` and `delete` require a non-empty filter.
+        """query, count, update, delete: which rows, as a MongoDB-style filter (see TableService). Empty
+        matches every row for `query` and `count`; `update` and `delete` refuse an empty filter unless
+        `all_rows` is set.
         """
 
     @_builtins.property
@@ -367,7 +395,17 @@ class TableOperation(_message.Message):
         sets fields; `$inc` {field: number} adds to a number field (a missing field counts as 0);
         `$unset` {field: any} removes fields; `$push` {field: value} appends to an array field (creating
         it when missing); `$pull` {field: value} removes every element equal to value from an array
-        field. At least one operator is required; a field may appear under one operator only.
+        field. At least one operator is required; a field may appear under one operator only, and not
+        together with a field inside it (`a` and `a.b`). Update paths walk objects only, and missing
+        parent objects are created. A row where an operator meets the wrong type (`$inc` on a field
+        that is not a number, null included; `$push`/`$pull` on one that is not an array; a parent
+        that is not an object) fails the whole operation, which then changes nothing.
+        """
+
+    @_builtins.property
+    def projection(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """query: return only these fields of each row (at most 64 field paths, walking objects only);
+        fields a row lacks are left out. Empty returns whole rows.
         """
 
     def __init__(
@@ -382,10 +420,12 @@ class TableOperation(_message.Message):
         limit: _builtins.int = ...,
         rows: _abc.Iterable[_struct_pb2.Struct] | None = ...,
         update: _struct_pb2.Struct | None = ...,
+        all_rows: _builtins.bool = ...,
+        projection: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters", "sort", b"sort", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters", "limit", b"limit", "op", b"op", "rows", b"rows", "skip", b"skip", "sort", b"sort", "sort_by", b"sort_by", "table", b"table", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_rows", b"all_rows", "filters", b"filters", "limit", b"limit", "op", b"op", "projection", b"projection", "rows", b"rows", "skip", b"skip", "sort", b"sort", "sort_by", b"sort_by", "table", b"table", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -402,6 +442,7 @@ class BatchQueryRequest(_message.Message):
     PARALLEL_FIELD_NUMBER: _builtins.int
     STOP_ON_ERROR_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ATOMIC_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project whose tables are used; must be the API key's project."""
     parallel: _builtins.bool
@@ -415,6 +456,10 @@ class BatchQueryRequest(_message.Message):
     response without running the operations again; reusing it for a different request is
     INVALID_ARGUMENT.
     """
+    atomic: _builtins.bool
+    """Run a sequential batch as one transaction: the first failure rolls every operation back (see
+    TableService.BatchQuery). INVALID_ARGUMENT together with `parallel`.
+    """
     @_builtins.property
     def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___TableOperation]:
         """1 to 50 operations."""
@@ -427,10 +472,11 @@ class BatchQueryRequest(_message.Message):
         parallel: _builtins.bool = ...,
         stop_on_error: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        atomic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations", "parallel", b"parallel", "project_id", b"project_id", "request_id", b"request_id", "stop_on_error", b"stop_on_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atomic", b"atomic", "operations", b"operations", "parallel", b"parallel", "project_id", b"project_id", "request_id", b"request_id", "stop_on_error", b"stop_on_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,12 +500,14 @@ class OperationResult(_message.Message):
     MODIFIED_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     ROW_IDS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    EXECUTION_TIME_MS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the operation in the request (0-based)."""
     table: _builtins.str
     """The operation's table."""
     op: _builtins.str
-    """The operation's kind: `query`, `insert`, `update` or `delete` (never empty)."""
+    """The operation's kind: `query`, `count`, `insert`, `update` or `delete` (never empty)."""
     outcome: Global___OperationOutcome.ValueType
     """What happened to the operation."""
     has_more: _builtins.bool
@@ -472,6 +520,10 @@ class OperationResult(_message.Message):
     """update: matched rows that the update actually changed."""
     deleted: _builtins.int
     """delete: rows deleted."""
+    count: _builtins.int
+    """count: rows that match the filter."""
+    execution_time_ms: _builtins.float
+    """How long the operation ran on the server, in milliseconds (0 when SKIPPED)."""
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """Set when `outcome` is OPERATION_OUTCOME_FAILED: the code (NOT_FOUND for an unknown table,
@@ -501,10 +553,12 @@ class OperationResult(_message.Message):
         modified: _builtins.int = ...,
         deleted: _builtins.int = ...,
         row_ids: _abc.Iterable[_builtins.str] | None = ...,
+        count: _builtins.int = ...,
+        execution_time_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "error", b"error", "has_more", b"has_more", "index", b"index", "inserted", b"inserted", "matched", b"matched", "modified", b"modified", "op", b"op", "outcome", b"outcome", "row_ids", b"row_ids", "rows", b"rows", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "deleted", b"deleted", "error", b"error", "execution_time_ms", b"execution_time_ms", "has_more", b"has_more", "index", b"index", "inserted", b"inserted", "matched", b"matched", "modified", b"modified", "op", b"op", "outcome", b"outcome", "row_ids", b"row_ids", "rows", b"rows", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

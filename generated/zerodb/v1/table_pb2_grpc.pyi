@@ -27,15 +27,46 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TableServiceStub:
-    """Schema-free tables of JSON rows: table management, batches of query/insert/update/delete
+    """Schema-free tables of JSON rows: table management, batches of query/insert/update/delete/count
     operations, and resumable streamed row loads.
 
-    A row is a JSON object (`row_data`) under a server-generated `row_id`. Filters are MongoDB-style:
-    the top-level keys of a filter are ANDed; a key is a field path into `row_data` (letters, digits,
-    `_`, and `.` between the parts of a nested path); a bare value means equality; an object of
-    operators compares: `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte`, `$in` and `$nin` (with an array),
-    `$contains` (substring of a string field, or member of an array field) and `$regex` (a string
-    field matches a POSIX regular expression). Example: `{"status": "active", "age": {"$gte": 18}}`.
+    A row is a JSON object (`row_data`) under a server-generated `row_id`.
+
+    Filters are MongoDB-style JSON objects, e.g.
+    `{"status": "active", "age": {"$gte": 18}, "$or": [{"vip": true}, {"tags": {"$contains": "beta"}}]}`.
+    The keys of a filter are ANDed. A key is a field path into `row_data` (1-16 parts of ASCII
+    letters, digits and `_`, joined by `.`, at most 256 characters; a part of digits also picks an
+    array element by position, `tags.0`), or a logical operator: `$and` and `$or` (a non-empty array
+    of filters) or `$not` (a filter). A field's value is a JSON value (equality) or an object of
+    operators, ANDed: `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte`, `$in` and `$nin` (an array of at
+    most 1000 values), `$contains`, `$regex`, `$exists` (true or false) and `$not` (an object of
+    operators). Filters nest at most 8 levels deep and hold at most 256 conditions.
+
+    Comparison semantics, the same whether or not the field is indexed (MongoDB's type bracketing):
+    - values compare only within their JSON type: `{"n": {"$gt": 5}}` matches rows whose `n` is a
+      number above 5, never a string, boolean, null, array or object;
+    - numbers compare numerically (1 equals 1.0); strings by Unicode code point ("B" < "a" < "é");
+      `$gt`/`$gte`/`$lt`/`$lte` take a number or a string, nothing else;
+    - equality (`$eq`, a bare value, `$in`) on arrays and objects is whole-value: arrays equal
+      element by element in order, objects by the same keys with equal values (key order does not
+      matter). `{"tags": "a"}` does NOT match `"tags": ["a", "b"]`: use `{"tags": {"$contains": "a"}}`;
+    - `null` matches a field holding JSON null, not a missing field (use `{"$exists": false}`); a
+      missing field matches no comparison at all;
+    - `$ne`, `$nin` and `$not` match exactly the rows the negated condition does not match, so
+      `{"n": {"$ne": 5}}` also matches rows without `n` or with `n` of another type;
+    - `$contains` with a string matches string fields containing it as a substring and array fields
+      with that string as an element; with a number, boolean or null, array fields with an equal
+      element;
+    - `$regex` matches string fields against a POSIX regular expression in PostgreSQL's syntax,
+      restricted to a subset that always compiles (literals, `.`, `^`, `$`, groups, `|`, bracket
+      expressions, the digit, space and word class escapes and their negations, `* + ? {m,n}` and
+      their lazy forms); classes are ASCII-only; at most 512 characters. Anything else is
+      INVALID_ARGUMENT before the query runs.
+
+    Sorting orders values by type first (missing and null, then numbers, strings, objects, arrays,
+    booleans), then by value within a type as above; ties are broken by `row_id`. Unsorted
+    queries return rows in `row_id` order; row ids are time-ordered (UUIDv7), so that is about
+    insertion order.
     """
 
     @_typing.overload
@@ -49,8 +80,8 @@ class TableServiceStub:
     DeleteTable: _grpc.UnaryUnaryMultiCallable[_table_pb2.DeleteTableRequest, _table_pb2.DeleteTableResponse]
     """Deletes a table and all of its rows. An unknown table is NOT_FOUND."""
     BatchQuery: _grpc.UnaryUnaryMultiCallable[_table_pb2.BatchQueryRequest, _table_pb2.BatchQueryResponse]
-    """Runs up to 50 table operations (query, insert, update, delete) in one call and answers with one
-    result per operation, in input order.
+    """Runs up to 50 table operations (query, count, insert, update, delete) in one call and answers
+    with one result per operation, in input order.
 
     The whole request is validated first: a malformed operation (unknown `op`, bad operator or field
     path, a limit out of range, a field that does not belong to the op) fails the call with
@@ -68,6 +99,9 @@ class TableServiceStub:
     `stop_on_error: true` stops at the first failed operation: every later operation (sequential),
     or every operation not yet started (parallel), is OPERATION_OUTCOME_SKIPPED. Operations already
     finished keep their effects.
+
+    `atomic: true` (sequential batches only) runs every operation in one transaction: the first
+    failure rolls back every operation of the batch, and the operations after it are SKIPPED.
     """
     StreamInsertRows: _grpc.StreamUnaryMultiCallable[_table_pb2.StreamInsertRowsRequest, _table_pb2.StreamInsertRowsResponse]
     """Bulk load of rows into one existing table: a client stream of chunks of rows, each committed
@@ -76,15 +110,46 @@ class TableServiceStub:
 
 @_typing.type_check_only
 class TableServiceAsyncStub(TableServiceStub):
-    """Schema-free tables of JSON rows: table management, batches of query/insert/update/delete
+    """Schema-free tables of JSON rows: table management, batches of query/insert/update/delete/count
     operations, and resumable streamed row loads.
 
-    A row is a JSON object (`row_data`) under a server-generated `row_id`. Filters are MongoDB-style:
-    the top-level keys of a filter are ANDed; a key is a field path into `row_data` (letters, digits,
-    `_`, and `.` between the parts of a nested path); a bare value means equality; an object of
-    operators compares: `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte`, `$in` and `$nin` (with an array),
-    `$contains` (substring of a string field, or member of an array field) and `$regex` (a string
-    field matches a POSIX regular expression). Example: `{"status": "active", "age": {"$gte": 18}}`.
+    A row is a JSON object (`row_data`) under a server-generated `row_id`.
+
+    Filters are MongoDB-style JSON objects, e.g.
+    `{"status": "active", "age": {"$gte": 18}, "$or": [{"vip": true}, {"tags": {"$contains": "beta"}}]}`.
+    The keys of a filter are ANDed. A key is a field path into `row_data` (1-16 parts of ASCII
+    letters, digits and `_`, joined by `.`, at most 256 characters; a part of digits also picks an
+    array element by position, `tags.0`), or a logical operator: `$and` and `$or` (a non-empty array
+    of filters) or `$not` (a filter). A field's value is a JSON value (equality) or an object of
+    operators, ANDed: `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte`, `$in` and `$nin` (an array of at
+    most 1000 values), `$contains`, `$regex`, `$exists` (true or false) and `$not` (an object of
+    operators). Filters nest at most 8 levels deep and hold at most 256 conditions.
+
+    Comparison semantics, the same whether or not the field is indexed (MongoDB's type bracketing):
+    - values compare only within their JSON type: `{"n": {"$gt": 5}}` matches rows whose `n` is a
+      number above 5, never a string, boolean, null, array or object;
+    - numbers compare numerically (1 equals 1.0); strings by Unicode code point ("B" < "a" < "é");
+      `$gt`/`$gte`/`$lt`/`$lte` take a number or a string, nothing else;
+    - equality (`$eq`, a bare value, `$in`) on arrays and objects is whole-value: arrays equal
+      element by element in order, objects by the same keys with equal values (key order does not
+      matter). `{"tags": "a"}` does NOT match `"tags": ["a", "b"]`: use `{"tags": {"$contains": "a"}}`;
+    - `null` matches a field holding JSON null, not a missing field (use `{"$exists": false}`); a
+      missing field matches no comparison at all;
+    - `$ne`, `$nin` and `$not` match exactly the rows the negated condition does not match, so
+      `{"n": {"$ne": 5}}` also matches rows without `n` or with `n` of another type;
+    - `$contains` with a string matches string fields containing it as a substring and array fields
+      with that string as an element; with a number, boolean or null, array fields with an equal
+      element;
+    - `$regex` matches string fields against a POSIX regular expression in PostgreSQL's syntax,
+      restricted to a subset that always compiles (literals, `.`, `^`, `$`, groups, `|`, bracket
+      expressions, the digit, space and word class escapes and their negations, `* + ? {m,n}` and
+      their lazy forms); classes are ASCII-only; at most 512 characters. Anything else is
+      INVALID_ARGUMENT before the query runs.
+
+    Sorting orders values by type first (missing and null, then numbers, strings, objects, arrays,
+    booleans), then by value within a type as above; ties are broken by `row_id`. Unsorted
+    queries return rows in `row_id` order; row ids are time-ordered (UUIDv7), so that is about
+    insertion order.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -95,8 +160,8 @@ class TableServiceAsyncStub(TableServiceStub):
     DeleteTable: _aio.UnaryUnaryMultiCallable[_table_pb2.DeleteTableRequest, _table_pb2.DeleteTableResponse]  # type: ignore[assignment]
     """Deletes a table and all of its rows. An unknown table is NOT_FOUND."""
     BatchQuery: _aio.UnaryUnaryMultiCallable[_table_pb2.BatchQueryRequest, _table_pb2.BatchQueryResponse]  # type: ignore[assignment]
-    """Runs up to 50 table operations (query, insert, update, delete) in one call and answers with one
-    result per operation, in input order.
+    """Runs up to 50 table operations (query, count, insert, update, delete) in one call and answers
+    with one result per operation, in input order.
 
     The whole request is validated first: a malformed operation (unknown `op`, bad operator or field
     path, a limit out of range, a field that does not belong to the op) fails the call with
@@ -114,6 +179,9 @@ class TableServiceAsyncStub(TableServiceStub):
     `stop_on_error: true` stops at the first failed operation: every later operation (sequential),
     or every operation not yet started (parallel), is OPERATION_OUTCOME_SKIPPED. Operations already
     finished keep their effects.
+
+    `atomic: true` (sequential batches only) runs every operation in one transaction: the first
+    failure rolls back every operation of the batch, and the operations after it are SKIPPED.
     """
     StreamInsertRows: _aio.StreamUnaryMultiCallable[_table_pb2.StreamInsertRowsRequest, _table_pb2.StreamInsertRowsResponse]  # type: ignore[assignment]
     """Bulk load of rows into one existing table: a client stream of chunks of rows, each committed
@@ -121,15 +189,46 @@ class TableServiceAsyncStub(TableServiceStub):
     """
 
 class TableServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Schema-free tables of JSON rows: table management, batches of query/insert/update/delete
+    """Schema-free tables of JSON rows: table management, batches of query/insert/update/delete/count
     operations, and resumable streamed row loads.
 
-    A row is a JSON object (`row_data`) under a server-generated `row_id`. Filters are MongoDB-style:
-    the top-level keys of a filter are ANDed; a key is a field path into `row_data` (letters, digits,
-    `_`, and `.` between the parts of a nested path); a bare value means equality; an object of
-    operators compares: `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte`, `$in` and `$nin` (with an array),
-    `$contains` (substring of a string field, or member of an array field) and `$regex` (a string
-    field matches a POSIX regular expression). Example: `{"status": "active", "age": {"$gte": 18}}`.
+    A row is a JSON object (`row_data`) under a server-generated `row_id`.
+
+    Filters are MongoDB-style JSON objects, e.g.
+    `{"status": "active", "age": {"$gte": 18}, "$or": [{"vip": true}, {"tags": {"$contains": "beta"}}]}`.
+    The keys of a filter are ANDed. A key is a field path into `row_data` (1-16 parts of ASCII
+    letters, digits and `_`, joined by `.`, at most 256 characters; a part of digits also picks an
+    array element by position, `tags.0`), or a logical operator: `$and` and `$or` (a non-empty array
+    of filters) or `$not` (a filter). A field's value is a JSON value (equality) or an object of
+    operators, ANDed: `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte`, `$in` and `$nin` (an array of at
+    most 1000 values), `$contains`, `$regex`, `$exists` (true or false) and `$not` (an object of
+    operators). Filters nest at most 8 levels deep and hold at most 256 conditions.
+
+    Comparison semantics, the same whether or not the field is indexed (MongoDB's type bracketing):
+    - values compare only within their JSON type: `{"n": {"$gt": 5}}` matches rows whose `n` is a
+      number above 5, never a string, boolean, null, array or object;
+    - numbers compare numerically (1 equals 1.0); strings by Unicode code point ("B" < "a" < "é");
+      `$gt`/`$gte`/`$lt`/`$lte` take a number or a string, nothing else;
+    - equality (`$eq`, a bare value, `$in`) on arrays and objects is whole-value: arrays equal
+      element by element in order, objects by the same keys with equal values (key order does not
+      matter). `{"tags": "a"}` does NOT match `"tags": ["a", "b"]`: use `{"tags": {"$contains": "a"}}`;
+    - `null` matches a field holding JSON null, not a missing field (use `{"$exists": false}`); a
+      missing field matches no comparison at all;
+    - `$ne`, `$nin` and `$not` match exactly the rows the negated condition does not match, so
+      `{"n": {"$ne": 5}}` also matches rows without `n` or with `n` of another type;
+    - `$contains` with a string matches string fields containing it as a substring and array fields
+      with that string as an element; with a number, boolean or null, array fields with an equal
+      element;
+    - `$regex` matches string fields against a POSIX regular expression in PostgreSQL's syntax,
+      restricted to a subset that always compiles (literals, `.`, `^`, `$`, groups, `|`, bracket
+      expressions, the digit, space and word class escapes and their negations, `* + ? {m,n}` and
+      their lazy forms); classes are ASCII-only; at most 512 characters. Anything else is
+      INVALID_ARGUMENT before the query runs.
+
+    Sorting orders values by type first (missing and null, then numbers, strings, objects, arrays,
+    booleans), then by value within a type as above; ties are broken by `row_id`. Unsorted
+    queries return rows in `row_id` order; row ids are time-ordered (UUIDv7), so that is about
+    insertion order.
     """
 
     @_abc_1.abstractmethod
@@ -162,8 +261,8 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _table_pb2.BatchQueryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_table_pb2.BatchQueryResponse, _abc.Awaitable[_table_pb2.BatchQueryResponse]]:
-        """Runs up to 50 table operations (query, insert, update, delete) in one call and answers with one
-        result per operation, in input order.
+        """Runs up to 50 table operations (query, count, insert, update, delete) in one call and answers
+        with one result per operation, in input order.
 
         The whole request is validated first: a malformed operation (unknown `op`, bad operator or field
         path, a limit out of range, a field that does not belong to the op) fails the call with
@@ -181,6 +280,9 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         `stop_on_error: true` stops at the first failed operation: every later operation (sequential),
         or every operation not yet started (parallel), is OPERATION_OUTCOME_SKIPPED. Operations already
         finished keep their effects.
+
+        `atomic: true` (sequential batches only) runs every operation in one transaction: the first
+        failure rolls back every operation of the batch, and the operations after it are SKIPPED.
         """
 
     @_abc_1.abstractmethod

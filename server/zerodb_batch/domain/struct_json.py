@@ -99,6 +99,27 @@ def has_nul(text: str) -> bool:
     return "\\u0000" in text and _NUL_ESCAPE.search(text) is not None
 
 
+def to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain Python, an integral number as an int (as JSON text reads back)."""
+    return {k: _plain(v) for k, v in value.fields.items()}
+
+
+def _plain(v: struct_pb2.Value) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "number_value":
+        n = v.number_value
+        return int(n) if n.is_integer() and abs(n) < _EXACT else n
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        return to_dict(v.struct_value)
+    if kind == "list_value":
+        return [_plain(x) for x in v.list_value.values]
+    return None
+
+
 def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     """A JSON object read from PostgreSQL as a Struct for a response."""
     s = struct_pb2.Struct()
