@@ -12,7 +12,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from zerodb.v1 import (
     event_pb2,
@@ -31,6 +30,7 @@ from zerodb.v1 import (
 from zerodb_batch.api.event_service import EventServicer
 from zerodb_batch.api.load_service import LoadServicer
 from zerodb_batch.api.memory_service import MemoryServicer
+from zerodb_batch.api.reflection import enable_reflection
 from zerodb_batch.config import Settings
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.errors import StartupError
@@ -199,13 +199,8 @@ async def _build(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    enable_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
     return server, health
 
