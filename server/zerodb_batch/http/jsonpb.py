@@ -13,6 +13,7 @@ directions to json_format on every message of the API.
 from __future__ import annotations
 
 import base64
+import keyword
 import math
 from collections.abc import Callable
 from typing import Any
@@ -102,70 +103,112 @@ def is_map(field: FieldDescriptor) -> bool:
 # ---- input -------------------------------------------------------------------------------
 
 
+_Check = Callable[[Any], bool]
+
+
 class _Shape:
-    """What a plain JSON object for one message type looks like."""
+    """What a plain JSON object for one message type looks like.
+
+    Only fields whose values the constructor might take differently from json_format are
+    checked: it refuses (so json_format decides) a wrong type for a string, Struct or message
+    field by itself, but it would take `1` for a bool, `true` for an int, or iterate a string
+    given for a repeated field."""
 
     def __init__(self, descriptor: Descriptor, shapes: dict[str, _Shape]) -> None:
         shapes[descriptor.full_name] = self
-        self.fields: dict[str, tuple[int, bool, _Shape | None]] = {}
-        for f in descriptor.fields:
-            kind = kind_of(f)
-            sub = None
-            if kind == MSG:
-                message = message_of(f)
-                sub = shapes.get(message.full_name) or _Shape(message, shapes)
-            self.fields[f.name] = (kind, is_repeated(f), sub)
+        self.names = frozenset(f.name for f in descriptor.fields)
+        self.open_ended = any(kind_of(f) in (STRUCT, OTHER) for f in descriptor.fields)
         # json_format also takes the lowerCamelCase names: not plain, but not unknown either.
-        self.aliases = frozenset(f.json_name for f in descriptor.fields) - set(self.fields)
+        self.aliases = frozenset(f.json_name for f in descriptor.fields) - self.names
+        self.checks: list[tuple[str, _Check]] = []
+        for f in descriptor.fields:
+            check = _checker(f, shapes)
+            if check is not None:
+                self.checks.append((f.name, check))
         self.oneofs = [
             frozenset(f.name for f in o.fields) for o in descriptor.oneofs if len(o.fields) > 1
         ]
 
     def plain(self, data: dict[str, Any]) -> bool:
         """Whether the constructor builds what json_format would; UnknownField if a key is."""
-        for key, value in data.items():
-            spec = self.fields.get(key)
-            if spec is None:
-                if key in self.aliases:
-                    return False
-                raise UnknownField(key)
+        if not data.keys() <= self.names:
+            self._unknown(data)
+            return False
+        for name, check in self.checks:
+            value = data.get(name, _ABSENT)
+            if value is _ABSENT:
+                continue
             try:
-                if not _plain_value(spec, value):
+                if not check(value):
                     return False
             except UnknownField as e:
-                raise e.under(key) from None
+                raise e.under(name) from None
         return not self.oneofs or all(len(o & data.keys()) < 2 for o in self.oneofs)
 
+    def _unknown(self, data: dict[str, Any]) -> None:
+        for key in data:
+            if key not in self.names and key not in self.aliases:
+                raise UnknownField(key)
 
-def _plain_value(spec: tuple[int, bool, _Shape | None], value: Any) -> bool:
-    kind, repeated, sub = spec
-    if repeated:
-        return type(value) is list and _plain_list(kind, sub, value)
+
+_ABSENT = object()
+
+
+def _never(value: Any) -> bool:
+    return False
+
+
+def _checker(field: FieldDescriptor, shapes: dict[str, _Shape]) -> _Check | None:
+    """How to tell a plain value of `field`; None when any value is (the constructor refuses
+    what json_format would read otherwise)."""
+    kind = kind_of(field)
+    if kind in (STRING_FORM, OTHER, BYTES):
+        return _never  # their JSON forms are json_format's business
+    sub = None
     if kind == MSG:
-        return type(value) is dict and sub is not None and sub.plain(value)
-    if kind == STRUCT:
-        return type(value) is dict
+        message = message_of(field)
+        sub = shapes.get(message.full_name) or _Shape(message, shapes)
+    if is_repeated(field):
+        return _list_checker(kind, sub)
+    if sub is not None:
+        shape = sub
+        return lambda v: type(v) is not dict or shape.plain(v)
     allowed = _PLAIN_TYPES.get(kind)
-    if allowed is None or type(value) not in allowed:
-        return False
-    return kind != FLOAT or -_FLOAT_MAX <= value <= _FLOAT_MAX
+    if allowed is None:
+        return None  # strings and Structs
+    if kind == FLOAT:
+        return lambda v: type(v) in allowed and -_FLOAT_MAX <= v <= _FLOAT_MAX
+    return lambda v: v is None or type(v) in allowed
 
 
-def _plain_list(kind: int, sub: _Shape | None, values: list[Any]) -> bool:
-    if kind == MSG:
-        for i, item in enumerate(values):
-            try:
-                if type(item) is not dict or not sub or not sub.plain(item):
-                    return False
-            except UnknownField as e:
-                raise e.under(f"[{i}]") from None
-        return True
-    if kind == STRUCT:
-        return all(type(item) is dict for item in values)
+def _list_checker(kind: int, sub: _Shape | None) -> _Check:
+    if sub is not None:
+        shape = sub
+
+        def messages(values: Any) -> bool:
+            if type(values) is not list:
+                return values is None
+            for i, item in enumerate(values):
+                try:
+                    if type(item) is dict and not shape.plain(item):
+                        return False
+                except UnknownField as e:
+                    raise e.under(f"[{i}]") from None
+            return True
+
+        return messages
     allowed = _PLAIN_TYPES.get(kind)
-    if allowed is None or not set(map(type, values)) <= allowed:
+    if allowed is None:  # strings and Structs: the constructor refuses a wrong element
+        return lambda v: v is None or type(v) is list
+    if kind == FLOAT:
+        return lambda v: type(v) is list and _floats(v)
+    return lambda v: type(v) is list and set(map(type, v)) <= allowed
+
+
+def _floats(values: list[Any]) -> bool:
+    if not set(map(type, values)) <= _PLAIN_TYPES[FLOAT]:
         return False
-    return kind != FLOAT or not values or (min(values) >= -_FLOAT_MAX and max(values) <= _FLOAT_MAX)
+    return not values or (min(values) >= -_FLOAT_MAX and max(values) <= _FLOAT_MAX)
 
 
 class Decoder:
@@ -176,9 +219,7 @@ class Decoder:
         shapes: dict[str, _Shape] = {}
         self.shape = _Shape(descriptor, shapes)
         # A Struct nests without bound; the server's parser stops at a depth (upb's 100).
-        self.open_ended = any(
-            kind == STRUCT for s in shapes.values() for kind, _, _ in s.fields.values()
-        )
+        self.open_ended = any(s.open_ended for s in shapes.values())
 
     def __call__(self, data: dict[str, Any]) -> Message:
         """The message; UnknownField, or json_format.ParseError with json_format's words."""
@@ -261,40 +302,45 @@ def _other(message: Message) -> Any:
 
 class Encoder:
     """Turns messages of one type into JSON-ready dicts exactly as json_format.MessageToDict
-    (proto field names, fields without presence always printed)."""
+    (proto field names, fields without presence always printed).
+
+    The work per message is compiled once per type into straight-line code (a loop over field
+    specs costs several times more on a 500-result response)."""
 
     def __init__(self, descriptor: Descriptor, encoders: dict[str, Encoder] | None = None) -> None:
         encoders = {} if encoders is None else encoders
         encoders[descriptor.full_name] = self
-        self.specs = [_output_spec(f, encoders) for f in descriptor.fields]
-        self.whole: Callable[[Message], Any] | None = None
         if any(is_map(f) for f in descriptor.fields):
-            self.whole = _other  # maps: rare in this API, json_format does them
+            self.encode: Callable[[Message], dict[str, Any]] = _other  # rare here: json_format
+            return
+        self.encode = _compile(descriptor, encoders)
 
     def __call__(self, message: Message) -> dict[str, Any]:
-        if self.whole is not None:
-            return dict(self.whole(message))
-        out: dict[str, Any] = {}
-        for name, presence, repeated, convert in self.specs:
-            if presence and not message.HasField(name):
-                continue
-            value = getattr(message, name)
-            if convert is None:
-                out[name] = list(value) if repeated else value
-            elif repeated:
-                out[name] = [convert(v) for v in value]
-            else:
-                out[name] = convert(value)
-        return out
+        return self.encode(message)
 
 
-_Spec = tuple[str, bool, bool, Callable[[Any], Any] | None]
-
-
-def _output_spec(field: FieldDescriptor, encoders: dict[str, Encoder]) -> _Spec:
-    kind, repeated = kind_of(field), is_repeated(field)
-    presence = bool(field.has_presence) and not repeated
-    return field.name, presence, repeated, _converter(field, kind, encoders)
+def _compile(descriptor: Descriptor, encoders: dict[str, Encoder]) -> Callable[[Any], Any]:
+    """def encode(m): out = {}; out["id"] = m.id; if m.HasField("error"): ...; return out"""
+    lines = ["def encode(m):", "    out = {}"]
+    names: dict[str, Any] = {}
+    for i, f in enumerate(descriptor.fields):
+        convert = _converter(f, kind_of(f), encoders)
+        if convert is not None:
+            names[f"c{i}"] = convert
+        get = f"getattr(m, {f.name!r})" if keyword.iskeyword(f.name) else f"m.{f.name}"
+        if is_repeated(f):
+            value = f"[c{i}(v) for v in {get}]" if convert else f"list({get})"
+        else:
+            value = f"c{i}({get})" if convert else get
+        if f.has_presence and not is_repeated(f):
+            lines.append(f"    if m.HasField({f.name!r}):")
+            lines.append(f"        out[{f.name!r}] = {value}")
+        else:
+            lines.append(f"    out[{f.name!r}] = {value}")
+    lines.append("    return out")
+    exec("\n".join(lines), names)  # the source is made of field names and fixed text only
+    encode: Callable[[Any], Any] = names["encode"]
+    return encode
 
 
 def _converter(
@@ -302,6 +348,7 @@ def _converter(
 ) -> Callable[[Any], Any] | None:
     if kind == MSG:
         message = message_of(field)
+        # Through the Encoder, not its function: a recursive type's may not be compiled yet.
         return encoders.get(message.full_name) or Encoder(message, encoders)
     if kind == ENUM and field.enum_type is not None:
         names = {v.number: v.name for v in field.enum_type.values}
