@@ -64,7 +64,11 @@ class Door:
         ]
         channel = grpc.aio.insecure_channel(target, options=options)
         app = _application([Route(b, channel) for b in bindings(services)], max_message_bytes)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # A client that goes away cancels its handler, and so its gRPC call (a subscription
+        # would otherwise notice only at its next heartbeat).
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await runner.setup()
         site = web.SockSite(runner, sock)
         await site.start()

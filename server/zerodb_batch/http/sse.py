@@ -51,12 +51,13 @@ async def serve(request: web.Request, route: Route, options: CallOptions) -> web
 
 async def _relay(call: Any, reply: Any, route: Route, response: web.StreamResponse) -> None:
     try:
-        while reply is not grpc.aio.EOF:
-            await response.write(frame(route.output.FromString(reply)))
-            reply = await call.read()
-    except grpc.aio.AioRpcError as e:
-        _, body = rpc_error_body(e)
-        await response.write(b"event: error\ndata: " + orjson.dumps(body) + b"\n\n")
+        try:
+            while reply is not grpc.aio.EOF:
+                await response.write(frame(route.output.FromString(reply)))
+                reply = await call.read()
+        except grpc.aio.AioRpcError as e:
+            _, body = rpc_error_body(e)
+            await response.write(b"event: error\ndata: " + orjson.dumps(body) + b"\n\n")
     except ConnectionError:
         pass  # the client went away; the call is cancelled on the way out
 
