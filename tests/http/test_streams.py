@@ -143,7 +143,8 @@ def test_ndjson_load_cut_then_resumed(
     door: Door, rest: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A body cut short (mid-line, or between lines without the chunked end) is no clean end:
-    the door cancels the call, the load stays RUNNING and resumes where it stopped."""
+    the door cancels the call (never half-closes it), the load stays RUNNING with every
+    committed chunk, and resumes where it stopped."""
     caplog.set_level(logging.INFO, logger="zerodb_batch.rpc")
     load_id = f"cut-{len(rest)}"
     lines = chunks(load_id, 8, 50)

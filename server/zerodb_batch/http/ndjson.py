@@ -39,13 +39,16 @@ async def serve(request: web.Request, route: Route, options: CallOptions) -> web
     call = route.call(metadata=options.metadata, timeout=options.timeout)
     pump = asyncio.create_task(_pump(request, route, call))
     answer = asyncio.ensure_future(_answer(call))
+    answered = False
     try:
         await asyncio.wait({pump, answer}, return_when=asyncio.FIRST_COMPLETED)
         if pump.done() and pump.exception() is not None:
-            call.cancel()  # not a clean end: the load must not look finished
             raise pump.exception()  # type: ignore[misc]
         reply = await answer
+        answered = True
     finally:
+        if not answered:  # a bad line, a cut body, a client gone: never a clean end
+            call.cancel()  # first: cancelling the tasks alone let a cut load end as DONE
         for task in (pump, answer):
             task.cancel()
             with contextlib.suppress(BaseException):

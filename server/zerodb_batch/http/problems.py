@@ -15,7 +15,7 @@ import grpc
 import orjson
 from aiohttp import web
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from zerodb_batch.errors import DOMAIN
 
@@ -115,8 +115,3 @@ def respond(http_status: int, body: Mapping[str, Any], headers: Mapping[str, str
         content_type="application/json",
         headers=headers,
     )
-
-
-def code_name(code: int) -> str:
-    """The name of a google.rpc code number."""
-    return str(code_pb2.Code.Name(code))
