@@ -60,6 +60,7 @@ def service(database_url: str, redis_url: str, **env: str) -> Iterator[Service]:
         "ZERODB_REDIS_URL": redis_url,
         "ZERODB_LISTEN": address,
         "ZERODB_LOG_LEVEL": "WARNING",
+        "ZERODB_HTTP_LISTEN": "off",
         **env,
     }
     proc = subprocess.Popen(

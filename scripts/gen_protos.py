@@ -1,17 +1,22 @@
 """Regenerate generated/ from protos/: the one way generated code changes.
 
-Runs grpc_tools.protoc with the Python, mypy (.pyi) and gRPC plugins, then copies the google/api
-and google/rpc protos from the installed googleapis-common-protos into build/protodeps so that
-`buf lint` resolves imports without the network.
+Runs grpc_tools.protoc with the Python, mypy (.pyi) and gRPC plugins; writes the HTTP door's
+OpenAPI document (generated/zerodb/openapi.json, from a descriptor set with the proto comments);
+then copies the google/api and google/rpc protos from the installed googleapis-common-protos into
+build/protodeps so that `buf lint` resolves imports without the network.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import openapi
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
@@ -40,16 +45,17 @@ def well_known_root() -> Path:
     return Path(str(importlib.resources.files("grpc_tools"))) / "_proto"
 
 
+def _includes(googleapis: Path) -> list[str]:
+    return [f"-I{PROTOS}", f"-I{googleapis}", f"-I{well_known_root()}"]
+
+
 def _protoc(sources: list[Path], googleapis: Path) -> None:
-    well_known = well_known_root()
     bindir = Path(sys.executable).parent
     cmd = [
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"-I{PROTOS}",
-        f"-I{googleapis}",
-        f"-I{well_known}",
+        *_includes(googleapis),
         f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={OUT}",
@@ -59,6 +65,25 @@ def _protoc(sources: list[Path], googleapis: Path) -> None:
         *(str(s.relative_to(PROTOS)) for s in sources),
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)
+
+
+def descriptor_set(sources: list[Path], googleapis: Path) -> bytes:
+    """The protos and their imports as one FileDescriptorSet, comments included."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "set.binpb"
+        subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", *_includes(googleapis),
+             "--include_imports", "--include_source_info", f"--descriptor_set_out={out}",
+             *(str(s.relative_to(PROTOS)) for s in sources)],
+            check=True, cwd=PROTOS,
+        )  # fmt: skip
+        return out.read_bytes()
+
+
+def _write_openapi(sources: list[Path], googleapis: Path) -> None:
+    document = openapi.build(descriptor_set(sources, googleapis))
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    (OUT / "zerodb" / "openapi.json").write_text(text)
 
 
 def main() -> None:
@@ -71,6 +96,7 @@ def main() -> None:
     for pkg in {p.parent for p in OUT.rglob("*_pb2.py")} | {OUT / "zerodb"}:
         (pkg / "__init__.py").touch()
         (pkg / "py.typed").touch()
+    _write_openapi(sources, googleapis)
     print(f"generated {len(sources)} protos into {OUT.relative_to(ROOT)}/")
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from zerodb.v1 import (
     event_pb2,
@@ -29,11 +30,13 @@ from zerodb.v1 import (
 from zerodb_batch.api.event_service import EventServicer
 from zerodb_batch.api.load_service import LoadServicer
 from zerodb_batch.api.memory_service import MemoryServicer
+from zerodb_batch.api.reflection import enable_reflection
 from zerodb_batch.config import Settings
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.errors import StartupError
 from zerodb_batch.events.relay import Relay
 from zerodb_batch.events.streams import Streams
+from zerodb_batch.http.door import Door
 from zerodb_batch.interceptors.api_interceptor import ApiInterceptor
 from zerodb_batch.interceptors.auth import Authenticator
 from zerodb_batch.storage import idempotency, keys, shared_secrets
@@ -42,8 +45,8 @@ from zerodb_batch.storage.pool import Database, open_database
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = tuple(
-    module.DESCRIPTOR.services_by_name[name].full_name
+SERVICES = tuple(
+    module.DESCRIPTOR.services_by_name[name]
     for module, name in (
         (table_pb2, "TableService"),
         (memory_pb2, "MemoryService"),
@@ -53,6 +56,7 @@ SERVICE_NAMES = tuple(
         (load_pb2, "LoadService"),
     )
 )
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
 @dataclass
@@ -68,7 +72,12 @@ class App:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     streams: tuple[Streams, ...] = ()
     events: EventServicer | None = None
+    door: Door | None = None  # the HTTP/JSON door, when on
     stopped: bool = False
+
+    @property
+    def http_port(self) -> int | None:
+        return self.door.port if self.door else None
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: stop taking calls, let running ones finish for `grace` seconds, then close.
@@ -78,10 +87,14 @@ class App:
         if self.stopped:
             return
         self.stopped = True
+        if self.door is not None:
+            await self.door.stop_accepting()
         await self.health.enter_graceful_shutdown()
         if self.events is not None:
             await self.events.shut_down()
         await self.server.stop(self.settings.drain_seconds if grace is None else grace)
+        if self.door is not None:
+            await self.door.close()
         await _cancel(self.tasks)
         for streams in self.streams:
             await streams.close()
@@ -120,7 +133,9 @@ async def start(settings: Settings) -> App:
         events = EventServicer(db, tokens, streams, relay, settings.max_subscriptions)
         server, health = await _build(settings, db, tokens, events)
         port = _bind(server, settings.listen)
+        door_target = _private_port(server) if settings.http_enabled else None
         await server.start()
+        door = await _open_door(settings, door_target, server)
     except BaseException:
         await streams.close()
         await relay_streams.close()
@@ -129,6 +144,7 @@ async def start(settings: Settings) -> App:
     app = App(settings, db, server, health, port, bootstrap, streams=(streams, relay_streams))
     app.events = events
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
+    app.door = door
     app.tasks.append(asyncio.create_task(relay.run()))
     return app
 
@@ -183,13 +199,8 @@ async def _build(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    enable_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
     return server, health
 
@@ -199,6 +210,26 @@ def _unbuilt(base: Any) -> Any:
     NotImplementedError (UNIMPLEMENTED, reason NOT_IMPLEMENTED). Its type stubs call it
     abstract, which it is not at run time."""
     return base()
+
+
+def _private_port(server: grpc.aio.Server) -> str:
+    """A socket only this process knows, for the HTTP door's calls into the server."""
+    target = f"unix-abstract:zerodb-batch-{os.getpid()}-{secrets.token_hex(8)}"
+    if not server.add_insecure_port(target):
+        raise StartupError("cannot open the HTTP door's private socket")
+    return target
+
+
+async def _open_door(
+    settings: Settings, target: str | None, server: grpc.aio.Server
+) -> Door | None:
+    if target is None:
+        return None
+    try:
+        return await Door.start(settings.http_listen, target, SERVICES, settings.max_message_bytes)
+    except BaseException:
+        await server.stop(0)
+        raise
 
 
 def _bind(server: grpc.aio.Server, listen: str) -> int:

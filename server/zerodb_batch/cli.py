@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from zerodb_batch import app as app_module
 from zerodb_batch import load_kinds, loader
-from zerodb_batch.config import ClientSettings, Settings
+from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
 from zerodb_batch.storage import keys
@@ -41,9 +41,16 @@ def main(argv: list[str] | None = None) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zerodb-batch", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    sub.add_parser(
-        "serve", help="serve gRPC (embedded PostgreSQL/Valkey unless URLs are set)"
-    ).set_defaults(run=serve)
+    serve_cmd = sub.add_parser(
+        "serve", help="serve gRPC and HTTP/JSON (embedded PostgreSQL/Valkey unless URLs are set)"
+    )
+    serve_cmd.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="HTTP/JSON listen address, or `off` (default: $ZERODB_HTTP_LISTEN or "
+        f"{DEFAULT_HTTP_LISTEN})",
+    )
+    serve_cmd.set_defaults(run=serve)
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(run=_migrate)
     key_cmds = sub.add_parser("keys", help="manage API keys").add_subparsers(
         required=True, metavar="ACTION"
@@ -65,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 # ---- serve -------------------------------------------------------------------------------
 
 
-def serve(settings: Settings, _: argparse.Namespace) -> None:
+def serve(settings: Settings, args: argparse.Namespace) -> None:
+    if args.http is not None:
+        settings = settings.with_http(args.http)
     if settings.database_url and settings.redis_url:
         asyncio.run(_serve(settings, None))
         return
@@ -94,6 +103,9 @@ async def _serve(settings: Settings, embedded: Embedded | None) -> None:
 
 def _announce(running: app_module.App) -> None:
     print(f"zerodb-batch serving on {_address(running)}", flush=True)
+    if running.http_port is not None:
+        host = running.settings.http_listen.rpartition(":")[0]
+        print(f"HTTP/JSON on http://{host}:{running.http_port}", flush=True)
     if running.bootstrap_key:
         project, key = running.bootstrap_key
         print("first start: created a project and a development API key (shown once)")

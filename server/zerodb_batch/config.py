@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+# Where `serve` takes HTTP/JSON calls unless told otherwise. A Settings built in code (tests,
+# benchmarks) has HTTP off, so that nothing binds this shared port by accident.
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+HTTP_OFF = "off"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -16,6 +21,7 @@ class Settings:
     redis_url: str | None = None  # None: start the embedded Valkey under data_dir
     data_dir: Path = Path(".zerodb")
     listen: str = "127.0.0.1:50051"
+    http_listen: str = HTTP_OFF  # HOST:PORT of the HTTP/JSON door, or `off`
     pool_min: int = 2
     pool_max: int = 10
     pool_timeout: float = 10.0  # seconds a call waits for a connection before UNAVAILABLE
@@ -38,6 +44,7 @@ class Settings:
             redis_url=e.get("ZERODB_REDIS_URL") or None,
             data_dir=Path(e.get("ZERODB_DATA_DIR", str(d.data_dir))),
             listen=e.get("ZERODB_LISTEN", d.listen),
+            http_listen=e.get("ZERODB_HTTP_LISTEN", DEFAULT_HTTP_LISTEN).strip() or HTTP_OFF,
             pool_min=int(e.get("ZERODB_DB_POOL_MIN", d.pool_min)),
             pool_max=int(e.get("ZERODB_DB_POOL_MAX", d.pool_max)),
             pool_timeout=float(e.get("ZERODB_DB_TIMEOUT_SECONDS", d.pool_timeout)),
@@ -57,6 +64,14 @@ class Settings:
                 e.get("ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", d.event_relay_redis_connections)
             ),
         )
+
+    @property
+    def http_enabled(self) -> bool:
+        return self.http_listen.lower() != HTTP_OFF
+
+    def with_http(self, listen: str) -> Settings:
+        """These settings with the HTTP/JSON door at `listen` (`off` turns it off)."""
+        return replace(self, http_listen=listen.strip() or HTTP_OFF)
 
     def with_backends(self, database_url: str, redis_url: str) -> Settings:
         """These settings pointed at concrete servers (the embedded ones, once started)."""

@@ -81,7 +81,14 @@ class Serve:
 
 
 def serve_env(data_dir: Path, listen: str, **extra: str) -> dict[str, str]:
-    env = {"ZERODB_DATA_DIR": str(data_dir), "ZERODB_LISTEN": listen, "ZERODB_DRAIN_SECONDS": "2"}
+    """The environment of a `serve` subprocess: HTTP off unless `extra` says otherwise (never
+    the default port 8080, which other test sessions on this machine may hold)."""
+    env = {
+        "ZERODB_DATA_DIR": str(data_dir),
+        "ZERODB_LISTEN": listen,
+        "ZERODB_DRAIN_SECONDS": "2",
+        "ZERODB_HTTP_LISTEN": "off",
+    }
     for name in ("ZERODB_DATABASE_URL", "ZERODB_REDIS_URL"):
         env[name] = ""
     return {**env, **extra}

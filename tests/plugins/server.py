@@ -33,6 +33,8 @@ class ServerThread:
         self.thread.start()
         self.app = self.run(app.start(settings))
         self.address = f"127.0.0.1:{self.app.port}"
+        # The HTTP/JSON door's base URL (None when the settings turn it off).
+        self.http = f"http://127.0.0.1:{self.app.http_port}" if self.app.http_port else None
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -55,11 +57,13 @@ class ServerThread:
 
 
 def server_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
-    """Settings for a test server: port 0, no auth cache, short drain and pool timeouts."""
+    """Settings for a test server: ports 0 (gRPC and HTTP), no auth cache, short drain and pool
+    timeouts. Never a fixed HTTP port: several test sessions share this machine."""
     base = Settings(
         database_url=database_url,
         redis_url=redis_url,
         listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
         auth_cache_seconds=0,
         drain_seconds=1,
         pool_timeout=2,
