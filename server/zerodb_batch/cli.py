@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from zerodb_batch import app as app_module
 from zerodb_batch import load_kinds, loader
-from zerodb_batch.config import ClientSettings, Settings
+from zerodb_batch.config import ClientSettings, SettingError, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
 from zerodb_batch.storage import keys
@@ -27,7 +27,11 @@ log = logging.getLogger("zerodb_batch")
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingError as e:
+        print(f"zerodb-batch: {e}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

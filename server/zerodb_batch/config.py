@@ -1,11 +1,26 @@
-"""Settings: the only module that reads the environment."""
+"""Settings: the only module that reads the environment, and checks every value it reads."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_MAX_INT32 = 2**31 - 1  # gRPC's message length limits are C ints
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(?P<port>[0-9]{1,5})")
+
+
+class SettingError(ValueError):
+    """A setting whose value the server cannot take; the message is one line for a human."""
+
+    def __init__(self, name: str, value: str, expected: str) -> None:
+        super().__init__(f"{name}={value!r} is invalid: expected {expected}")
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -31,36 +46,106 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        e = os.environ if env is None else env
-        d = cls()
-        return cls(
-            database_url=e.get("ZERODB_DATABASE_URL") or None,
-            redis_url=e.get("ZERODB_REDIS_URL") or None,
-            data_dir=Path(e.get("ZERODB_DATA_DIR", str(d.data_dir))),
-            listen=e.get("ZERODB_LISTEN", d.listen),
-            pool_min=int(e.get("ZERODB_DB_POOL_MIN", d.pool_min)),
-            pool_max=int(e.get("ZERODB_DB_POOL_MAX", d.pool_max)),
-            pool_timeout=float(e.get("ZERODB_DB_TIMEOUT_SECONDS", d.pool_timeout)),
-            auth_cache_seconds=float(e.get("ZERODB_AUTH_CACHE_SECONDS", d.auth_cache_seconds)),
-            idempotency_ttl_hours=int(
-                e.get("ZERODB_IDEMPOTENCY_TTL_HOURS", d.idempotency_ttl_hours)
+        """The settings in `env` (default: os.environ); raises SettingError on a bad value."""
+        r, d = _Reader(os.environ if env is None else env), cls()
+        settings = cls(
+            database_url=r.text("ZERODB_DATABASE_URL"),
+            redis_url=r.redis_url("ZERODB_REDIS_URL"),
+            data_dir=Path(r.text("ZERODB_DATA_DIR") or d.data_dir),
+            listen=r.listen("ZERODB_LISTEN", d.listen),
+            pool_min=r.integer("ZERODB_DB_POOL_MIN", d.pool_min, 0, 1000),
+            pool_max=r.integer("ZERODB_DB_POOL_MAX", d.pool_max, 1, 1000),
+            pool_timeout=r.number("ZERODB_DB_TIMEOUT_SECONDS", d.pool_timeout, 0.1, 3600),
+            auth_cache_seconds=r.number("ZERODB_AUTH_CACHE_SECONDS", d.auth_cache_seconds, 0, 3600),
+            idempotency_ttl_hours=r.integer(
+                "ZERODB_IDEMPOTENCY_TTL_HOURS", d.idempotency_ttl_hours, 1, 24 * 366
             ),
-            max_message_bytes=int(e.get("ZERODB_MAX_MESSAGE_BYTES", d.max_message_bytes)),
-            drain_seconds=float(e.get("ZERODB_DRAIN_SECONDS", d.drain_seconds)),
-            log_level=e.get("ZERODB_LOG_LEVEL", d.log_level).upper(),
-            event_stream_maxlen=int(e.get("ZERODB_EVENT_STREAM_MAXLEN", d.event_stream_maxlen)),
-            event_relay_poll_seconds=float(
-                e.get("ZERODB_EVENT_RELAY_POLL_SECONDS", d.event_relay_poll_seconds)
+            max_message_bytes=r.integer(
+                "ZERODB_MAX_MESSAGE_BYTES", d.max_message_bytes, 1024 * 1024, _MAX_INT32
             ),
-            max_subscriptions=int(e.get("ZERODB_MAX_SUBSCRIPTIONS", d.max_subscriptions)),
-            event_relay_redis_connections=int(
-                e.get("ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", d.event_relay_redis_connections)
+            drain_seconds=r.number("ZERODB_DRAIN_SECONDS", d.drain_seconds, 0, 3600),
+            log_level=r.choice("ZERODB_LOG_LEVEL", d.log_level, LOG_LEVELS),
+            event_stream_maxlen=r.integer(
+                "ZERODB_EVENT_STREAM_MAXLEN", d.event_stream_maxlen, 1, 1_000_000_000
+            ),
+            event_relay_poll_seconds=r.number(
+                "ZERODB_EVENT_RELAY_POLL_SECONDS", d.event_relay_poll_seconds, 0.01, 3600
+            ),
+            max_subscriptions=r.integer(
+                "ZERODB_MAX_SUBSCRIPTIONS", d.max_subscriptions, 0, 100_000
+            ),
+            event_relay_redis_connections=r.integer(
+                "ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", d.event_relay_redis_connections, 1, 1000
             ),
         )
+        if settings.pool_max < settings.pool_min:
+            raise SettingError(
+                "ZERODB_DB_POOL_MAX",
+                str(settings.pool_max),
+                f"at least ZERODB_DB_POOL_MIN ({settings.pool_min})",
+            )
+        return settings
 
     def with_backends(self, database_url: str, redis_url: str) -> Settings:
         """These settings pointed at concrete servers (the embedded ones, once started)."""
         return replace(self, database_url=database_url, redis_url=redis_url)
+
+
+class _Reader:
+    """Reads one kind of value per method; an unset or empty variable gives the default."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str) -> str | None:
+        return self._env.get(name) or None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1  # refused below, with the range in the message
+        if not low <= value <= high:
+            raise SettingError(name, raw, f"an integer from {low} to {high}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan  # refused below (NaN is in no range), with the range
+        if not low <= value <= high:
+            raise SettingError(name, raw, f"a number of seconds from {low:g} to {high:g}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        if raw.upper() not in choices:
+            raise SettingError(name, raw, f"one of {', '.join(choices)}")
+        return raw.upper()
+
+    def listen(self, name: str, default: str) -> str:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        found = _HOST_PORT.fullmatch(raw)
+        if found is None or int(found["port"]) > 65535:
+            raise SettingError(name, raw, "host:port with a port from 0 to 65535")
+        return raw
+
+    def redis_url(self, name: str) -> str | None:
+        raw = self._env.get(name, "").strip()
+        if raw and not raw.startswith(REDIS_SCHEMES):
+            raise SettingError(name, raw, f"a URL starting with {', '.join(REDIS_SCHEMES)}")
+        return raw or None
 
 
 @dataclass(frozen=True)
