@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from zerodb.v1 import (
@@ -62,7 +62,7 @@ class App:
     settings: Settings
     db: Database
     server: grpc.aio.Server
-    health: HealthServicer
+    health: health_aio.HealthServicer
     port: int = 0
     bootstrap_key: tuple[str, str] | None = None  # (project_id, key) made on first start
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -158,7 +158,7 @@ async def _prepare(db: Database) -> tuple[tuple[str, str] | None, PageTokens]:
 
 async def _build(
     settings: Settings, db: Database, tokens: PageTokens, event_service: EventServicer
-) -> tuple[grpc.aio.Server, HealthServicer]:
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(Authenticator(db, settings.auth_cache_seconds))],
         options=[
@@ -179,7 +179,7 @@ async def _build(
     rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(
         _unbuilt(rlhf_pb2_grpc.RlhfServiceServicer), server
     )
-    health = HealthServicer()
+    health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)

