@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +37,11 @@ from zerodb_batch.events.relay import Relay
 from zerodb_batch.events.streams import Streams
 from zerodb_batch.interceptors.api_interceptor import ApiInterceptor
 from zerodb_batch.interceptors.auth import Authenticator
+from zerodb_batch.monitor import PROBE_TIMEOUT, DependencyMonitor, DependencyState
 from zerodb_batch.storage import idempotency, keys, shared_secrets
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Database, open_database
+from zerodb_batch.storage.probe import PostgresProbe
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class App:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     streams: tuple[Streams, ...] = ()
     events: EventServicer | None = None
+    monitor: DependencyMonitor | None = None
+    probe: PostgresProbe | None = None
     stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
@@ -85,6 +90,8 @@ class App:
         await _cancel(self.tasks)
         for streams in self.streams:
             await streams.close()
+        if self.probe is not None:
+            await self.probe.close()
         await self.db.close()
 
 
@@ -130,7 +137,34 @@ async def start(settings: Settings) -> App:
     app.events = events
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
     app.tasks.append(asyncio.create_task(relay.run()))
+    _watch_dependencies(app, settings)
     return app
+
+
+def _watch_dependencies(app: App, settings: Settings) -> None:
+    """Health follows PostgreSQL, probed (like Redis) on connections of the monitor's own."""
+    assert settings.database_url and settings.redis_url
+    probe_streams = Streams.open(
+        settings.redis_url, settings.event_stream_maxlen, 1, socket_timeout=PROBE_TIMEOUT
+    )
+    app.streams += (probe_streams,)
+    app.probe = PostgresProbe(settings.database_url)
+    app.monitor = DependencyMonitor(app.probe, probe_streams.ping, settings.health_probe_seconds)
+    app.monitor.subscribe(functools.partial(_follow, app.health))
+    app.tasks.append(asyncio.create_task(app.monitor.run()))
+
+
+async def _follow(health: health_aio.HealthServicer, state: DependencyState) -> None:
+    """Every service needs PostgreSQL (API keys live there), so all of them follow it.
+
+    A Redis outage changes no status: publishing and ListEvents go on (the outbox keeps the
+    events), only subscriptions and acks answer UNAVAILABLE, and every replica shares the one
+    Redis, so a client sent elsewhere by NOT_SERVING would gain nothing and lose its publishes.
+    """
+    up = health_pb2.HealthCheckResponse.SERVING
+    status = up if state.postgres_up else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, status)
 
 
 async def _open(settings: Settings) -> Database:

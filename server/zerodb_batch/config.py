@@ -43,6 +43,7 @@ class Settings:
     event_relay_poll_seconds: float = 1.0  # how often the relay looks for events left behind
     max_subscriptions: int = 1000  # open SubscribeEvents calls per server; more: RESOURCE_EXHAUSTED
     event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
+    health_probe_seconds: float = 1.0  # how often PostgreSQL and Redis are probed for health
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +77,9 @@ class Settings:
             ),
             event_relay_redis_connections=r.integer(
                 "ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", d.event_relay_redis_connections, 1, 1000
+            ),
+            health_probe_seconds=r.number(
+                "ZERODB_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1, 60
             ),
         )
         if settings.pool_max < settings.pool_min:

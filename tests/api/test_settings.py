@@ -28,6 +28,7 @@ BAD = [
     ("ZERODB_EVENT_RELAY_POLL_SECONDS", "0", "a number of seconds from 0.01 to 3600"),
     ("ZERODB_MAX_SUBSCRIPTIONS", "-3", "an integer from 0 to 100000"),
     ("ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", "0", "an integer from 1 to 1000"),
+    ("ZERODB_HEALTH_PROBE_SECONDS", "0", "a number of seconds from 0.1 to 60"),
     ("ZERODB_LISTEN", "localhost", "host:port with a port from 0 to 65535"),
     ("ZERODB_LISTEN", "127.0.0.1:70000", "host:port with a port from 0 to 65535"),
     ("ZERODB_REDIS_URL", "localhost:6379", "a URL starting with redis://, rediss://, unix://"),
