@@ -72,7 +72,6 @@ class App:
     streams: tuple[Streams, ...] = ()
     events: EventServicer | None = None
     monitor: DependencyMonitor | None = None
-    probe: PostgresProbe | None = None
     stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
@@ -90,8 +89,8 @@ class App:
         await _cancel(self.tasks)
         for streams in self.streams:
             await streams.close()
-        if self.probe is not None:
-            await self.probe.close()
+        if self.monitor is not None:
+            await self.monitor.close()
         await self.db.close()
 
 
@@ -112,6 +111,7 @@ async def start(settings: Settings) -> App:
         raise StartupError("no database URL: start the embedded PostgreSQL first")
     if not settings.redis_url:
         raise StartupError("no Redis URL: start the embedded Valkey first")
+    monitor = _monitor(settings.database_url, settings.redis_url, settings)
     db = await _open(settings)
     # No connection yet: a Redis that is down only delays events (the outbox keeps them).
     # Publishers and the relay have connections of their own: a crowd of subscriptions holding
@@ -131,27 +131,25 @@ async def start(settings: Settings) -> App:
     except BaseException:
         await streams.close()
         await relay_streams.close()
+        await monitor.close()
         await db.close()
         raise
     app = App(settings, db, server, health, port, bootstrap, streams=(streams, relay_streams))
-    app.events = events
+    app.events, app.monitor = events, monitor
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
     app.tasks.append(asyncio.create_task(relay.run()))
-    _watch_dependencies(app, settings)
+    monitor.subscribe(functools.partial(_follow, health))
+    app.tasks.append(asyncio.create_task(monitor.run()))
     return app
 
 
-def _watch_dependencies(app: App, settings: Settings) -> None:
-    """Health follows PostgreSQL, probed (like Redis) on connections of the monitor's own."""
-    assert settings.database_url and settings.redis_url
-    probe_streams = Streams.open(
-        settings.redis_url, settings.event_stream_maxlen, 1, socket_timeout=PROBE_TIMEOUT
-    )
-    app.streams += (probe_streams,)
-    app.probe = PostgresProbe(settings.database_url)
-    app.monitor = DependencyMonitor(app.probe, probe_streams.ping, settings.health_probe_seconds)
-    app.monitor.subscribe(functools.partial(_follow, app.health))
-    app.tasks.append(asyncio.create_task(app.monitor.run()))
+def _monitor(database_url: str, redis_url: str, settings: Settings) -> DependencyMonitor:
+    """The dependency monitor, probing on connections of its own (not the pool's: calls holding
+    every pooled connection must not make PostgreSQL look down)."""
+    postgres = PostgresProbe(database_url)
+    redis = Streams.open(redis_url, settings.event_stream_maxlen, 1, socket_timeout=PROBE_TIMEOUT)
+    closers = (postgres.close, redis.close)
+    return DependencyMonitor(postgres, redis.ping, settings.health_probe_seconds, closers)
 
 
 async def _follow(health: health_aio.HealthServicer, state: DependencyState) -> None:

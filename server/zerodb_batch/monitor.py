@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 
 from zerodb_batch.errors import Unavailable
@@ -43,9 +43,16 @@ class DependencyMonitor:
     probe starts once it has ended.
     """
 
-    def __init__(self, postgres: Probe, redis: Probe, interval: float) -> None:
+    def __init__(
+        self,
+        postgres: Probe,
+        redis: Probe,
+        interval: float,
+        closers: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
         self._probes = {"postgres": postgres, "redis": redis}
         self._interval = interval
+        self._closers = closers  # of the probes' connections
         self._state = DependencyState()
         self._pending: dict[str, asyncio.Task[object]] = {}
         self._listeners: list[Listener] = []
@@ -86,6 +93,13 @@ class DependencyMonitor:
         finally:
             for task in self._pending.values():
                 task.cancel()
+            if self._pending:  # a cancelled probe may need a moment to close its connection
+                await asyncio.wait(self._pending.values(), timeout=PROBE_TIMEOUT)
+
+    async def close(self) -> None:
+        """Close the probes' connections (after run() has ended)."""
+        for close in self._closers:
+            await close()
 
     async def check(self) -> DependencyState:
         """Probe both dependencies now; tell the listeners if anything changed."""
