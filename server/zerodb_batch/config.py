@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -105,27 +107,24 @@ class _Reader:
         return self._env.get(name) or None
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self._env.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1  # refused below, with the range in the message
-        if not low <= value <= high:
-            raise SettingError(name, raw, f"an integer from {low} to {high}")
-        return value
+        return self._ranged(name, default, int, low, high, f"an integer from {low} to {high}")
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
+        expected = f"a number of seconds from {low:g} to {high:g}"
+        return self._ranged(name, default, float, low, high, expected)
+
+    def _ranged(
+        self, name: str, default: N, parse: Callable[[str], N], low: N, high: N, expected: str
+    ) -> N:
         raw = self._env.get(name, "").strip()
         if not raw:
             return default
         try:
-            value = float(raw)
+            value = parse(raw)
         except ValueError:
-            value = math.nan  # refused below (NaN is in no range), with the range
-        if not low <= value <= high:
-            raise SettingError(name, raw, f"a number of seconds from {low:g} to {high:g}")
+            raise SettingError(name, raw, expected) from None
+        if not low <= value <= high:  # NaN is in no range
+            raise SettingError(name, raw, expected)
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
