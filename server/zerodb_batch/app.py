@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -11,7 +12,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 
 from zerodb.v1 import (
     event_pb2,
@@ -39,9 +40,11 @@ from zerodb_batch.events.streams import Streams
 from zerodb_batch.http.door import Door
 from zerodb_batch.interceptors.api_interceptor import ApiInterceptor
 from zerodb_batch.interceptors.auth import Authenticator
+from zerodb_batch.monitor import PROBE_TIMEOUT, DependencyMonitor, DependencyState
 from zerodb_batch.storage import idempotency, keys, shared_secrets
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Database, open_database
+from zerodb_batch.storage.probe import PostgresProbe
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +69,14 @@ class App:
     settings: Settings
     db: Database
     server: grpc.aio.Server
-    health: HealthServicer
+    health: health_aio.HealthServicer
     port: int = 0
     bootstrap_key: tuple[str, str] | None = None  # (project_id, key) made on first start
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     streams: tuple[Streams, ...] = ()
     events: EventServicer | None = None
     door: Door | None = None  # the HTTP/JSON door, when on
+    monitor: DependencyMonitor | None = None
     stopped: bool = False
 
     @property
@@ -98,6 +102,8 @@ class App:
         await _cancel(self.tasks)
         for streams in self.streams:
             await streams.close()
+        if self.monitor is not None:
+            await self.monitor.close()
         await self.db.close()
 
 
@@ -118,6 +124,7 @@ async def start(settings: Settings) -> App:
         raise StartupError("no database URL: start the embedded PostgreSQL first")
     if not settings.redis_url:
         raise StartupError("no Redis URL: start the embedded Valkey first")
+    monitor = _monitor(settings.database_url, settings.redis_url, settings)
     db = await _open(settings)
     # No connection yet: a Redis that is down only delays events (the outbox keeps them).
     # Publishers and the relay have connections of their own: a crowd of subscriptions holding
@@ -139,14 +146,39 @@ async def start(settings: Settings) -> App:
     except BaseException:
         await streams.close()
         await relay_streams.close()
+        await monitor.close()
         await db.close()
         raise
     app = App(settings, db, server, health, port, bootstrap, streams=(streams, relay_streams))
-    app.events = events
+    app.events, app.monitor = events, monitor
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
     app.door = door
     app.tasks.append(asyncio.create_task(relay.run()))
+    monitor.subscribe(functools.partial(_follow, health))
+    app.tasks.append(asyncio.create_task(monitor.run()))
     return app
+
+
+def _monitor(database_url: str, redis_url: str, settings: Settings) -> DependencyMonitor:
+    """The dependency monitor, probing on connections of its own (not the pool's: calls holding
+    every pooled connection must not make PostgreSQL look down)."""
+    postgres = PostgresProbe(database_url)
+    redis = Streams.open(redis_url, settings.event_stream_maxlen, 1, socket_timeout=PROBE_TIMEOUT)
+    closers = (postgres.close, redis.close)
+    return DependencyMonitor(postgres, redis.ping, settings.health_probe_seconds, closers)
+
+
+async def _follow(health: health_aio.HealthServicer, state: DependencyState) -> None:
+    """Every service needs PostgreSQL (API keys live there), so all of them follow it.
+
+    A Redis outage changes no status: publishing and ListEvents go on (the outbox keeps the
+    events), only subscriptions and acks answer UNAVAILABLE, and every replica shares the one
+    Redis, so a client sent elsewhere by NOT_SERVING would gain nothing and lose its publishes.
+    """
+    up = health_pb2.HealthCheckResponse.SERVING
+    status = up if state.postgres_up else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, status)
 
 
 async def _open(settings: Settings) -> Database:
@@ -174,7 +206,7 @@ async def _prepare(db: Database) -> tuple[tuple[str, str] | None, PageTokens]:
 
 async def _build(
     settings: Settings, db: Database, tokens: PageTokens, event_service: EventServicer
-) -> tuple[grpc.aio.Server, HealthServicer]:
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(Authenticator(db, settings.auth_cache_seconds))],
         options=[
@@ -195,7 +227,7 @@ async def _build(
     rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(
         _unbuilt(rlhf_pb2_grpc.RlhfServiceServicer), server
     )
-    health = HealthServicer()
+    health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from zerodb_batch import app as app_module
 from zerodb_batch import load_kinds, loader
-from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, Settings
+from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, SettingError, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
 from zerodb_batch.storage import keys
@@ -24,10 +24,16 @@ from zerodb_batch.storage.pool import Conn, single_connection
 T = TypeVar("T")
 log = logging.getLogger("zerodb_batch")
 
+SUPERVISE_SECONDS = 1.0  # how often the embedded servers are checked for a death
+
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingError as e:
+        print(f"zerodb-batch: {e}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -119,11 +125,20 @@ def _address(running: app_module.App) -> str:
 
 
 async def _supervise(embedded: Embedded) -> None:
-    """Restart the embedded Valkey if it dies; the outbox covers what it missed meanwhile."""
+    """Restart an embedded server that died. Meanwhile calls answer UNAVAILABLE (PostgreSQL) or
+    leave events in the outbox (Valkey); the pool replaces its broken connections by itself."""
+    restarts = {
+        "PostgreSQL": embedded.postgres.restart_if_dead,
+        "Valkey": embedded.valkey.restart_if_dead,
+    }
     while True:
-        await asyncio.sleep(2)
-        if await asyncio.to_thread(embedded.valkey.restart_if_dead):
-            log.warning("embedded Valkey had stopped; restarted it")
+        await asyncio.sleep(SUPERVISE_SECONDS)
+        for name, restart_if_dead in restarts.items():
+            try:
+                if await asyncio.to_thread(restart_if_dead):
+                    log.warning("embedded %s had stopped; restarted it", name)
+            except EmbeddedError as e:
+                log.error("embedded %s could not be restarted; trying again: %s", name, e)
 
 
 # ---- maintenance commands ----------------------------------------------------------------

@@ -1,11 +1,29 @@
-"""Settings: the only module that reads the environment."""
+"""Settings: the only module that reads the environment, and checks every value it reads."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_MAX_INT32 = 2**31 - 1  # gRPC's message length limits are C ints
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(?P<port>[0-9]{1,5})")
+
+
+class SettingError(ValueError):
+    """A setting whose value the server cannot take; the message is one line for a human."""
+
+    def __init__(self, name: str, value: str, expected: str) -> None:
+        super().__init__(f"{name}={value!r} is invalid: expected {expected}")
+        self.name = name
+
 
 # Where `serve` takes HTTP/JSON calls unless told otherwise. A Settings built in code (tests,
 # benchmarks) has HTTP off, so that nothing binds this shared port by accident.
@@ -34,36 +52,53 @@ class Settings:
     event_relay_poll_seconds: float = 1.0  # how often the relay looks for events left behind
     max_subscriptions: int = 1000  # open SubscribeEvents calls per server; more: RESOURCE_EXHAUSTED
     event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
+    health_probe_seconds: float = 1.0  # how often PostgreSQL and Redis are probed for health
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        e = os.environ if env is None else env
-        d = cls()
-        return cls(
-            database_url=e.get("ZERODB_DATABASE_URL") or None,
-            redis_url=e.get("ZERODB_REDIS_URL") or None,
-            data_dir=Path(e.get("ZERODB_DATA_DIR", str(d.data_dir))),
-            listen=e.get("ZERODB_LISTEN", d.listen),
-            http_listen=e.get("ZERODB_HTTP_LISTEN", DEFAULT_HTTP_LISTEN).strip() or HTTP_OFF,
-            pool_min=int(e.get("ZERODB_DB_POOL_MIN", d.pool_min)),
-            pool_max=int(e.get("ZERODB_DB_POOL_MAX", d.pool_max)),
-            pool_timeout=float(e.get("ZERODB_DB_TIMEOUT_SECONDS", d.pool_timeout)),
-            auth_cache_seconds=float(e.get("ZERODB_AUTH_CACHE_SECONDS", d.auth_cache_seconds)),
-            idempotency_ttl_hours=int(
-                e.get("ZERODB_IDEMPOTENCY_TTL_HOURS", d.idempotency_ttl_hours)
+        """The settings in `env` (default: os.environ); raises SettingError on a bad value."""
+        r, d = _Reader(os.environ if env is None else env), cls()
+        settings = cls(
+            database_url=r.text("ZERODB_DATABASE_URL"),
+            redis_url=r.redis_url("ZERODB_REDIS_URL"),
+            data_dir=Path(r.text("ZERODB_DATA_DIR") or d.data_dir),
+            listen=r.listen("ZERODB_LISTEN", d.listen),
+            http_listen=r.http_listen("ZERODB_HTTP_LISTEN"),
+            pool_min=r.integer("ZERODB_DB_POOL_MIN", d.pool_min, 0, 1000),
+            pool_max=r.integer("ZERODB_DB_POOL_MAX", d.pool_max, 1, 1000),
+            pool_timeout=r.number("ZERODB_DB_TIMEOUT_SECONDS", d.pool_timeout, 0.1, 3600),
+            auth_cache_seconds=r.number("ZERODB_AUTH_CACHE_SECONDS", d.auth_cache_seconds, 0, 3600),
+            idempotency_ttl_hours=r.integer(
+                "ZERODB_IDEMPOTENCY_TTL_HOURS", d.idempotency_ttl_hours, 1, 24 * 366
             ),
-            max_message_bytes=int(e.get("ZERODB_MAX_MESSAGE_BYTES", d.max_message_bytes)),
-            drain_seconds=float(e.get("ZERODB_DRAIN_SECONDS", d.drain_seconds)),
-            log_level=e.get("ZERODB_LOG_LEVEL", d.log_level).upper(),
-            event_stream_maxlen=int(e.get("ZERODB_EVENT_STREAM_MAXLEN", d.event_stream_maxlen)),
-            event_relay_poll_seconds=float(
-                e.get("ZERODB_EVENT_RELAY_POLL_SECONDS", d.event_relay_poll_seconds)
+            max_message_bytes=r.integer(
+                "ZERODB_MAX_MESSAGE_BYTES", d.max_message_bytes, 1024 * 1024, _MAX_INT32
             ),
-            max_subscriptions=int(e.get("ZERODB_MAX_SUBSCRIPTIONS", d.max_subscriptions)),
-            event_relay_redis_connections=int(
-                e.get("ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", d.event_relay_redis_connections)
+            drain_seconds=r.number("ZERODB_DRAIN_SECONDS", d.drain_seconds, 0, 3600),
+            log_level=r.choice("ZERODB_LOG_LEVEL", d.log_level, LOG_LEVELS),
+            event_stream_maxlen=r.integer(
+                "ZERODB_EVENT_STREAM_MAXLEN", d.event_stream_maxlen, 1, 1_000_000_000
+            ),
+            event_relay_poll_seconds=r.number(
+                "ZERODB_EVENT_RELAY_POLL_SECONDS", d.event_relay_poll_seconds, 0.01, 3600
+            ),
+            max_subscriptions=r.integer(
+                "ZERODB_MAX_SUBSCRIPTIONS", d.max_subscriptions, 0, 100_000
+            ),
+            event_relay_redis_connections=r.integer(
+                "ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", d.event_relay_redis_connections, 1, 1000
+            ),
+            health_probe_seconds=r.number(
+                "ZERODB_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1, 60
             ),
         )
+        if settings.pool_max < settings.pool_min:
+            raise SettingError(
+                "ZERODB_DB_POOL_MAX",
+                str(settings.pool_max),
+                f"at least ZERODB_DB_POOL_MIN ({settings.pool_min})",
+            )
+        return settings
 
     @property
     def http_enabled(self) -> bool:
@@ -76,6 +111,69 @@ class Settings:
     def with_backends(self, database_url: str, redis_url: str) -> Settings:
         """These settings pointed at concrete servers (the embedded ones, once started)."""
         return replace(self, database_url=database_url, redis_url=redis_url)
+
+
+class _Reader:
+    """Reads one kind of value per method; an unset or empty variable gives the default."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str) -> str | None:
+        return self._env.get(name) or None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        return self._ranged(name, default, int, low, high, f"an integer from {low} to {high}")
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        expected = f"a number of seconds from {low:g} to {high:g}"
+        return self._ranged(name, default, float, low, high, expected)
+
+    def _ranged(
+        self, name: str, default: N, parse: Callable[[str], N], low: N, high: N, expected: str
+    ) -> N:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = parse(raw)
+        except ValueError:
+            raise SettingError(name, raw, expected) from None
+        if not low <= value <= high:  # NaN is in no range
+            raise SettingError(name, raw, expected)
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        if raw.upper() not in choices:
+            raise SettingError(name, raw, f"one of {', '.join(choices)}")
+        return raw.upper()
+
+    def listen(self, name: str, default: str) -> str:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        found = _HOST_PORT.fullmatch(raw)
+        if found is None or int(found["port"]) > 65535:
+            raise SettingError(name, raw, "host:port with a port from 0 to 65535")
+        return raw
+
+    def http_listen(self, name: str) -> str:
+        """Unset: the door's default address; empty or `off`: no door; else host:port."""
+        raw = self._env.get(name)
+        if raw is None:
+            return DEFAULT_HTTP_LISTEN
+        if raw.strip().lower() in ("", HTTP_OFF):
+            return HTTP_OFF
+        return self.listen(name, DEFAULT_HTTP_LISTEN)
+
+    def redis_url(self, name: str) -> str | None:
+        raw = self._env.get(name, "").strip()
+        if raw and not raw.startswith(REDIS_SCHEMES):
+            raise SettingError(name, raw, f"a URL starting with {', '.join(REDIS_SCHEMES)}")
+        return raw or None
 
 
 @dataclass(frozen=True)

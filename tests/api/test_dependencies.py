@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,10 +11,9 @@ import psycopg
 import pytest
 
 from tests.api.test_memory_upsert import SEED
-from tests.plugins.checks import Outage, details, outage_database, retry_unavailable
+from tests.plugins.checks import Outage, details, retry_unavailable
 from tests.plugins.serve import Serve, free_port, serve_env
-from tests.plugins.server import Project, ServerThread, server_settings
-from tests.plugins.services import Backends
+from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import memory_pb2
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 
@@ -24,14 +22,6 @@ T = TypeVar("T")
 PLAIN_POSTGRES = os.environ.get(
     "ZERODB_TEST_PLAIN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-
-
-@pytest.fixture
-def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
-    with outage_database(backends) as down:
-        running = ServerThread(server_settings(down.url, backends.redis_url))
-        yield down, running
-        running.close()
 
 
 def test_postgres_down_is_unavailable_then_recovers(outage: tuple[Outage, ServerThread]) -> None:

@@ -66,23 +66,26 @@ def kill_and_lose_the_tail(valkey: EmbeddedValkey, first_lost: str) -> None:
 def test_events_a_killed_redis_lost_are_appended_again(
     own_database: str, scratch_valkey: EmbeddedValkey
 ) -> None:
+    """Redis restarts without the last entries of a stream (killed before its append-only file
+    was synced): in the end every accepted event is in the stream exactly once, in publish order.
+    The relay may repair the stream before the test could look at the hole, so only that outcome
+    is checked; the hole itself is certain, cut from the file by the test."""
     redis_url = scratch_valkey.start()
     with (
         own_server(own_database, redis_url) as running,
         grpc.insecure_channel(running.address) as channel,
     ):
         stub, project = EventServiceStub(channel), Project(*running.new_key())
-        replies = [publish(stub, project, make_events(10, start=10 * k)) for k in range(3)]
-        ids = [i for r in replies for i in r.ids]
-        assert [r.pending_relay for r in replies] == [0, 0, 0]
-        assert stream_ids(redis_url, project.id) == ids
+        ids = [
+            i for k in range(3) for i in publish(stub, project, make_events(10, start=10 * k)).ids
+        ]
+        wait_for(lambda: stream_ids(redis_url, project.id) == ids, "the events in the stream")
         with redis.Redis.from_url(redis_url, decode_responses=True) as client:
             first_lost = client.xrange(stream_key(project.id))[20][0]
 
         kill_and_lose_the_tail(scratch_valkey, first_lost)
         scratch_valkey.start()
-        assert stream_ids(redis_url, project.id) == ids[:20]  # Redis lost ten of them
-        wait_for(lambda: stream_ids(redis_url, project.id) == ids, "the lost ten appended again")
+        wait_for(lambda: stream_ids(redis_url, project.id) == ids, "every event once, in order")
 
 
 def test_publishers_do_not_wait_on_a_redis_that_stopped_answering(

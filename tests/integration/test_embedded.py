@@ -241,6 +241,30 @@ def test_valkey_restart_if_dead(valkey: EmbeddedValkey) -> None:
     assert not valkey.restart_if_dead()  # a deliberate stop is not a death
 
 
+def test_postgres_restart_if_dead_waits_for_the_dead_postmasters_processes(
+    postgres: EmbeddedPostgres,
+) -> None:
+    assert not postgres.restart_if_dead()  # never started: nothing to supervise
+    url = postgres.start()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
+    assert not postgres.restart_if_dead()
+    killed = psutil.Process(postmaster_pid(postgres.pgdata))
+    held = killed.children()[0]
+    held.suspend()  # a stopped process of the dead postmaster still holds its shared memory
+    try:
+        killed.kill()
+        killed.wait(10)
+        assert not postgres.restart_if_dead()  # not while that process is there
+    finally:
+        held.resume()
+    held.wait(10)
+    assert postgres.restart_if_dead()
+    assert query(url, "SELECT x FROM kept") == [(1,)]
+    postgres.stop()
+    assert not postgres.restart_if_dead()  # a deliberate stop is not a death
+
+
 def test_valkey_dies_with_its_killed_parent(tmp_path: Path) -> None:
     run_killed_child(START_VALKEY, tmp_path / "data")
     pid = int((tmp_path / "data" / "valkey" / "valkey.pid").read_text())
@@ -274,7 +298,7 @@ def test_valkey_ends_orphan_from_earlier_run(tmp_path: Path) -> None:
 def test_valkey_failure_is_embedded_error(
     valkey: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(valkey_module, "get_binary_path", lambda: Path("/bin/false"))
+    monkeypatch.setattr(valkey_module, "valkey_server", lambda: Path("/bin/false"))
     with pytest.raises(EmbeddedError, match="exited with code 1"):
         valkey.start()
     assert not valkey.running()

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from tests.plugins.checks import Outage, outage_database
 from tests.plugins.services import Backends
 from zerodb.v1 import memory_pb2_grpc
 from zerodb_batch import app
@@ -108,3 +109,14 @@ def project(server: ServerThread) -> Project:
 @pytest.fixture
 def memories(channel: grpc.Channel) -> memory_pb2_grpc.MemoryServiceStub:
     return memory_pb2_grpc.MemoryServiceStub(channel)
+
+
+@pytest.fixture
+def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
+    """A server of its own on a database that the test can make unreachable."""
+    with outage_database(backends) as down:
+        running = ServerThread(server_settings(down.url, backends.redis_url))
+        try:
+            yield down, running
+        finally:
+            running.close()

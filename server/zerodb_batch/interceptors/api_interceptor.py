@@ -9,6 +9,7 @@ It is also where grpc's status enum first appears: our errors carry `google.rpc`
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
@@ -141,13 +142,17 @@ class _Call:
 
         return run
 
-    def wrap_stream_out(
-        self, behaviour: Callable[..., AsyncIterator[Any]]
-    ) -> Callable[..., AsyncIterator[Any]]:
+    def wrap_stream_out(self, behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: Ctx) -> AsyncIterator[Any]:
             async with _Outcome(self.method, context):
                 project = await self._project(context)
-                async for response in behaviour(self._accept(request, project), context):
+                responses = behaviour(self._accept(request, project), context)
+                if not inspect.isasyncgen(responses):
+                    # A coroutine that writes its responses itself (context.write), as the
+                    # health service's Watch does.
+                    await responses
+                    return
+                async for response in responses:
                     yield response
 
         return run
