@@ -10,15 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-# COPY text format: a backslash escapes; tab, newline and carriage return would end a field or row.
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 NULL = "\\N"
 
 
 def field(value: str) -> str:
-    """A text value as one COPY field."""
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.translate(_ESCAPES)
+    """A text value as one COPY field.
+
+    COPY's text format: a backslash escapes; tab, newline and carriage return would end a field
+    or row. Texts such as prompts hold newlines more often than not, so the escaping is a chain
+    of C-speed `replace` calls, the backslash first (str.translate with a mapping to two-character
+    strings runs per character in Python: ~100 times slower on a 1 KB text with a few newlines).
+    """
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    if "\t" in value:
+        value = value.replace("\t", "\\t")
+    if "\n" in value:
+        value = value.replace("\n", "\\n")
+    if "\r" in value:
+        value = value.replace("\r", "\\r")
     return value  # the common case: four C-speed scans, no copy
 
 
