@@ -8,7 +8,10 @@ PostgreSQL parses the text with the columns' own input functions, as for any lit
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import LiteralString
+
+from zerodb_batch.storage.pool import Conn
 
 NULL = "\\N"
 
@@ -67,3 +70,13 @@ class CopyLines:
                 start, length = end, 0
         if start < len(self.lines):
             yield "".join(self.lines[start:])
+
+    async def copy(
+        self, conn: Conn, statement: LiteralString, started: Callable[[], object] = lambda: None
+    ) -> None:
+        """Send the rows with `statement` (a COPY ... FROM STDIN of the kind's columns); `started`
+        is called once PostgreSQL has accepted the COPY, as the rows start to go out."""
+        async with conn.cursor().copy(statement) as copy:
+            started()
+            for part in self.payload():
+                await copy.write(part)
