@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from tests.plugins.services import Backends
-from zerodb.v1 import memory_pb2_grpc
+from zerodb.v1 import memory_pb2_grpc, rlhf_pb2_grpc
 from zerodb_batch import app
 from zerodb_batch.config import Settings
 from zerodb_batch.storage import keys
@@ -104,3 +104,8 @@ def project(server: ServerThread) -> Project:
 @pytest.fixture
 def memories(channel: grpc.Channel) -> memory_pb2_grpc.MemoryServiceStub:
     return memory_pb2_grpc.MemoryServiceStub(channel)
+
+
+@pytest.fixture
+def rlhf(channel: grpc.Channel) -> rlhf_pb2_grpc.RlhfServiceStub:
+    return rlhf_pb2_grpc.RlhfServiceStub(channel)

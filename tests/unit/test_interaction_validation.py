@@ -1,0 +1,76 @@
+"""Interaction validation: the generated fast path and the full check agree, and the model is
+taken from the seed's `metadata.model` only when the interaction names none."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import struct_pb2
+
+from zerodb.v1 import rlhf_pb2
+from zerodb_batch.domain.interaction import INTERACTION, InteractionColumns
+from zerodb_batch.domain.records import ParsedBatch, RecordParser
+from zerodb_batch.domain.validate import Checker
+
+
+def parse(*items: rlhf_pb2.Interaction) -> ParsedBatch[InteractionColumns]:
+    parser = RecordParser(
+        list(items), INTERACTION, InteractionColumns(), field_name="interactions", partial=True
+    )
+    return parser.parse_all()
+
+
+def with_metadata(value: dict[str, object], **kw: object) -> rlhf_pb2.Interaction:
+    metadata = struct_pb2.Struct()
+    metadata.update(value)
+    return rlhf_pb2.Interaction(prompt="p", metadata=metadata, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        rlhf_pb2.Interaction(prompt="p"),
+        rlhf_pb2.Interaction(prompt="é" * 300_000, response="r" * 1_048_576),  # at the caps
+        rlhf_pb2.Interaction(prompt="p", context="x" * 500_000, human_feedback="h" * 65_536),
+        rlhf_pb2.Interaction(prompt="p", reward=-1.0, feedback="negative", model="m" * 256),
+        with_metadata({"model": "q", "pad": "y" * 20_000}),
+    ],
+)
+def test_the_fast_path_and_the_full_check_give_the_same_values(
+    item: rlhf_pb2.Interaction,
+) -> None:
+    checker = Checker("interactions[0]")
+    full = INTERACTION.check(checker, item)
+    assert checker.violations == []
+    fast = INTERACTION.fast(item)
+    assert fast is None or fast == full  # None: in doubt, the full check decided
+    assert parse(item).failures == {}
+
+
+def test_model_comes_from_metadata_only_when_empty() -> None:
+    batch = parse(
+        with_metadata({"model": "from-metadata"}),
+        with_metadata({"model": "from-metadata"}, model="own"),
+        with_metadata({"model": 3}),
+        with_metadata({}),
+    )
+    assert batch.rows.models == ["from-metadata", "own", None, None]
+    assert batch.rows.metadata[0] == '{"model":"from-metadata"}'  # metadata kept as sent
+
+
+def test_a_bad_model_in_metadata_names_its_path() -> None:
+    batch = parse(with_metadata({"model": "m" * 257}), with_metadata({"model": "a\x00"}))
+    assert [(v.field, v.reason) for v in batch.failures[0]] == [
+        ("interactions[0].metadata.model", "TOO_LONG")
+    ]
+    assert [(v.field, v.reason) for v in batch.failures[1]] == [
+        ("interactions[1].metadata.model", "INVALID_CHARACTER"),
+        ("interactions[1].metadata", "INVALID_CHARACTER"),
+    ]
+
+
+def test_unset_optionals_are_null_and_each_row_gets_a_new_id() -> None:
+    batch = parse(rlhf_pb2.Interaction(prompt="p"), rlhf_pb2.Interaction(prompt="p", reward=0.0))
+    rows = batch.rows
+    assert rows.feedback == [None, None] and rows.rewards == [None, 0.0]
+    assert rows.contexts == [None, None] and rows.human_feedback == [None, None]
+    assert len(set(rows.ids)) == 2
