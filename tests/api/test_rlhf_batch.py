@@ -249,3 +249,22 @@ def test_projects_are_isolated(
         )
     assert peeking.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert count(db, project) == 2 and count(db, other) == 0
+
+
+def test_an_invalid_interaction_in_a_late_slice_writes_nothing(
+    rlhf: RlhfServiceStub, project: Project, db: Db
+) -> None:
+    """Slices are inserted while later ones are validated; the transaction still rolls back."""
+    items = [rlhf_pb2.Interaction(prompt=f"p{i}") for i in range(1000)]
+    items[900].reward = 9
+    with pytest.raises(grpc.RpcError) as caught:
+        create(rlhf, project, items)
+    assert fields(caught.value) == [("interactions[900].reward", "OUT_OF_RANGE")]
+    assert count(db, project) == 0
+
+    reply = create(rlhf, project, items, partial_success=True)
+    assert (reply.created, reply.failed) == (999, 1)
+    assert [r.index for r in reply.results] == list(range(1000))
+    assert reply.ids[900] == "" and len(set(reply.ids)) == 1000
+    by_id = {i.id: i.prompt for i in listed(rlhf, project)}
+    assert all(by_id[reply.ids[i]] == f"p{i}" for i in range(1000) if i != 900)

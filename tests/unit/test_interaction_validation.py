@@ -3,19 +3,21 @@ taken from the seed's `metadata.model` only when the interaction names none."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from google.protobuf import struct_pb2
 
 from zerodb.v1 import rlhf_pb2
+from zerodb_batch.domain.ids import new_uuids
 from zerodb_batch.domain.interaction import INTERACTION, InteractionColumns
 from zerodb_batch.domain.records import ParsedBatch, RecordParser
 from zerodb_batch.domain.validate import Checker
 
 
 def parse(*items: rlhf_pb2.Interaction) -> ParsedBatch[InteractionColumns]:
-    parser = RecordParser(
-        list(items), INTERACTION, InteractionColumns(), field_name="interactions", partial=True
-    )
+    rows = InteractionColumns(new_ids=tuple(new_uuids(len(items))))
+    parser = RecordParser(list(items), INTERACTION, rows, field_name="interactions", partial=True)
     return parser.parse_all()
 
 
@@ -74,3 +76,12 @@ def test_unset_optionals_are_null_and_each_row_gets_a_new_id() -> None:
     assert rows.feedback == [None, None] and rows.rewards == [None, 0.0]
     assert rows.contexts == [None, None] and rows.human_feedback == [None, None]
     assert len(set(rows.ids)) == 2
+    assert rows.since(1).ids == rows.ids[1:] and rows.since(1).new_ids == rows.new_ids
+
+
+def test_new_uuids_are_distinct_random_version_4_uuids() -> None:
+    made = new_uuids(5000)
+    assert len(set(made)) == 5000
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)

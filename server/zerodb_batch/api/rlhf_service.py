@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 from zerodb.v1 import rlhf_pb2, rlhf_pb2_grpc
 from zerodb_batch import limits
 from zerodb_batch.api import Ctx, results
 from zerodb_batch.api.load_engine import LoadEngine
+from zerodb_batch.domain.ids import new_uuids
 from zerodb_batch.domain.interaction import INTERACTION, InteractionColumns
 from zerodb_batch.domain.interaction_query import parse_export, parse_list, position
 from zerodb_batch.domain.page_token import PageTokens
@@ -19,6 +21,7 @@ from zerodb_batch.storage import interactions
 from zerodb_batch.storage.idempotency import write_once
 from zerodb_batch.storage.pool import Conn, Database
 
+INSERT_SLICE = 250  # interactions validated per insert statement; the last slice may be smaller
 _CREATED = {results.INSERTED: "created", results.FAILED: "failed"}
 
 
@@ -32,17 +35,22 @@ class RlhfServicer(rlhf_pb2_grpc.RlhfServiceServicer):
     ) -> rlhf_pb2.BatchCreateInteractionsResponse:
         check_batch_size("interactions", len(request.interactions), limits.MAX_RLHF_INTERACTIONS)
         check_request_id(request.request_id)
-        batch = RecordParser(
-            request.interactions,
+        items = request.interactions
+        parser = RecordParser(
+            items,
             INTERACTION,
-            InteractionColumns(),
+            InteractionColumns(new_ids=tuple(new_uuids(len(items)))),
             field_name="interactions",
             partial=request.partial_success,
-        ).parse_all()
+        )
 
         async def write(conn: Conn) -> rlhf_pb2.BatchCreateInteractionsResponse:
-            await interactions.insert(conn, request.project_id, batch.rows)
-            outcomes = results.Outcomes(len(request.interactions), batch)
+            # Each slice's insert runs in PostgreSQL while the next slice is validated here; an
+            # atomic batch with an invalid interaction raises, and the transaction rolls back.
+            batch, _ = await parser.send_in_slices(
+                INSERT_SLICE, partial(interactions.insert, conn, request.project_id)
+            )
+            outcomes = results.Outcomes(len(items), batch)
             outcomes.set_all(batch.rows.index, batch.rows.ids, results.INSERTED)
             return results.fill(rlhf_pb2.BatchCreateInteractionsResponse(), outcomes, _CREATED)
 

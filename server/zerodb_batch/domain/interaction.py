@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 
 from zerodb_batch import limits
+from zerodb_batch.domain.records import Columns
 from zerodb_batch.domain.rules import (
     Body,
     Choice,
@@ -36,10 +36,12 @@ INTERACTION = Rules(
 
 
 @dataclass
-class InteractionColumns:
-    """Valid interactions as parallel arrays (one per column), each under a new UUID."""
+class InteractionColumns(Columns):
+    """Valid interactions as parallel arrays (one per column). Each takes its id from `new_ids`
+    by its request index: made up front, a batch at a time (domain/ids.py); a tuple, so that
+    since() leaves it whole."""
 
-    index: list[int] = field(default_factory=list)  # position of each row in the request
+    new_ids: tuple[str, ...] = ()
     ids: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
@@ -53,16 +55,13 @@ class InteractionColumns:
     contexts: list[str | None] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)  # JSON text
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def add(
         self, index: int, prompt: str, response: str, feedback: str | None, reward: float | None,
         model: str, session_id: str, agent_id: str, human_feedback: str, tags: list[str],
         context: str, metadata: str,
     ) -> None:  # fmt: skip
         self.index.append(index)
-        self.ids.append(str(uuid.uuid4()))
+        self.ids.append(self.new_ids[index])
         self.prompts.append(prompt)
         self.responses.append(response)
         self.feedback.append(feedback)
