@@ -10,14 +10,32 @@ from google.protobuf import struct_pb2
 
 from zerodb.v1 import rlhf_pb2
 from zerodb_batch.domain.ids import new_uuids
-from zerodb_batch.domain.interaction import INTERACTION, InteractionColumns
+from zerodb_batch.domain.interaction import INTERACTION
 from zerodb_batch.domain.records import ParsedBatch, RecordParser
 from zerodb_batch.domain.validate import Checker
 
 
-def parse(*items: rlhf_pb2.Interaction) -> ParsedBatch[InteractionColumns]:
-    rows = InteractionColumns(new_ids=tuple(new_uuids(len(items))))
-    parser = RecordParser(list(items), INTERACTION, rows, field_name="interactions", partial=True)
+class Values:
+    """A rows sink that keeps each valid interaction's values as the rules produce them."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[object, ...]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, index: int, *values: object) -> None:
+        self.rows.append(values)
+
+    def column(self, name: str) -> list[object]:
+        at = [rule.name for rule in INTERACTION.rules].index(name)
+        return [row[at] for row in self.rows]
+
+
+def parse(*items: rlhf_pb2.Interaction) -> ParsedBatch[Values]:
+    parser = RecordParser(
+        list(items), INTERACTION, Values(), field_name="interactions", partial=True
+    )
     return parser.parse_all()
 
 
@@ -55,8 +73,8 @@ def test_model_comes_from_metadata_only_when_empty() -> None:
         with_metadata({"model": 3}),
         with_metadata({}),
     )
-    assert batch.rows.models == ["from-metadata", "own", None, None]
-    assert batch.rows.metadata[0] == '{"model":"from-metadata"}'  # metadata kept as sent
+    assert batch.rows.column("model") == ["from-metadata", "own", "", ""]
+    assert batch.rows.column("metadata")[0] == '{"model":"from-metadata"}'  # kept as sent
 
 
 def test_a_bad_model_in_metadata_names_its_path() -> None:
@@ -70,13 +88,10 @@ def test_a_bad_model_in_metadata_names_its_path() -> None:
     ]
 
 
-def test_unset_optionals_are_null_and_each_row_gets_a_new_id() -> None:
+def test_unset_optionals_have_no_value() -> None:
     batch = parse(rlhf_pb2.Interaction(prompt="p"), rlhf_pb2.Interaction(prompt="p", reward=0.0))
-    rows = batch.rows
-    assert rows.feedback == [None, None] and rows.rewards == [None, 0.0]
-    assert rows.contexts == [None, None] and rows.human_feedback == [None, None]
-    assert len(set(rows.ids)) == 2
-    assert rows.since(1).ids == rows.ids[1:] and rows.since(1).new_ids == rows.new_ids
+    assert batch.rows.column("feedback") == [None, None]
+    assert batch.rows.column("reward") == [None, 0.0]
 
 
 def test_new_uuids_are_distinct_random_version_4_uuids() -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 
 from zerodb.v1 import rlhf_pb2, rlhf_pb2_grpc
 from zerodb_batch import limits
 from zerodb_batch.api import Ctx, results
 from zerodb_batch.api.load_engine import LoadEngine
 from zerodb_batch.domain.ids import new_uuids
-from zerodb_batch.domain.interaction import INTERACTION, InteractionColumns
+from zerodb_batch.domain.interaction import INTERACTION
 from zerodb_batch.domain.interaction_query import parse_export, parse_list, position
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.domain.records import RecordParser
@@ -21,7 +20,7 @@ from zerodb_batch.storage import interactions
 from zerodb_batch.storage.idempotency import write_once
 from zerodb_batch.storage.pool import Conn, Database
 
-INSERT_SLICE = 250  # interactions validated per insert statement; the last slice may be smaller
+COPY_SLICE = 250  # interactions validated between two writes into the batch's COPY
 _CREATED = {results.INSERTED: "created", results.FAILED: "failed"}
 
 
@@ -39,24 +38,21 @@ class RlhfServicer(rlhf_pb2_grpc.RlhfServiceServicer):
         parser = RecordParser(
             items,
             INTERACTION,
-            InteractionColumns(new_ids=tuple(new_uuids(len(items)))),
+            interactions.InteractionCopyRows(request.project_id, new_uuids(len(items))),
             field_name="interactions",
             partial=request.partial_success,
         )
 
         async def write(conn: Conn) -> rlhf_pb2.BatchCreateInteractionsResponse:
-            # Each slice's insert runs in PostgreSQL while the next slice is validated here; an
-            # atomic batch with an invalid interaction raises, and the transaction rolls back.
-            batch, _ = await parser.send_in_slices(
-                INSERT_SLICE, partial(interactions.insert, conn, request.project_id)
-            )
+            # Each slice goes into the COPY while the next is validated here; an atomic batch
+            # with an invalid interaction raises, which aborts the COPY and the transaction.
+            async with interactions.copy_batch(conn) as send:
+                batch, _ = await parser.send_in_slices(COPY_SLICE, send)
             outcomes = results.Outcomes(len(items), batch)
             outcomes.set_all(batch.rows.index, batch.rows.ids, results.INSERTED)
             return results.fill(rlhf_pb2.BatchCreateInteractionsResponse(), outcomes, _CREATED)
 
-        done = await write_once(
-            self._db, request, rlhf_pb2.BatchCreateInteractionsResponse, write, pipelined=True
-        )
+        done = await write_once(self._db, request, rlhf_pb2.BatchCreateInteractionsResponse, write)
         return done.response
 
     async def StreamCreateInteractions(

@@ -8,8 +8,10 @@ PostgreSQL parses the text with the columns' own input functions, as for any lit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import LiteralString
+import copy as shallow
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import LiteralString, Self
 
 from zerodb_batch.storage.pool import Conn
 
@@ -71,12 +73,34 @@ class CopyLines:
         if start < len(self.lines):
             yield "".join(self.lines[start:])
 
+    def since(self, start: int) -> Self:
+        """The rows from position `start` on, to be sent on their own."""
+        part = shallow.copy(self)
+        part.lines = self.lines[start:]
+        return part
+
     async def copy(
         self, conn: Conn, statement: LiteralString, started: Callable[[], object] = lambda: None
     ) -> None:
         """Send the rows with `statement` (a COPY ... FROM STDIN of the kind's columns); `started`
         is called once PostgreSQL has accepted the COPY, as the rows start to go out."""
-        async with conn.cursor().copy(statement) as copy:
+        async with copy_in(conn, statement) as send:
             started()
-            for part in self.payload():
+            await send(self)
+
+
+Send = Callable[[CopyLines], Awaitable[None]]
+
+
+@asynccontextmanager
+async def copy_in(conn: Conn, statement: LiteralString) -> AsyncIterator[Send]:
+    """An open COPY ... FROM STDIN and a function that sends rows into it as they come, so
+    PostgreSQL takes some while the caller makes the next. An error inside aborts the COPY (the
+    transaction then rolls back)."""
+    async with conn.cursor().copy(statement) as copy:
+
+        async def send(rows: CopyLines) -> None:
+            for part in rows.payload():
                 await copy.write(part)
+
+        yield send

@@ -1,5 +1,5 @@
-"""The interactions table: set-based batch inserts, COPY loads, filtered pages and exports read
-through a server-side cursor.
+"""The interactions table: batches and streamed chunks written by COPY, filtered pages, and
+exports read through a server-side cursor.
 
 Interactions are only ever inserted, under new ids, so no write here locks a row another could be
 waiting for: batches and chunks need no lock order.
@@ -7,7 +7,8 @@ waiting for: batches and chunks need no lock order.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, LiteralString
@@ -16,11 +17,10 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from zerodb.v1 import rlhf_pb2
-from zerodb_batch.domain.interaction import INTERACTION, InteractionColumns
-from zerodb_batch.storage.copy_text import NULL, CopyLines, field, text_array
+from zerodb_batch.domain.interaction import INTERACTION
+from zerodb_batch.storage.copy_text import NULL, CopyLines, Send, copy_in, field, text_array
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
-from zerodb_batch.storage.unnest import flat_tags
 
 EXPORT_BATCH_BYTES = 1 << 20  # of lines fetched (and sent) at a time
 _EXPORT_MAX_ROWS = 1000  # fetched at a time, however short the lines
@@ -55,28 +55,6 @@ class InteractionRow:
     create_time: datetime
 
 
-async def insert(conn: Conn, project_id: str, rows: InteractionColumns) -> None:
-    """Insert every row in one statement (in pipeline mode, without waiting for the result)."""
-    if not rows:
-        return
-    params = {
-        "project_id": project_id,
-        "ids": rows.ids,
-        "prompts": rows.prompts,
-        "responses": rows.responses,
-        "feedback": rows.feedback,
-        "rewards": rows.rewards,
-        "models": rows.models,
-        "session_ids": rows.session_ids,
-        "agent_ids": rows.agent_ids,
-        "human_feedback": rows.human_feedback,
-        **flat_tags(rows.tags),
-        "contexts": rows.contexts,
-        "metadata": rows.metadata,
-    }
-    await conn.execute(Q["interaction_insert"], params)
-
-
 async def list_page(
     conn: Conn, project_id: str, filters: dict[str, object], limit: int
 ) -> list[InteractionRow]:
@@ -106,13 +84,18 @@ async def export(
 
 
 class InteractionCopyRows(CopyLines):
-    """Valid interactions as lines for `interaction_copy` (the table assigns the ids)."""
+    """Valid interactions as lines for `interaction_copy`, whose ids the table assigns; or, given
+    `new_ids` (an id for each request index), for `interaction_copy_ids`, which keeps them: then
+    `index` and `ids` say which rows were written under which id."""
 
-    __slots__ = ("_prefix",)
+    __slots__ = ("_new_ids", "_prefix", "ids", "index")
 
-    def __init__(self, project_id: str) -> None:
+    def __init__(self, project_id: str, new_ids: Sequence[str] | None = None) -> None:
         super().__init__()
         self._prefix = field(project_id) + "\t"  # the first column of every row
+        self._new_ids = new_ids
+        self.index: list[int] = []
+        self.ids: list[str] = []
 
     def add(
         self, index: int, prompt: str, response: str, feedback: str | None, reward: float | None,
@@ -127,12 +110,23 @@ class InteractionCopyRows(CopyLines):
         if model or session_id or agent_id or human_feedback:
             model, session_id, agent_id = field(model), field(session_id), field(agent_id)
             human_feedback = field(human_feedback)
+        prefix = self._prefix
+        if self._new_ids is not None:
+            new_id = self._new_ids[index]
+            self.index.append(index)
+            self.ids.append(new_id)
+            prefix = f"{prefix}{new_id}\t"
         self.lines.append(
-            f"{self._prefix}{prompt}\t{response}\t{feedback or NULL}\t"
+            f"{prefix}{prompt}\t{response}\t{feedback or NULL}\t"
             f"{NULL if reward is None else repr(reward)}\t{model or NULL}\t{session_id or NULL}\t"
             f"{agent_id or NULL}\t{human_feedback or NULL}\t{text_array(tags)}\t"
             f"{context or NULL}\t{metadata}\n"
         )
+
+
+def copy_batch(conn: Conn) -> AbstractAsyncContextManager[Send]:
+    """A COPY into the table of InteractionCopyRows made with `new_ids`, sent as they come."""
+    return copy_in(conn, Q["interaction_copy_ids"])
 
 
 class InteractionLoadWriter:

@@ -1,23 +1,13 @@
--- name: interaction_insert
--- One statement for the whole batch: binary arrays unnested into rows (tags as in memory_upsert:
--- one flat array, each row's slice from tag_from to tag_to).
-INSERT INTO interactions (
-    project_id, id, prompt, response, feedback, reward, model, session_id, agent_id,
-    human_feedback, tags, context, metadata)
-SELECT %(project_id)s, u.id, u.prompt, u.response, u.feedback, u.reward, u.model, u.session_id,
-       u.agent_id, u.human_feedback,
-       COALESCE((%(tag_values)b::text[])[u.tag_from:u.tag_to], '{}'), u.context, u.metadata
-FROM unnest(%(ids)b::uuid[], %(prompts)b::text[], %(responses)b::text[], %(feedback)b::text[],
-            %(rewards)b::float8[], %(models)b::text[], %(session_ids)b::text[],
-            %(agent_ids)b::text[], %(human_feedback)b::text[], %(tag_from)b::int4[],
-            %(tag_to)b::int4[], %(contexts)b::text[], %(metadata)b::jsonb[])
-     AS u(id, prompt, response, feedback, reward, model, session_id, agent_id, human_feedback,
-          tag_from, tag_to, context, metadata);
-
 -- name: interaction_copy
 -- A chunk of a streamed load, in COPY's text format (see storage/copy_text.py); ids by default.
 COPY interactions (project_id, prompt, response, feedback, reward, model, session_id, agent_id,
                    human_feedback, tags, context, metadata)
+FROM STDIN;
+
+-- name: interaction_copy_ids
+-- A batch, whose ids the server made (the response names them).
+COPY interactions (project_id, id, prompt, response, feedback, reward, model, session_id,
+                   agent_id, human_feedback, tags, context, metadata)
 FROM STDIN;
 
 -- name: interaction_match
