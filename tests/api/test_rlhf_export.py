@@ -18,6 +18,7 @@ from zerodb.v1 import rlhf_pb2
 from zerodb.v1.rlhf_pb2_grpc import RlhfServiceStub
 
 FORMATS = ("jsonl", "trl", "openai", "openai-preference")
+AWKWARD = 'say "hi"\n\\ back\\slash, \x07 bell, \u2028 separator, ünï 😀'
 
 
 def messages(
@@ -84,7 +85,7 @@ def test_jsonl_has_every_field_oldest_first(rlhf: RlhfServiceStub, project: Proj
 
 def test_openai_chat_lines(rlhf: RlhfServiceStub, project: Project) -> None:
     for item in [  # one call each: oldest first
-        rlhf_pb2.Interaction(prompt="q1", response="a1", context="Be brief."),
+        rlhf_pb2.Interaction(prompt=AWKWARD, response="a1", context="Be brief.\t"),
         rlhf_pb2.Interaction(prompt="q2", response="a2"),
         rlhf_pb2.Interaction(prompt="q3", response=""),  # nothing to learn from
     ]:
@@ -92,8 +93,8 @@ def test_openai_chat_lines(rlhf: RlhfServiceStub, project: Project) -> None:
     assert export(rlhf, project, format="openai") == [
         {
             "messages": [
-                {"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "q1"},
+                {"role": "system", "content": "Be brief.\t"},
+                {"role": "user", "content": AWKWARD},
                 {"role": "assistant", "content": "a1"},
             ]
         },
@@ -187,7 +188,7 @@ def test_openai_preference_lines_carry_the_same_pairs(
         rlhf,
         project,
         [
-            scored("Why?", "Because.", feedback="positive"),
+            scored("Why?", AWKWARD, feedback="positive"),
             scored("Why?", "No idea.", feedback="negative"),
             scored("How?", "Slowly.", reward=0.2),
             scored("How?", "Carefully.", reward=0.8),

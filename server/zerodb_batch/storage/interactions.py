@@ -27,8 +27,11 @@ _EXPORT_MAX_ROWS = 1000  # fetched at a time, however short the lines
 
 
 def _filtered(name: LiteralString) -> sql.Composed:
-    """A query with the shared filters in place of its `{match}`."""
-    return sql.SQL(Q[name]).format(match=sql.SQL(Q["interaction_match"]))
+    """A query with the shared filters in place of its `{match}` (spliced, not formatted: the
+    queries hold JSON braces of their own)."""
+    before, marker, after = Q[name].partition("{match}")
+    assert marker, f"{name} has no {{match}}"
+    return sql.Composed([sql.SQL(before), sql.SQL(Q["interaction_match"]), sql.SQL(after)])
 
 
 _LIST = _filtered("interaction_list")
@@ -66,6 +69,11 @@ async def list_page(
         return await cur.fetchall()
 
 
+def export_query(pairs: bool) -> sql.Composed:
+    """The statement of an export: preference pairs, or a line a row."""
+    return _EXPORT_PAIRS if pairs else _EXPORT_ROWS
+
+
 async def export(
     conn: Conn, project_id: str, format: str, pairs: bool, filters: dict[str, object]
 ) -> AsyncIterator[list[str]]:
@@ -74,7 +82,7 @@ async def export(
     params = {**filters, "project_id": project_id, "format": format}
     rows = 10  # to learn how long the lines are
     async with conn.cursor(name="interaction_export") as cur:
-        await cur.execute(_EXPORT_PAIRS if pairs else _EXPORT_ROWS, params)
+        await cur.execute(export_query(pairs), params)
         while fetched := await cur.fetchmany(rows):
             lines: list[str] = [row[0] for row in fetched]  # type: ignore[misc]
             yield lines

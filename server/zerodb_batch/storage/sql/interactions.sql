@@ -36,27 +36,24 @@ ORDER BY create_time DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: interaction_export_rows
--- ExportInteractions as `jsonl` (every field) or `openai` (chat fine-tuning): one line of JSON a
--- row, made here, oldest first.
-SELECT CASE WHEN %(format)s::text = 'openai' THEN json_build_object('messages',
-           CASE WHEN context IS NULL THEN json_build_array(
-                    json_build_object('role', 'user', 'content', prompt),
-                    json_build_object('role', 'assistant', 'content', response))
-                ELSE json_build_array(
-                    json_build_object('role', 'system', 'content', context),
-                    json_build_object('role', 'user', 'content', prompt),
-                    json_build_object('role', 'assistant', 'content', response)) END)
-       ELSE json_build_object(
-           'id', id, 'prompt', prompt, 'response', response, 'feedback', feedback,
-           'reward', reward, 'model', model, 'session_id', session_id, 'agent_id', agent_id,
-           'human_feedback', human_feedback, 'tags', tags, 'context', context,
-           'metadata', metadata,
-           'create_time', to_char(create_time AT TIME ZONE 'UTC',
-                                  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) END::text
-FROM interactions
-WHERE project_id = %(project_id)s AND {match}
-  AND (%(format)s::text = 'jsonl' OR response <> '')
-ORDER BY create_time, id
+-- ExportInteractions as `jsonl` (every field, by row_to_json) or `openai` (chat fine-tuning):
+-- one line of compact JSON a row, made here, oldest first. Texts are quoted by to_json.
+SELECT CASE WHEN %(format)s::text = 'openai' THEN
+           '{"messages":['
+           || CASE WHEN line.context IS NULL THEN ''
+                   ELSE '{"role":"system","content":' || to_json(line.context)::text || '},' END
+           || '{"role":"user","content":' || to_json(line.prompt)::text
+           || '},{"role":"assistant","content":' || to_json(line.response)::text || '}]}'
+       ELSE row_to_json(line)::text END
+FROM (
+    SELECT id, prompt, response, feedback, reward, model, session_id, agent_id, human_feedback,
+           tags, context, metadata,
+           to_char(create_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS create_time
+    FROM interactions
+    WHERE project_id = %(project_id)s AND {match}
+      AND (%(format)s::text = 'jsonl' OR response <> '')
+    ORDER BY interactions.create_time, interactions.id
+) AS line
 
 -- name: interaction_export_pairs
 -- ExportInteractions as preference pairs, `trl` or `openai-preference` (the rule is in the
@@ -86,15 +83,15 @@ WITH scored AS (
     WINDOW whole AS (PARTITION BY prompt_hash ORDER BY score DESC, create_time, id
                      ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
-SELECT CASE WHEN %(format)s::text = 'trl' THEN json_build_object(
-           'prompt', c.prompt, 'chosen', c.response, 'rejected', r.response)
-       ELSE json_build_object(
-           'input', json_build_object('messages', json_build_array(
-               json_build_object('role', 'user', 'content', c.prompt))),
-           'preferred_output', json_build_array(
-               json_build_object('role', 'assistant', 'content', c.response)),
-           'non_preferred_output', json_build_array(
-               json_build_object('role', 'assistant', 'content', r.response))) END::text
+SELECT CASE WHEN %(format)s::text = 'trl' THEN
+           '{"prompt":' || to_json(c.prompt)::text || ',"chosen":' || to_json(c.response)::text
+           || ',"rejected":' || to_json(r.response)::text || '}'
+       ELSE
+           '{"input":{"messages":[{"role":"user","content":' || to_json(c.prompt)::text
+           || '}]},"preferred_output":[{"role":"assistant","content":'
+           || to_json(c.response)::text
+           || '}],"non_preferred_output":[{"role":"assistant","content":'
+           || to_json(r.response)::text || '}]}' END
 FROM paired AS p
 JOIN interactions AS c ON c.project_id = %(project_id)s AND c.id = p.chosen_id
 JOIN interactions AS r ON r.project_id = %(project_id)s AND r.id = p.rejected_id
