@@ -124,14 +124,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             rows = await memories.list_page(
                 conn, request.project_id, query.params, query.page_size + 1
             )
-        page = rows[: query.page_size]
-        more = len(rows) > query.page_size
-        last = page[-1] if more else None
+        page, token = self._tokens.page(
+            request, rows, query.page_size, lambda row: position(row.create_time, row.id)
+        )
         return memory_pb2.ListMemoriesResponse(
-            memories=[to_message(row) for row in page],
-            next_page_token=(
-                self._tokens.encode(request, position(last.create_time, last.id)) if last else ""
-            ),
+            memories=[to_message(row) for row in page], next_page_token=token
         )
 
     async def StreamUpsertMemories(

@@ -74,13 +74,11 @@ class RlhfServicer(rlhf_pb2_grpc.RlhfServiceServicer):
             rows = await interactions.list_page(
                 conn, request.project_id, page.params, page.page_size + 1
             )
-        shown = rows[: page.page_size]
-        last = shown[-1] if len(rows) > page.page_size else None
+        shown, token = self._tokens.page(
+            request, rows, page.page_size, lambda row: position(row.create_time, row.id)
+        )
         return rlhf_pb2.ListInteractionsResponse(
-            interactions=[to_message(row) for row in shown],
-            next_page_token=(
-                self._tokens.encode(request, position(last.create_time, last.id)) if last else ""
-            ),
+            interactions=[to_message(row) for row in shown], next_page_token=token
         )
 
     async def ExportInteractions(
