@@ -126,5 +126,8 @@ def run_cli(args: argparse.Namespace, settings: ClientSettings) -> int:
         except grpc.RpcError as e:
             print(f"zerodb-batch: {e.code().name}: {e.details()}", file=sys.stderr)
             return 2
+        except BrokenPipeError:  # the reader of standard output stopped reading (`| head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error
+            return 1
     print(f"exported {written} lines ({args.format})", file=sys.stderr)
     return 0

@@ -172,3 +172,22 @@ def test_cli_failure_leaves_no_file(server: ServerThread, project: Project, tmp_
     assert done.returncode == 2
     assert "INVALID_ARGUMENT" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(
+    server: ServerThread, rlhf: RlhfServiceStub, project: Project
+) -> None:
+    for n in range(3):
+        items = [rlhf_pb2.Interaction(prompt=f"{n}-{i}", response="y" * 2000) for i in range(1000)]
+        create(rlhf, project, items)
+    export = " ".join(
+        [sys.executable, "-m", "zerodb_batch", "export", "interactions", "--project", project.id,
+         "--target", server.address]
+    )  # fmt: skip
+    env = {**os.environ, "ZERODB_API_KEY": project.key}
+    done = subprocess.run(
+        f"set -o pipefail; {export} | head -n 1",
+        shell=True, executable="/bin/bash", env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert json.loads(done.stdout)["prompt"] in {f"{n}-{i}" for n in range(3) for i in range(1000)}
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr

@@ -11,8 +11,9 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.api.test_memory_stream import connections_in_use
 from tests.api.test_rlhf_batch import create, listed
-from tests.plugins.checks import details
+from tests.plugins.checks import details, wait_for
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import rlhf_pb2
 from zerodb.v1.rlhf_pb2_grpc import RlhfServiceStub
@@ -243,3 +244,17 @@ def test_projects_are_isolated(
     with pytest.raises(grpc.RpcError) as caught:
         list(rlhf.ExportInteractions(request, metadata=other.auth))
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_an_export_the_client_leaves_gives_its_connection_back(
+    rlhf: RlhfServiceStub, project: Project, server: ServerThread
+) -> None:
+    for n in range(3):
+        items = [rlhf_pb2.Interaction(prompt=f"{n}-{i}", response="y" * 2000) for i in range(1000)]
+        create(rlhf, project, items)
+    request = rlhf_pb2.ExportInteractionsRequest(project_id=project.id, format="jsonl")
+    call = rlhf.ExportInteractions(request, metadata=project.auth)
+    assert next(call).lines  # the first message, then the client goes away
+    call.cancel()
+    wait_for(lambda: connections_in_use(server) == 0 or None, "the connection to go back")
+    assert len(export(rlhf, project)) == 3000  # the pool's connections still serve

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from zerodb.v1 import rlhf_pb2, rlhf_pb2_grpc
 from zerodb_batch import limits
@@ -86,10 +87,16 @@ class RlhfServicer(rlhf_pb2_grpc.RlhfServiceServicer):
     ) -> AsyncIterator[rlhf_pb2.ExportInteractionsResponse]:
         export = parse_export(request)
         # One transaction: the server-side cursor lives in it, and the export is one snapshot.
-        async with self._db.transaction() as conn:
-            lines = interactions.export(
-                conn, request.project_id, export.format, export.pairs, export.params
-            )
+        # A call that ends early (the client went away) closes the cursor before the connection
+        # goes back to the pool: aclosing, not the garbage collector.
+        async with (
+            self._db.transaction() as conn,
+            aclosing(
+                interactions.export(
+                    conn, request.project_id, export.format, export.pairs, export.params
+                )
+            ) as lines,
+        ):
             async for batch in lines:
                 yield rlhf_pb2.ExportInteractionsResponse(lines=batch)
 

@@ -7,7 +7,7 @@ waiting for: batches and chunks need no lock order.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +22,7 @@ from zerodb_batch.storage.copy_text import NULL, CopyLines, Send, copy_in, field
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
-EXPORT_BATCH_BYTES = 1 << 20  # of lines fetched (and sent) at a time
+_EXPORT_BATCH_CHARS = 1 << 20  # of lines fetched (and sent) at a time
 _EXPORT_MAX_ROWS = 1000  # fetched at a time, however short the lines
 
 
@@ -76,9 +76,10 @@ def export_query(pairs: bool) -> sql.Composed:
 
 async def export(
     conn: Conn, project_id: str, format: str, pairs: bool, filters: dict[str, object]
-) -> AsyncIterator[list[str]]:
-    """The export's lines, about EXPORT_BATCH_BYTES at a time, from a server-side cursor: only one
-    batch is ever in memory. Must run in a transaction (the cursor lives as long as it)."""
+) -> AsyncGenerator[list[str], None]:
+    """The export's lines, about a MiB at a time, from a server-side cursor: only one batch is
+    ever in memory. Must run in a transaction (the cursor lives as long as it), and be closed
+    (contextlib.aclosing) before the connection is given back."""
     params = {**filters, "project_id": project_id, "format": format}
     rows = 10  # to learn how long the lines are
     async with conn.cursor(name="interaction_export") as cur:
@@ -88,7 +89,7 @@ async def export(
             yield lines
             # As many rows next time as make about a batch at this batch's longest line.
             longest = max(map(len, lines))
-            rows = max(1, min(_EXPORT_MAX_ROWS, EXPORT_BATCH_BYTES // longest))
+            rows = max(1, min(_EXPORT_MAX_ROWS, _EXPORT_BATCH_CHARS // longest))
 
 
 class InteractionCopyRows(CopyLines):
