@@ -25,14 +25,16 @@ AND (%(start_time)s::timestamptz IS NULL OR create_time >= %(start_time)s::times
 AND (%(end_time)s::timestamptz IS NULL OR create_time < %(end_time)s::timestamptz)
 
 -- name: interaction_list
--- Newest first with a (create_time, id) keyset, as memory_list.
+-- Newest first with a (create_time, id) keyset, as memory_list. The ORDER BY names the table's
+-- columns: a bare `id` would be the text output column, which no index is ordered by (every page
+-- would then sort all the project's rows).
 SELECT id::text, prompt, response, feedback, reward, model, session_id, agent_id,
        human_feedback, tags, context, metadata, create_time
 FROM interactions
 WHERE project_id = %(project_id)s AND {match}
   AND (%(after_time)s::timestamptz IS NULL
        OR (create_time, id) < (%(after_time)s::timestamptz, %(after_id)s::uuid))
-ORDER BY create_time DESC, id DESC
+ORDER BY interactions.create_time DESC, interactions.id DESC
 LIMIT %(limit)s;
 
 -- name: interaction_export_rows
