@@ -268,3 +268,11 @@ def test_an_invalid_interaction_in_a_late_slice_writes_nothing(
     assert reply.ids[900] == "" and len(set(reply.ids)) == 1000
     by_id = {i.id: i.prompt for i in listed(rlhf, project)}
     assert all(by_id[reply.ids[i]] == f"p{i}" for i in range(1000) if i != 900)
+
+
+def test_ids_and_times_sent_are_ignored(rlhf: RlhfServiceStub, project: Project) -> None:
+    sent = rlhf_pb2.Interaction(prompt="p", id="mine")
+    sent.create_time.FromSeconds(86400)
+    reply = create(rlhf, project, [sent, sent])
+    assert "mine" not in reply.ids and len(set(reply.ids)) == 2
+    assert all(i.create_time.seconds > 86400 for i in listed(rlhf, project))
