@@ -101,6 +101,8 @@ class RlhfServiceServicer:
         """Streams the interactions that match the filters as lines of a training file in `format`,
         a batch of lines per message, read from the database as they are sent (memory stays flat
         however many there are). A project without matching interactions gives no lines, not an error.
+        No HTTP binding: the HTTP door answers server streams as Server-Sent Events, made for event
+        subscriptions; a training file over HTTP would rather be a plain JSON-lines download.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

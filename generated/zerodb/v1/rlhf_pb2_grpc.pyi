@@ -53,6 +53,8 @@ class RlhfServiceStub:
     """Streams the interactions that match the filters as lines of a training file in `format`,
     a batch of lines per message, read from the database as they are sent (memory stays flat
     however many there are). A project without matching interactions gives no lines, not an error.
+    No HTTP binding: the HTTP door answers server streams as Server-Sent Events, made for event
+    subscriptions; a training file over HTTP would rather be a plain JSON-lines download.
     """
 
 @_typing.type_check_only
@@ -80,6 +82,8 @@ class RlhfServiceAsyncStub(RlhfServiceStub):
     """Streams the interactions that match the filters as lines of a training file in `format`,
     a batch of lines per message, read from the database as they are sent (memory stays flat
     however many there are). A project without matching interactions gives no lines, not an error.
+    No HTTP binding: the HTTP door answers server streams as Server-Sent Events, made for event
+    subscriptions; a training file over HTTP would rather be a plain JSON-lines download.
     """
 
 class RlhfServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,6 +132,8 @@ class RlhfServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the interactions that match the filters as lines of a training file in `format`,
         a batch of lines per message, read from the database as they are sent (memory stays flat
         however many there are). A project without matching interactions gives no lines, not an error.
+        No HTTP binding: the HTTP door answers server streams as Server-Sent Events, made for event
+        subscriptions; a training file over HTTP would rather be a plain JSON-lines download.
         """
 
 def add_RlhfServiceServicer_to_server(servicer: RlhfServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
