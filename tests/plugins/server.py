@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from tests.plugins.checks import Outage, outage_database
 from tests.plugins.services import Backends
 from zerodb.v1 import memory_pb2_grpc, rlhf_pb2_grpc
 from zerodb_batch import app
@@ -109,3 +110,18 @@ def memories(channel: grpc.Channel) -> memory_pb2_grpc.MemoryServiceStub:
 @pytest.fixture
 def rlhf(channel: grpc.Channel) -> rlhf_pb2_grpc.RlhfServiceStub:
     return rlhf_pb2_grpc.RlhfServiceStub(channel)
+
+
+@pytest.fixture
+def outage_server(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
+    """A server of its own on an Outage database."""
+    with outage_database(backends) as down:
+        # The key stays cached, so the outage hits each RPC's own work rather than
+        # authentication; a short pool timeout, as each call waits that long for a connection
+        # that never comes.
+        settings = server_settings(
+            down.url, backends.redis_url, pool_timeout=0.5, auth_cache_seconds=600
+        )
+        running = ServerThread(settings)
+        yield down, running
+        running.close()
