@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zerodb_batch.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -103,3 +103,32 @@ def report(title: str, unit: str, ours: list[float], raw: list[float]) -> None:
     print(f"  service: {o:10.1f} {unit}   (rounds: {', '.join(f'{x:.0f}' for x in ours)})")
     print(f"  raw:     {r:10.1f} {unit}   (rounds: {', '.join(f'{x:.0f}' for x in raw)})")
     print(f"  ratio service/raw: {o / r:.2f}")
+
+
+@dataclass
+class Rss:
+    """Resident memory of a process (kB), sampled during a run."""
+
+    pid: int
+    samples: dict[str, tuple[int, int]] = field(default_factory=dict)  # label -> (rss, peak)
+
+    def sample(self, label: str) -> None:
+        with open(f"/proc/{self.pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status.read().splitlines())
+        self.samples[label] = (_kb(fields["VmRSS"]), _kb(fields["VmHWM"]))
+
+    def report(self, who: str = "server") -> None:
+        for label, (now, peak) in self.samples.items():
+            mib, peak_mib = now / 1024, peak / 1024
+            print(f"  {who} RSS at {label:>22}: {mib:7.1f} MiB (peak so far {peak_mib:.1f})")
+
+
+def _kb(value: str) -> int:
+    return int(value.split()[0])
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

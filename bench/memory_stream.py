@@ -17,17 +17,15 @@ of each load (it must not grow with the stream), and its CPU time per record is 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import partial
 
 import grpc
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.harness import Service, backends, report, service, timed
+from bench.harness import Rss, Service, backends, report, server_cpu, service, timed
 from zerodb.v1 import memory_pb2, memory_pb2_grpc
 from zerodb_batch.loader import DEFAULT_CHUNKING
 
@@ -44,32 +42,8 @@ def content(i: int) -> str:
     return text + FILLER[: 200 - len(text)]
 
 
-@dataclass
-class Memory:
-    """Resident memory of the server process (kB), sampled during a load."""
-
-    pid: int
-    samples: dict[str, tuple[int, int]] = field(default_factory=dict)  # label -> (rss, peak)
-
-    def sample(self, label: str) -> None:
-        with open(f"/proc/{self.pid}/status") as status:
-            fields = dict(line.split(":", 1) for line in status.read().splitlines())
-        self.samples[label] = (_kb(fields["VmRSS"]), _kb(fields["VmHWM"]))
-
-
-def _kb(value: str) -> int:
-    return int(value.split()[0])
-
-
-def server_cpu(pid: int) -> float:
-    """CPU seconds (user + system) the process has used."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def chunks(
-    project_id: str, load_id: str, records: int, size: int, rss: Memory
+    project_id: str, load_id: str, records: int, size: int, rss: Rss
 ) -> Iterator[memory_pb2.StreamUpsertMemoriesRequest]:
     """The load's messages, built as a client would, from a template (cheap for the client)."""
     template = memory_pb2.StreamUpsertMemoriesRequest(project_id=project_id, load_id=load_id)
@@ -90,7 +64,7 @@ def chunks(
         yield message
 
 
-def service_load(svc: Service, records: int, size: int, rss: Memory, tag: str) -> None:
+def service_load(svc: Service, records: int, size: int, rss: Rss, tag: str) -> None:
     with grpc.insecure_channel(svc.address) as channel:
         stub = memory_pb2_grpc.MemoryServiceStub(channel)
         reply = stub.StreamUpsertMemories(
@@ -130,7 +104,7 @@ def main() -> None:
         service(db_url, redis_url) as svc,
         psycopg.connect(db_url, autocommit=True) as conn,
     ):
-        ours, raw, cpu_per_record, rss = [], [], [], Memory(svc.pid)
+        ours, raw, cpu_per_record, rss = [], [], [], Rss(svc.pid)
         rss.sample("idle")
         for n in range(opts.rounds):
             empty(conn)
@@ -148,10 +122,7 @@ def main() -> None:
             raw,
         )
         print(f"  server CPU per record: {statistics.median(cpu_per_record) * 1e6:.1f} µs")
-        for label, (now, peak) in rss.samples.items():
-            print(
-                f"  server RSS at {label:>5}: {now / 1024:7.1f} MiB (peak so far {peak / 1024:.1f})"
-            )
+        rss.report()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from zerodb_batch.api.event_service import EventServicer
 from zerodb_batch.api.load_service import LoadServicer
 from zerodb_batch.api.memory_service import MemoryServicer
 from zerodb_batch.api.reflection import enable_reflection
+from zerodb_batch.api.rlhf_service import RlhfServicer
 from zerodb_batch.config import Settings
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.errors import StartupError
@@ -224,9 +225,7 @@ async def _build(
     vector_pb2_grpc.add_VectorServiceServicer_to_server(
         _unbuilt(vector_pb2_grpc.VectorServiceServicer), server
     )
-    rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(
-        _unbuilt(rlhf_pb2_grpc.RlhfServiceServicer), server
-    )
+    rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(RlhfServicer(db, tokens), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):

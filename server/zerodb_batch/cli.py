@@ -1,4 +1,5 @@
-"""The `zerodb-batch` command: serve, migrate, keys create|list|revoke, load KIND FILE."""
+"""The `zerodb-batch` command: serve, migrate, keys create|list|revoke, load KIND FILE, export
+interactions."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from zerodb_batch import app as app_module
-from zerodb_batch import load_kinds, loader
+from zerodb_batch import exporter, load_kinds, loader
 from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, SettingError, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
     _add_load(sub)
+    _add_export(sub)
     return parser
 
 
@@ -251,3 +253,21 @@ def _loading(command: load_kinds.LoadCommand) -> Callable[[Settings, argparse.Na
         sys.exit(loader.run_cli(args, settings, command.kind, command.fields(args)))
 
     return run
+
+
+# ---- export (a client of a running server) --------------------------------------------------
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kinds = sub.add_parser(
+        "export", help="stream training data out of a running server"
+    ).add_subparsers(required=True, metavar="KIND")
+    parser = kinds.add_parser(
+        "interactions", help="RLHF interactions as jsonl, trl, openai or openai-preference lines"
+    )
+    exporter.add_arguments(parser)
+    parser.set_defaults(run=_export)
+
+
+def _export(_: Settings, args: argparse.Namespace) -> None:
+    sys.exit(exporter.run_cli(args, ClientSettings.from_env()))

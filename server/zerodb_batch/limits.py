@@ -26,6 +26,13 @@ MEMORY_TYPES: Final = ("working", "episodic", "semantic")
 DEFAULT_MEMORY_TYPE: Final = "episodic"
 DEFAULT_IMPORTANCE: Final = 0.5
 
+MAX_PROMPT_BYTES: Final = 1024 * 1024  # also the response and the context
+MAX_HUMAN_FEEDBACK_BYTES: Final = 64 * 1024
+MAX_MODEL_CHARS: Final = 256
+FEEDBACK: Final = ("positive", "negative", "mixed")
+DEFAULT_INTERACTIONS_PAGE_SIZE: Final = 100
+EXPORT_FORMATS: Final = ("jsonl", "trl", "openai", "openai-preference")
+
 MAX_TOPIC_CHARS: Final = 256
 MAX_EVENT_PAYLOAD_BYTES: Final = 64 * 1024
 MAX_TOPIC_FILTERS: Final = 100  # per subscription

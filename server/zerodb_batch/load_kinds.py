@@ -7,10 +7,14 @@ import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from zerodb.v1 import memory_pb2
+from google.protobuf.message import Message
+
+from zerodb.v1 import memory_pb2, rlhf_pb2
 from zerodb_batch.loader import BadLine, Kind
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,25 @@ def known_only(obj: dict[str, Any], known: frozenset[str]) -> None:
         raise BadLine(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
+def fill(message: M, obj: dict[str, Any], texts: tuple[str, ...], numbers: tuple[str, ...]) -> M:
+    """Set the message's fields from a JSON object: `texts` and `numbers` by name, `tags` and
+    `metadata` where present. A null is the same as an absent key; BadLine for a wrong type."""
+    for name in texts:
+        if obj.get(name) is not None:
+            setattr(message, name, typed(obj, name, str, "a string"))
+    for name in numbers:
+        if obj.get(name) is not None:
+            setattr(message, name, typed(obj, name, (int, float), "a number"))
+    if obj.get("tags") is not None:
+        tags = typed(obj, "tags", list, "a list of strings")
+        if not all(isinstance(tag, str) for tag in tags):
+            raise BadLine("tags must be a list of strings")
+        getattr(message, "tags").extend(tags)  # noqa: B009 - every record kind with tags
+    if obj.get("metadata") is not None:
+        getattr(message, "metadata").update(typed(obj, "metadata", dict, "a JSON object"))  # noqa: B009
+    return message
+
+
 _MEMORY_TEXT = ("id", "content", "memory_type", "session_id", "agent_id", "entity_id")
 _MEMORY_KEYS = frozenset((*_MEMORY_TEXT, "importance", "tags", "metadata"))
 
@@ -54,20 +77,24 @@ def parse_memory(text: str) -> memory_pb2.Memory:
     """One JSON object with the seed's record keys; BadLine says what is wrong."""
     obj = json_object(text)
     known_only(obj, _MEMORY_KEYS)
-    memory = memory_pb2.Memory()
-    for name in _MEMORY_TEXT:
-        if obj.get(name) is not None:
-            setattr(memory, name, typed(obj, name, str, "a string"))
-    if obj.get("importance") is not None:
-        memory.importance = typed(obj, "importance", (int, float), "a number")
-    if obj.get("tags") is not None:
-        tags = typed(obj, "tags", list, "a list of strings")
-        if not all(isinstance(tag, str) for tag in tags):
-            raise BadLine("tags must be a list of strings")
-        memory.tags.extend(tags)
-    if obj.get("metadata") is not None:
-        memory.metadata.update(typed(obj, "metadata", dict, "a JSON object"))
-    return memory
+    return fill(memory_pb2.Memory(), obj, _MEMORY_TEXT, ("importance",))
+
+
+_INTERACTION_TEXT = (
+    "prompt", "response", "feedback", "model", "session_id", "agent_id", "human_feedback",
+    "context",
+)  # fmt: skip
+# `id` and `create_time` are the server's: accepted (so a jsonl export loads back) and ignored.
+_INTERACTION_KEYS = frozenset(
+    (*_INTERACTION_TEXT, "reward", "tags", "metadata", "id", "create_time")
+)
+
+
+def parse_interaction(text: str) -> rlhf_pb2.Interaction:
+    """One JSON object with the interaction keys of the seed and of a jsonl export."""
+    obj = json_object(text)
+    known_only(obj, _INTERACTION_KEYS)
+    return fill(rlhf_pb2.Interaction(), obj, _INTERACTION_TEXT, ("reward",))
 
 
 MEMORIES = Kind(
@@ -79,10 +106,25 @@ MEMORIES = Kind(
     parse_line=parse_memory,
 )
 
+INTERACTIONS = Kind(
+    name="interactions",
+    method="/zerodb.v1.RlhfService/StreamCreateInteractions",
+    request_type=rlhf_pb2.StreamCreateInteractionsRequest,
+    response_type=rlhf_pb2.StreamCreateInteractionsResponse,
+    records_field="interactions",
+    parse_line=parse_interaction,
+)
+
 COMMANDS = (
     LoadCommand(
         MEMORIES,
         "stream a JSON-lines file of memories (the upsert's keys: id, content, memory_type, "
         "importance, tags, metadata, session_id, agent_id, entity_id)",
+    ),
+    LoadCommand(
+        INTERACTIONS,
+        "stream a JSON-lines file of RLHF interactions (prompt, response, feedback, reward, "
+        "model, session_id, agent_id, human_feedback, tags, context, metadata; a jsonl export "
+        "loads back)",
     ),
 )

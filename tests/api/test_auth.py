@@ -80,11 +80,11 @@ def test_health_and_reflection_need_no_key(channel: grpc.Channel) -> None:
 
 
 def test_unbuilt_rpc_is_unimplemented(channel: grpc.Channel, project: Project) -> None:
-    from zerodb.v1 import rlhf_pb2, rlhf_pb2_grpc
+    from zerodb.v1 import vector_pb2, vector_pb2_grpc
 
-    stub = rlhf_pb2_grpc.RlhfServiceStub(channel)
+    stub = vector_pb2_grpc.VectorServiceStub(channel)
     with pytest.raises(grpc.RpcError) as caught:
-        stub.ListInteractions(
-            rlhf_pb2.ListInteractionsRequest(project_id=project.id), metadata=project.auth
+        stub.ListNamespaces(
+            vector_pb2.ListNamespacesRequest(project_id=project.id), metadata=project.auth
         )
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED

@@ -81,3 +81,18 @@ def test_publish_views(channel: grpc.Channel, project: Project) -> None:
     assert [(r.index, r.outcome) for r in reply.results] == [(1, common_pb2.OUTCOME_FAILED)]
     assert (reply.published, reply.failed) == (1, 1)
     assert reply.ids[0] and not reply.ids[1]
+
+
+def test_interaction_views(channel: grpc.Channel, project: Project) -> None:
+    from zerodb.v1 import rlhf_pb2, rlhf_pb2_grpc
+
+    request = rlhf_pb2.BatchCreateInteractionsRequest(
+        project_id=project.id,
+        interactions=[{"prompt": "p", "response": "r"}, {"prompt": "q", "reward": 3}],
+        partial_success=True,
+        result_view=COUNTS,
+    )
+    reply = rlhf_pb2_grpc.RlhfServiceStub(channel).BatchCreateInteractions(
+        request, metadata=project.auth
+    )
+    assert (reply.created, reply.failed, len(reply.results), len(reply.ids)) == (1, 1, 0, 0)

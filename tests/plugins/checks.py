@@ -109,3 +109,14 @@ def outage_database(backends: Backends) -> Iterator[Outage]:
     finally:
         down.allow(True)
         drop_database(backends.admin_url, down.url)
+
+
+def succeeds(call: Callable[[], object]) -> bool:
+    """True if the call succeeds, False if it is UNAVAILABLE (any other error fails the test)."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        if e.code() is not grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False
+    return True

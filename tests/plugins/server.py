@@ -17,7 +17,7 @@ import pytest
 
 from tests.plugins.checks import Outage, outage_database
 from tests.plugins.services import Backends
-from zerodb.v1 import memory_pb2_grpc
+from zerodb.v1 import memory_pb2_grpc, rlhf_pb2_grpc
 from zerodb_batch import app
 from zerodb_batch.config import Settings
 from zerodb_batch.storage import keys
@@ -112,10 +112,21 @@ def memories(channel: grpc.Channel) -> memory_pb2_grpc.MemoryServiceStub:
 
 
 @pytest.fixture
+def rlhf(channel: grpc.Channel) -> rlhf_pb2_grpc.RlhfServiceStub:
+    return rlhf_pb2_grpc.RlhfServiceStub(channel)
+
+
+@pytest.fixture
 def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
     """A server of its own on a database that the test can make unreachable."""
     with outage_database(backends) as down:
-        running = ServerThread(server_settings(down.url, backends.redis_url))
+        # The key stays cached, so the outage hits each RPC's own work rather than
+        # authentication; a short pool timeout, as each call waits that long for a connection
+        # that never comes.
+        settings = server_settings(
+            down.url, backends.redis_url, pool_timeout=0.5, auth_cache_seconds=600
+        )
+        running = ServerThread(settings)
         try:
             yield down, running
         finally:

@@ -3,6 +3,7 @@ PostgreSQL in tests/api/test_memory_stream.py)."""
 
 from __future__ import annotations
 
+from zerodb_batch.storage.copy_text import field
 from zerodb_batch.storage.memories import MemoryCopyRows
 
 
@@ -25,3 +26,10 @@ def test_payload_pieces_are_whole_lines_that_make_up_every_row() -> None:
 def test_a_line_longer_than_a_piece_goes_alone() -> None:
     assert [p.count("\n") for p in rows(3).payload(size=1)] == [1, 1, 1]
     assert list(MemoryCopyRows("p").payload()) == []
+
+
+def test_field_escapes_each_special_character_once() -> None:
+    assert field("plain text") == "plain text"
+    assert field("a\\b\tc\nd\re") == "a\\\\b\\tc\\nd\\re"
+    assert field("\\n") == "\\\\n"  # a backslash and an n, not a newline
+    assert field("\n\n\\") == "\\n\\n\\\\"

@@ -173,3 +173,10 @@ def test_a_real_nul_is_refused_on_both_paths(value: dict[str, object]) -> None:
         assert [(v.field, v.reason) for v in failures] == [
             ("records[0].metadata", "INVALID_CHARACTER")
         ]
+
+
+def test_columns_since_slices_every_column() -> None:
+    batch = parse(*(memory_pb2.Memory(id=f"m{i}", content=f"c{i}") for i in range(5)))
+    part = batch.rows.since(3)
+    assert (part.index, part.ids, part.contents) == ([3, 4], ["m3", "m4"], ["c3", "c4"])
+    assert len(part) == 2 and len(batch.rows) == 5  # the whole is left as it was

@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class RlhfServiceStub:
-    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads
-    and filtered listing.
+    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads,
+    filtered listing, and export as training data.
 
     Write batches follow the common contract: the whole request is validated first; by default a
     batch is atomic (one invalid interaction fails the call with INVALID_ARGUMENT listing every
@@ -57,11 +57,16 @@ class RlhfServiceStub:
                 request_serializer=zerodb_dot_v1_dot_rlhf__pb2.ListInteractionsRequest.SerializeToString,
                 response_deserializer=zerodb_dot_v1_dot_rlhf__pb2.ListInteractionsResponse.FromString,
                 _registered_method=True)
+        self.ExportInteractions = channel.unary_stream(
+                '/zerodb.v1.RlhfService/ExportInteractions',
+                request_serializer=zerodb_dot_v1_dot_rlhf__pb2.ExportInteractionsRequest.SerializeToString,
+                response_deserializer=zerodb_dot_v1_dot_rlhf__pb2.ExportInteractionsResponse.FromString,
+                _registered_method=True)
 
 
 class RlhfServiceServicer:
-    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads
-    and filtered listing.
+    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads,
+    filtered listing, and export as training data.
 
     Write batches follow the common contract: the whole request is validated first; by default a
     batch is atomic (one invalid interaction fails the call with INVALID_ARGUMENT listing every
@@ -71,7 +76,7 @@ class RlhfServiceServicer:
     """
 
     def BatchCreateInteractions(self, request, context):
-        """Logs up to 1000 interactions in one transaction.
+        """Logs up to 1000 interactions in one transaction, each under a new UUID.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +92,17 @@ class RlhfServiceServicer:
 
     def ListInteractions(self, request, context):
         """Lists interactions newest first, filtered, in pages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportInteractions(self, request, context):
+        """Streams the interactions that match the filters as lines of a training file in `format`,
+        a batch of lines per message, read from the database as they are sent (memory stays flat
+        however many there are). A project without matching interactions gives no lines, not an error.
+        No HTTP binding: the HTTP door answers server streams as Server-Sent Events, made for event
+        subscriptions; a training file over HTTP would rather be a plain JSON-lines download.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +126,11 @@ def add_RlhfServiceServicer_to_server(servicer, server):
                     request_deserializer=zerodb_dot_v1_dot_rlhf__pb2.ListInteractionsRequest.FromString,
                     response_serializer=zerodb_dot_v1_dot_rlhf__pb2.ListInteractionsResponse.SerializeToString,
             ),
+            'ExportInteractions': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportInteractions,
+                    request_deserializer=zerodb_dot_v1_dot_rlhf__pb2.ExportInteractionsRequest.FromString,
+                    response_serializer=zerodb_dot_v1_dot_rlhf__pb2.ExportInteractionsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'zerodb.v1.RlhfService', rpc_method_handlers)
@@ -119,8 +140,8 @@ def add_RlhfServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RlhfService:
-    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads
-    and filtered listing.
+    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads,
+    filtered listing, and export as training data.
 
     Write batches follow the common contract: the whole request is validated first; by default a
     batch is atomic (one invalid interaction fails the call with INVALID_ARGUMENT listing every
@@ -200,6 +221,33 @@ class RlhfService:
             '/zerodb.v1.RlhfService/ListInteractions',
             zerodb_dot_v1_dot_rlhf__pb2.ListInteractionsRequest.SerializeToString,
             zerodb_dot_v1_dot_rlhf__pb2.ListInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/zerodb.v1.RlhfService/ExportInteractions',
+            zerodb_dot_v1_dot_rlhf__pb2.ExportInteractionsRequest.SerializeToString,
+            zerodb_dot_v1_dot_rlhf__pb2.ExportInteractionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RlhfServiceStub:
-    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads
-    and filtered listing.
+    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads,
+    filtered listing, and export as training data.
 
     Write batches follow the common contract: the whole request is validated first; by default a
     batch is atomic (one invalid interaction fails the call with INVALID_ARGUMENT listing every
@@ -42,18 +42,25 @@ class RlhfServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RlhfServiceAsyncStub: ...
     BatchCreateInteractions: _grpc.UnaryUnaryMultiCallable[_rlhf_pb2.BatchCreateInteractionsRequest, _rlhf_pb2.BatchCreateInteractionsResponse]
-    """Logs up to 1000 interactions in one transaction."""
+    """Logs up to 1000 interactions in one transaction, each under a new UUID."""
     StreamCreateInteractions: _grpc.StreamUnaryMultiCallable[_rlhf_pb2.StreamCreateInteractionsRequest, _rlhf_pb2.StreamCreateInteractionsResponse]
     """Bulk load: a client stream of chunks of interactions, each committed with the load's progress.
     See LoadService for resuming a broken stream.
     """
     ListInteractions: _grpc.UnaryUnaryMultiCallable[_rlhf_pb2.ListInteractionsRequest, _rlhf_pb2.ListInteractionsResponse]
     """Lists interactions newest first, filtered, in pages."""
+    ExportInteractions: _grpc.UnaryStreamMultiCallable[_rlhf_pb2.ExportInteractionsRequest, _rlhf_pb2.ExportInteractionsResponse]
+    """Streams the interactions that match the filters as lines of a training file in `format`,
+    a batch of lines per message, read from the database as they are sent (memory stays flat
+    however many there are). A project without matching interactions gives no lines, not an error.
+    No HTTP binding: the HTTP door answers server streams as Server-Sent Events, made for event
+    subscriptions; a training file over HTTP would rather be a plain JSON-lines download.
+    """
 
 @_typing.type_check_only
 class RlhfServiceAsyncStub(RlhfServiceStub):
-    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads
-    and filtered listing.
+    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads,
+    filtered listing, and export as training data.
 
     Write batches follow the common contract: the whole request is validated first; by default a
     batch is atomic (one invalid interaction fails the call with INVALID_ARGUMENT listing every
@@ -64,17 +71,24 @@ class RlhfServiceAsyncStub(RlhfServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     BatchCreateInteractions: _aio.UnaryUnaryMultiCallable[_rlhf_pb2.BatchCreateInteractionsRequest, _rlhf_pb2.BatchCreateInteractionsResponse]  # type: ignore[assignment]
-    """Logs up to 1000 interactions in one transaction."""
+    """Logs up to 1000 interactions in one transaction, each under a new UUID."""
     StreamCreateInteractions: _aio.StreamUnaryMultiCallable[_rlhf_pb2.StreamCreateInteractionsRequest, _rlhf_pb2.StreamCreateInteractionsResponse]  # type: ignore[assignment]
     """Bulk load: a client stream of chunks of interactions, each committed with the load's progress.
     See LoadService for resuming a broken stream.
     """
     ListInteractions: _aio.UnaryUnaryMultiCallable[_rlhf_pb2.ListInteractionsRequest, _rlhf_pb2.ListInteractionsResponse]  # type: ignore[assignment]
     """Lists interactions newest first, filtered, in pages."""
+    ExportInteractions: _aio.UnaryStreamMultiCallable[_rlhf_pb2.ExportInteractionsRequest, _rlhf_pb2.ExportInteractionsResponse]  # type: ignore[assignment]
+    """Streams the interactions that match the filters as lines of a training file in `format`,
+    a batch of lines per message, read from the database as they are sent (memory stays flat
+    however many there are). A project without matching interactions gives no lines, not an error.
+    No HTTP binding: the HTTP door answers server streams as Server-Sent Events, made for event
+    subscriptions; a training file over HTTP would rather be a plain JSON-lines download.
+    """
 
 class RlhfServiceServicer(metaclass=_abc_1.ABCMeta):
-    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads
-    and filtered listing.
+    """RLHF interactions (prompt, response and feedback on it): batch logging, resumable streamed loads,
+    filtered listing, and export as training data.
 
     Write batches follow the common contract: the whole request is validated first; by default a
     batch is atomic (one invalid interaction fails the call with INVALID_ARGUMENT listing every
@@ -89,7 +103,7 @@ class RlhfServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rlhf_pb2.BatchCreateInteractionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rlhf_pb2.BatchCreateInteractionsResponse, _abc.Awaitable[_rlhf_pb2.BatchCreateInteractionsResponse]]:
-        """Logs up to 1000 interactions in one transaction."""
+        """Logs up to 1000 interactions in one transaction, each under a new UUID."""
 
     @_abc_1.abstractmethod
     def StreamCreateInteractions(
@@ -108,5 +122,18 @@ class RlhfServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rlhf_pb2.ListInteractionsResponse, _abc.Awaitable[_rlhf_pb2.ListInteractionsResponse]]:
         """Lists interactions newest first, filtered, in pages."""
+
+    @_abc_1.abstractmethod
+    def ExportInteractions(
+        self,
+        request: _rlhf_pb2.ExportInteractionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_rlhf_pb2.ExportInteractionsResponse], _abc.AsyncIterator[_rlhf_pb2.ExportInteractionsResponse]]:
+        """Streams the interactions that match the filters as lines of a training file in `format`,
+        a batch of lines per message, read from the database as they are sent (memory stays flat
+        however many there are). A project without matching interactions gives no lines, not an error.
+        No HTTP binding: the HTTP door answers server streams as Server-Sent Events, made for event
+        subscriptions; a training file over HTTP would rather be a plain JSON-lines download.
+        """
 
 def add_RlhfServiceServicer_to_server(servicer: RlhfServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 from zerodb.v1 import memory_pb2, memory_pb2_grpc
 from zerodb_batch import limits
@@ -50,15 +51,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
 
         async def write(conn: Conn) -> memory_pb2.BatchUpsertMemoriesResponse:
-            # Each slice's upsert runs in PostgreSQL while the next slice is validated here.
-            sent = []
-            for stop in range(UPSERT_SLICE, len(records) + UPSERT_SLICE, UPSERT_SLICE):
-                first = len(parser.batch.rows)
-                parser.parse(min(stop, len(records)))
-                if parser.writable:  # else an atomic batch fails in finish(): no more writes
-                    rows = parser.batch.rows.since(first)
-                    sent.append(await memories.send_upsert(conn, request.project_id, rows))
-            batch = parser.finish()  # atomic + invalid: raises, and the transaction rolls back
+            # Each slice's upsert runs in PostgreSQL while the next slice is validated here; an
+            # atomic batch with an invalid record raises, and the transaction rolls back.
+            batch, sent = await parser.send_in_slices(
+                UPSERT_SLICE, partial(memories.send_upsert, conn, request.project_id)
+            )
             outcomes = results.Outcomes(len(records), batch)
             written: dict[str, bool] = {}
             for cur in sent:
@@ -130,14 +127,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             rows = await memories.list_page(
                 conn, request.project_id, query.params, query.page_size + 1
             )
-        page = rows[: query.page_size]
-        more = len(rows) > query.page_size
-        last = page[-1] if more else None
+        page, token = self._tokens.page(
+            request, rows, query.page_size, lambda row: position(row.create_time, row.id)
+        )
         return memory_pb2.ListMemoriesResponse(
-            memories=[to_message(row) for row in page],
-            next_page_token=(
-                self._tokens.encode(request, position(last.create_time, last.id)) if last else ""
-            ),
+            memories=[to_message(row) for row in page], next_page_token=token
         )
 
     async def StreamUpsertMemories(

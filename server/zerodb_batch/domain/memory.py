@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from zerodb_batch import limits
+from zerodb_batch.domain.records import Columns
 from zerodb_batch.domain.rules import Body, Choice, JsonObject, Number, Rules, Tags, Text
 
 # The values of a valid record, in this order, are what a Rows sink's `add` receives.
@@ -24,10 +25,9 @@ MEMORY = Rules(
 
 
 @dataclass
-class MemoryColumns:
+class MemoryColumns(Columns):
     """Valid records as parallel arrays (one per column), ready for `unnest`."""
 
-    index: list[int] = field(default_factory=list)  # position of each row in the request
     ids: list[str] = field(default_factory=list)
     contents: list[str] = field(default_factory=list)
     memory_types: list[str] = field(default_factory=list)
@@ -37,18 +37,6 @@ class MemoryColumns:
     session_ids: list[str | None] = field(default_factory=list)
     agent_ids: list[str | None] = field(default_factory=list)
     entity_ids: list[str | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def since(self, start: int) -> MemoryColumns:
-        """The rows from position `start` on, as columns of their own."""
-        s = slice(start, None)
-        return MemoryColumns(
-            self.index[s], self.ids[s], self.contents[s], self.memory_types[s],
-            self.importances[s], self.tags[s], self.metadata[s], self.session_ids[s],
-            self.agent_ids[s], self.entity_ids[s],
-        )  # fmt: skip
 
     def add(
         self, index: int, mid: str, content: str, memory_type: str, importance: float,

@@ -15,7 +15,8 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -25,6 +26,7 @@ from zerodb_batch.domain.validate import Checker
 from zerodb_batch.errors import InvalidArgument, Violation
 
 Position = tuple[int | str, ...]  # the sort key values of a page's last row
+Row = TypeVar("Row")
 
 _PAGE_FIELDS = ("page_size", "page_token")
 _TAG_BYTES = 16  # of the HMAC: forging one takes ~2**128 tries
@@ -49,6 +51,14 @@ class PageTokens:
         query = fingerprint(request, *_PAGE_FIELDS).hex()[:32]
         body = json.dumps([query, *position], separators=(",", ":")).encode()
         return f"{_b64(body)}.{_b64(self._sign(body))}"
+
+    def page(
+        self, request: Message, rows: Sequence[Row], size: int, position: Callable[[Row], Position]
+    ) -> tuple[Sequence[Row], str]:
+        """The first `size` of `rows`, read with one row more than the page (that row says another
+        page follows), and the token that continues after them: empty on the last page."""
+        shown = rows[:size]
+        return shown, self.encode(request, position(shown[-1])) if len(rows) > size else ""
 
     def decode(self, request: Message, shape: Sequence[type]) -> Position | None:
         """The position in `request.page_token` (None when it has none), whose values have the

@@ -7,10 +7,11 @@ which storage writes them (column arrays for `unnest`, lines for COPY, ...).
 
 from __future__ import annotations
 
+import copy
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from zerodb_batch.domain.rules import Rules
 from zerodb_batch.domain.validate import Checker
@@ -28,7 +29,34 @@ class Rows(Protocol):
         """(index, *values): each kind names its values, so the protocol cannot."""
 
 
+class SliceableRows(Rows, Protocol):
+    """A sink whose rows can be taken from a position on, to be written a slice at a time."""
+
+    def since(self, start: int) -> Self: ...
+
+
+@dataclass
+class Columns:
+    """Valid records as parallel lists, one per column, ready for `unnest`: a kind's subclass adds
+    its columns and an `add` that appends to each. `index` is each row's position in the request.
+    """
+
+    index: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def since(self, start: int) -> Self:
+        """The rows from position `start` on, as columns of their own."""
+        part = copy.copy(self)
+        for column in fields(self):
+            if isinstance(value := getattr(self, column.name), list):
+                setattr(part, column.name, value[start:])
+        return part
+
+
 R = TypeVar("R", bound=Rows)
+S = TypeVar("S", bound=SliceableRows)
 T = TypeVar("T")
 
 
@@ -109,6 +137,22 @@ class RecordParser(Generic[R]):
             self.batch.rows.add(i, str(uuid.uuid4()), *values[1:])
         else:  # valid after all (say, long content within the byte limit)
             self.batch.rows.add(i, *values)
+
+    async def send_in_slices(
+        self: RecordParser[S], size: int, send: Callable[[S], Awaitable[T]]
+    ) -> tuple[ParsedBatch[S], list[T]]:
+        """Validate `size` records at a time and hand each slice's valid rows to `send`, which
+        sends them without waiting (pipeline mode), so PostgreSQL writes a slice while the next
+        is validated. Once an atomic batch has an invalid record nothing more is sent, and
+        finish() raises: the caller's transaction must roll back on it. Returns the batch and
+        what each `send` returned, in order."""
+        total, sent = len(self._records), []
+        for stop in range(size, total + size, size):
+            first = len(self.batch.rows)
+            self.parse(min(stop, total))
+            if self.writable:
+                sent.append(await send(self.batch.rows.since(first)))
+        return self.finish(), sent
 
     def finish(self) -> ParsedBatch[R]:
         assert self._parsed == len(self._records), "finish() before every record was parsed"

@@ -75,6 +75,30 @@ class Text(Rule):
         return v
 
 
+class TextOrMember(Text):
+    """A Text that, left empty, takes the string at `key` of the record's Struct field `struct`
+    (the seed logs an interaction's model as `metadata.model`); a violation of the value taken
+    from there names that member."""
+
+    def __init__(self, name: str, max_chars: int, *, struct: str, key: str) -> None:
+        super().__init__(name, max_chars)
+        self.struct, self.key = struct, key
+
+    def check(self, c: Checker, record: Any) -> object:
+        if value := getattr(record, self.name):
+            c.text(self.name, value, self.max_chars)
+            return value
+        value = struct_json.string_member(getattr(record, self.struct), self.key)
+        c.text(f"{self.struct}.{self.key}", value, self.max_chars)
+        return value
+
+    def read(self, v: str) -> str:
+        return f"{v} = r.{self.name} or {v}_member(r.{self.struct}, {self.key!r})"
+
+    def constants(self, v: str) -> dict[str, object]:
+        return {f"{v}_member": struct_json.string_member}
+
+
 class Body(Rule):
     """A free text measured in UTF-8 bytes, no NUL."""
 

@@ -120,6 +120,12 @@ def _plain(v: struct_pb2.Value) -> Any:
     return None
 
 
+def string_member(value: struct_pb2.Struct, key: str) -> str:
+    """The string at `key` of a Struct; empty when there is none or it is not a string."""
+    fields = value.fields  # a lookup of a missing key would add it: test first
+    return fields[key].string_value if key in fields else ""
+
+
 def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     """A JSON object read from PostgreSQL as a Struct for a response."""
     s = struct_pb2.Struct()

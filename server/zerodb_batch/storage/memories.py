@@ -21,6 +21,7 @@ from zerodb_batch.storage.copy_text import NULL, CopyLines, field, text_array
 from zerodb_batch.storage.loads import RetryChunk
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
+from zerodb_batch.storage.unnest import flat_tags
 
 Cursor = psycopg.AsyncCursor[tuple[object, ...]]
 
@@ -55,7 +56,7 @@ async def send_upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> Curso
         "contents": rows.contents,
         "memory_types": rows.memory_types,
         "importances": rows.importances,
-        **_flat_tags(rows.tags),
+        **flat_tags(rows.tags),
         "metadata": rows.metadata,
         "session_ids": rows.session_ids,
         "agent_ids": rows.agent_ids,
@@ -69,17 +70,6 @@ async def upsert_sent(cur: Cursor | None) -> dict[str, bool]:
     if cur is None:
         return {}
     return {row[0]: row[1] for row in await cur.fetchall()}  # type: ignore[misc]
-
-
-def _flat_tags(tags: list[list[str]]) -> dict[str, list[Any]]:
-    """All records' tags in one array plus each record's slice: no per-record encoding."""
-    values: list[str] = []
-    starts, ends = [], []
-    for record_tags in tags:
-        starts.append(len(values) + 1)
-        values.extend(record_tags)
-        ends.append(len(values))
-    return {"tag_values": values, "tag_from": starts, "tag_to": ends}
 
 
 async def get(conn: Conn, project_id: str, ids: Sequence[str]) -> dict[str, MemoryRow]:
@@ -169,10 +159,7 @@ async def copy_insert(
     if not rows:
         return
     try:
-        async with conn.cursor().copy(Q["memory_copy"]) as copy:
-            copying()
-            for part in rows.payload():
-                await copy.write(part)
+        await rows.copy(conn, Q["memory_copy"], copying)
     except psycopg.errors.UniqueViolation as e:
         raise IdExists from e
 
@@ -186,9 +173,7 @@ async def copy_upsert(conn: Conn, rows: CopyLines) -> tuple[int, int]:
     if not rows:
         return 0, 0
     await conn.execute(Q["memory_stage_create"])
-    async with conn.cursor().copy(Q["memory_stage_copy"]) as copy:
-        for part in rows.payload():
-            await copy.write(part)
+    await rows.copy(conn, Q["memory_stage_copy"])
     cur = await conn.execute(Q["memory_stage_upsert"])
     counted = await cur.fetchone()
     assert counted is not None  # an aggregate always returns a row
