@@ -31,6 +31,7 @@ from zerodb_batch.api.event_service import EventServicer
 from zerodb_batch.api.load_service import LoadServicer
 from zerodb_batch.api.memory_service import MemoryServicer
 from zerodb_batch.api.reflection import enable_reflection
+from zerodb_batch.api.table_service import TableServicer
 from zerodb_batch.config import Settings
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.errors import StartupError
@@ -39,7 +40,7 @@ from zerodb_batch.events.streams import Streams
 from zerodb_batch.http.door import Door
 from zerodb_batch.interceptors.api_interceptor import ApiInterceptor
 from zerodb_batch.interceptors.auth import Authenticator
-from zerodb_batch.storage import idempotency, keys, shared_secrets
+from zerodb_batch.storage import idempotency, keys, shared_secrets, tables
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Database, open_database
 
@@ -118,6 +119,12 @@ async def start(settings: Settings) -> App:
         raise StartupError("no database URL: start the embedded PostgreSQL first")
     if not settings.redis_url:
         raise StartupError("no Redis URL: start the embedded Valkey first")
+    if not 1 <= settings.query_concurrency < settings.pool_max:
+        raise StartupError(
+            f"ZERODB_QUERY_CONCURRENCY={settings.query_concurrency} is invalid: expected 1 to "
+            f"{settings.pool_max - 1} (ZERODB_DB_POOL_MAX - 1: a parallel batch holds one "
+            "connection more than it reads on)"
+        )
     db = await _open(settings)
     # No connection yet: a Redis that is down only delays events (the outbox keeps them).
     # Publishers and the relay have connections of their own: a crowd of subscriptions holding
@@ -146,6 +153,7 @@ async def start(settings: Settings) -> App:
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
     app.door = door
     app.tasks.append(asyncio.create_task(relay.run()))
+    app.tasks.append(asyncio.create_task(_sync_table_indexes(db)))
     return app
 
 
@@ -187,7 +195,7 @@ async def _build(
     load_pb2_grpc.add_LoadServiceServicer_to_server(LoadServicer(db), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
     table_pb2_grpc.add_TableServiceServicer_to_server(
-        _unbuilt(table_pb2_grpc.TableServiceServicer), server
+        TableServicer(db, tokens, settings.query_concurrency), server
     )
     vector_pb2_grpc.add_VectorServiceServicer_to_server(
         _unbuilt(vector_pb2_grpc.VectorServiceServicer), server
@@ -240,6 +248,16 @@ def _bind(server: grpc.aio.Server, listen: str) -> int:
     if port == 0:
         raise StartupError(f"cannot listen on {listen}: the address is in use or invalid")
     return int(port)
+
+
+async def _sync_table_indexes(db: Database) -> None:
+    """Repair the table indexes a crash left half built or orphaned. In the background: a
+    rebuild may take long, and queries give the same results without an index meanwhile."""
+    try:
+        async with db.connection() as conn:  # autocommit: indexes built CONCURRENTLY
+            await tables.sync_indexes(conn)
+    except Exception as e:  # the next start tries again
+        log.warning("table index repair failed: %s", e)
 
 
 async def _expire_requests(db: Database, hours: int) -> None:

@@ -34,6 +34,7 @@ class Settings:
     event_relay_poll_seconds: float = 1.0  # how often the relay looks for events left behind
     max_subscriptions: int = 1000  # open SubscribeEvents calls per server; more: RESOURCE_EXHAUSTED
     event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
+    query_concurrency: int = 4  # reads of one parallel BatchQuery at a time (1 to pool_max - 1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +64,7 @@ class Settings:
             event_relay_redis_connections=int(
                 e.get("ZERODB_EVENT_RELAY_REDIS_CONNECTIONS", d.event_relay_redis_connections)
             ),
+            query_concurrency=int(e.get("ZERODB_QUERY_CONCURRENCY", d.query_concurrency)),
         )
 
     @property
