@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import pytest
 
 from tests.api.test_memory_stream import chunk
-from tests.plugins.checks import Outage, details, outage_database, wait_for
-from tests.plugins.server import Project, ServerThread, server_settings
-from tests.plugins.services import Backends
+from tests.plugins.checks import Outage, details, succeeds, wait_for
+from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 
 
-@pytest.fixture
-def outage(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
-    with outage_database(backends) as down:
-        yield from _serving(down, backends)
-
-
-def _serving(down: Outage, backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
-    # The key stays cached, so the outage hits each RPC's own work rather than authentication;
-    # a short pool timeout, as each call waits that long for a connection that never comes.
-    settings = server_settings(
-        down.url, backends.redis_url, pool_timeout=0.5, auth_cache_seconds=600
-    )
-    running = ServerThread(settings)
-    yield down, running
-    running.close()
-
-
-def test_each_rpc_is_unavailable_then_recovers(outage: tuple[Outage, ServerThread]) -> None:
-    down, running = outage
+def test_each_rpc_is_unavailable_then_recovers(
+    outage_server: tuple[Outage, ServerThread],
+) -> None:
+    down, running = outage_server
     project = Project(*running.new_key())
     with grpc.insecure_channel(running.address) as channel:
         memories, loads = MemoryServiceStub(channel), LoadServiceStub(channel)
@@ -51,17 +35,7 @@ def test_each_rpc_is_unavailable_then_recovers(outage: tuple[Outage, ServerThrea
 
         down.allow(True)  # the same server serves again, without a restart, once its pool
         for call in calls.values():  # has reconnected: clients retry UNAVAILABLE meanwhile
-            wait_for(lambda call=call: _succeeds(call), "the server to serve again")
-
-
-def _succeeds(call: Callable[[], object]) -> bool:
-    try:
-        call()
-    except grpc.RpcError as e:
-        if e.code() is not grpc.StatusCode.UNAVAILABLE:
-            raise
-        return False
-    return True
+            wait_for(lambda call=call: succeeds(call), "the server to serve again")
 
 
 def _calls(

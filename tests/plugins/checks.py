@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from psycopg import sql
 
+from tests.plugins.server import ServerThread, server_settings
 from tests.plugins.services import Backends, create_database, drop_database
 
 T = TypeVar("T")
@@ -109,3 +110,29 @@ def outage_database(backends: Backends) -> Iterator[Outage]:
     finally:
         down.allow(True)
         drop_database(backends.admin_url, down.url)
+
+
+@pytest.fixture
+def outage_server(backends: Backends) -> Iterator[tuple[Outage, ServerThread]]:
+    """A server of its own on an Outage database."""
+    with outage_database(backends) as down:
+        # The key stays cached, so the outage hits each RPC's own work rather than
+        # authentication; a short pool timeout, as each call waits that long for a connection
+        # that never comes.
+        settings = server_settings(
+            down.url, backends.redis_url, pool_timeout=0.5, auth_cache_seconds=600
+        )
+        running = ServerThread(settings)
+        yield down, running
+        running.close()
+
+
+def succeeds(call: Callable[[], object]) -> bool:
+    """True if the call succeeds, False if it is UNAVAILABLE (any other error fails the test)."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        if e.code() is not grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False
+    return True

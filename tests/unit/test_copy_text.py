@@ -3,7 +3,11 @@ PostgreSQL in tests/api/test_memory_stream.py)."""
 
 from __future__ import annotations
 
+import json
+import uuid
+
 from zerodb_batch.storage.memories import MemoryCopyRows
+from zerodb_batch.storage.table_load import RowCopyLines
 
 
 def rows(n: int) -> MemoryCopyRows:
@@ -25,3 +29,17 @@ def test_payload_pieces_are_whole_lines_that_make_up_every_row() -> None:
 def test_a_line_longer_than_a_piece_goes_alone() -> None:
     assert [p.count("\n") for p in rows(3).payload(size=1)] == [1, 1, 1]
     assert list(MemoryCopyRows("p").payload()) == []
+
+
+def test_a_prefix_starts_every_line_of_every_piece() -> None:
+    lines = RowCopyLines()
+    for i in range(20):
+        lines.add(i, json.dumps({"i": i, "path": "C:\\dir"}))
+    lines.prefix = "p\t42\t"
+    pieces = list(lines.payload(size=200))
+    assert len(pieces) > 2
+    rows = "".join(pieces).splitlines()
+    assert len(rows) == 20 and all(row.startswith("p\t42\t") for row in rows)
+    _, _, row_id, data = rows[3].split("\t")
+    assert uuid.UUID(row_id).version == 7
+    assert data == '{"i": 3, "path": "C:\\\\\\\\dir"}'  # the JSON escape, escaped for COPY

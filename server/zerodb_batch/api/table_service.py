@@ -1,4 +1,4 @@
-"""TableService: create, list and delete tables, and batches of table operations."""
+"""TableService: create, list and delete tables, batches of table operations, streamed row loads."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 from zerodb.v1 import table_pb2, table_pb2_grpc
 from zerodb_batch import limits
 from zerodb_batch.api import Ctx
+from zerodb_batch.api.load_engine import LoadEngine
 from zerodb_batch.api.table_batch import BatchRun
 from zerodb_batch.domain.page_token import PageTokens, page_size
 from zerodb_batch.domain.table_batch import plan
 from zerodb_batch.domain.table_ops import check_table_name, parse_create
 from zerodb_batch.domain.timestamps import to_timestamp
 from zerodb_batch.domain.validate import Checker
-from zerodb_batch.errors import Unimplemented
-from zerodb_batch.storage import tables
+from zerodb_batch.storage import table_load, tables
 from zerodb_batch.storage.pool import Database
 from zerodb_batch.storage.tables import TableInfo
 
@@ -70,7 +70,12 @@ class TableServicer(table_pb2_grpc.TableServiceServicer):
     async def StreamInsertRows(
         self, request_iterator: AsyncIterator[table_pb2.StreamInsertRowsRequest], context: Ctx
     ) -> table_pb2.StreamInsertRowsResponse:
-        raise Unimplemented("StreamInsertRows is not built yet")
+        writer = table_load.RowLoadWriter()
+        response: table_pb2.StreamInsertRowsResponse = await LoadEngine(self._db, writer).run(
+            request_iterator
+        )
+        await table_load.analyze_after(self._db, writer)
+        return response
 
 
 def to_message(info: TableInfo) -> table_pb2.Table:
