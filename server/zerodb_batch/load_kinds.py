@@ -9,7 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zerodb.v1 import memory_pb2
+from google.protobuf import struct_pb2
+
+from zerodb.v1 import memory_pb2, table_pb2
 from zerodb_batch.loader import BadLine, Kind
 
 
@@ -79,10 +81,38 @@ MEMORIES = Kind(
     parse_line=parse_memory,
 )
 
+
+def parse_row(text: str) -> struct_pb2.Struct:
+    """One JSON object: a row's data, as it is."""
+    row = struct_pb2.Struct()
+    row.update(json_object(text))  # what the server refuses (NaN, too deep) it reports by line
+    return row
+
+
+ROWS = Kind(
+    name="rows",
+    method="/zerodb.v1.TableService/StreamInsertRows",
+    request_type=table_pb2.StreamInsertRowsRequest,
+    response_type=table_pb2.StreamInsertRowsResponse,
+    records_field="rows",
+    parse_line=parse_row,
+)
+
+
+def _table_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", help="the existing table to insert into")
+
+
 COMMANDS = (
     LoadCommand(
         MEMORIES,
         "stream a JSON-lines file of memories (the upsert's keys: id, content, memory_type, "
         "importance, tags, metadata, session_id, agent_id, entity_id)",
+    ),
+    LoadCommand(
+        ROWS,
+        "stream a JSON-lines file of table rows (each line one row's JSON object) into TABLE",
+        add_arguments=_table_argument,
+        fields=lambda args: {"table": args.table},
     ),
 )
