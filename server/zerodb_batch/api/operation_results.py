@@ -9,13 +9,12 @@ ran and was rolled back with its atomic batch.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from zerodb.v1 import table_pb2
-from zerodb_batch.domain.struct_json import to_struct
 from zerodb_batch.domain.table_batch import Planned
-from zerodb_batch.domain.timestamps import to_timestamp
+from zerodb_batch.domain.timestamps import set_timestamp
 from zerodb_batch.errors import ZeroDBError
 from zerodb_batch.storage.table_rows import StoredRow
 
@@ -29,12 +28,13 @@ _PAYLOAD: Final = ("rows", "has_more", "inserted", "matched", "modified", "delet
 
 
 class BatchResults:
-    """The results of one batch, each UNSPECIFIED until its operation ends."""
+    """The results of one batch, each UNSPECIFIED until its operation ends. They are built in
+    place in the response: a 50-operation batch of 1000 rows each is never copied."""
 
     def __init__(self, planned: Sequence[Planned]) -> None:
-        self._results = [
-            table_pb2.OperationResult(index=p.index, table=p.table, op=p.kind) for p in planned
-        ]
+        self._response = table_pb2.BatchQueryResponse()
+        add = self._response.results.add
+        self._results = [add(index=p.index, table=p.table, op=p.kind) for p in planned]
 
     def result(self, index: int) -> table_pb2.OperationResult:
         """The result of operation `index`, for its rows and counts."""
@@ -68,19 +68,17 @@ class BatchResults:
     def response(self) -> table_pb2.BatchQueryResponse:
         self.skip_unfinished()
         counted = Counter(result.outcome for result in self._results)
-        return table_pb2.BatchQueryResponse(
-            results=self._results,
-            succeeded=counted[SUCCEEDED],
-            failed=counted[FAILED],
-            skipped=counted[SKIPPED],
-            rolled_back=counted[ROLLED_BACK],
-        )
+        response = self._response
+        response.succeeded, response.failed = counted[SUCCEEDED], counted[FAILED]
+        response.skipped, response.rolled_back = counted[SKIPPED], counted[ROLLED_BACK]
+        return response
 
 
-def row_message(row: StoredRow) -> table_pb2.Row:
-    return table_pb2.Row(
-        row_id=row.row_id,
-        row_data=to_struct(row.row_data),
-        create_time=to_timestamp(row.create_time),
-        update_time=to_timestamp(row.update_time),
-    )
+def add_rows(result: table_pb2.OperationResult, rows: Iterable[StoredRow]) -> None:
+    """The rows of a query into its result, each built in place."""
+    add = result.rows.add
+    for row in rows:
+        message = add(row_id=row.row_id)
+        message.row_data.update(row.row_data)
+        set_timestamp(message.create_time, row.create_time)
+        set_timestamp(message.update_time, row.update_time)

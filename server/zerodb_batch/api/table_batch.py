@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from zerodb.v1 import table_pb2
-from zerodb_batch.api.operation_results import BatchResults, row_message
+from zerodb_batch.api.operation_results import BatchResults, add_rows
 from zerodb_batch.domain.table_batch import Planned, missing_tables, read_only, tables_named
 from zerodb_batch.domain.table_ops import CountOp, InsertOp, Operation, QueryOp, UpdateOp
 from zerodb_batch.errors import InvalidArgument, NotFound, ZeroDBError
@@ -64,7 +64,7 @@ class BatchRun:
         else:
             async with snapshot_reads(db) as conn:
                 self._resolve(await self._found(conn))
-                await self._in_order(conn, savepoints=False)
+                await self._pipelined(conn)
         return self._response()
 
     async def _write(self, conn: Conn) -> table_pb2.BatchQueryResponse:
@@ -95,15 +95,21 @@ class BatchRun:
             self._results.roll_back()
         return self._results.response()
 
-    async def _in_order(self, conn: Conn, *, savepoints: bool) -> None:
-        """Each operation in turn. Only an update can leave the transaction failed (a row that
-        does not fit it), so only an update needs a savepoint of its own to fail alone."""
+    def _turns(self) -> Iterator[Planned]:
+        """The operations to run, in order. One that cannot run (malformed, or an unknown table)
+        fails at its turn; once a failure stops the batch, nothing more comes."""
         for planned in self._planned:
             if self._stopped:
                 return
             if planned.operation is None:
                 self._fail(planned, planned.error)
-                continue
+            else:
+                yield planned
+
+    async def _in_order(self, conn: Conn, *, savepoints: bool) -> None:
+        """Each operation in turn. Only an update can leave the transaction failed (a row that
+        does not fit it), so only an update needs a savepoint of its own to fail alone."""
+        for planned in self._turns():
             if savepoints and isinstance(planned.operation, UpdateOp):
                 try:
                     async with conn.transaction():
@@ -128,18 +134,27 @@ class BatchRun:
             return
         self._results.succeeded(planned.index, _ms_since(started))
 
+    async def _pipelined(self, conn: Conn) -> None:
+        """Reads in order on a pipelined connection: every one is sent (and the next composed
+        while PostgreSQL runs it) before the first answer is read. A read only fails before it
+        runs (malformed, or an unknown table), so what to skip is known while sending. An
+        operation's time runs from its sending to its answer."""
+        sent = []
+        for planned in self._turns():
+            assert planned.operation is not None
+            started = time.perf_counter()
+            table = self._tables[planned.table]
+            sent.append((planned, started, await send_read(conn, table, planned.operation)))
+        for planned, started, fill in sent:
+            await fill(self._results.result(planned.index))
+            self._results.succeeded(planned.index, _ms_since(started))
+
     async def _concurrently(self, snapshot: SharedSnapshot) -> None:
         """Start the operations in input order, at most `concurrency` at a time."""
         slots = asyncio.Semaphore(self._concurrency)
         running: list[asyncio.Task[None]] = []
         try:
-            for planned in self._planned:
-                if planned.operation is None:
-                    self._fail(planned, planned.error)
-                if self._stopped:
-                    break
-                if planned.operation is None:
-                    continue
+            for planned in self._turns():
                 await slots.acquire()
                 if self._stopped:  # an operation failed while this one waited for a slot
                     slots.release()
@@ -157,6 +172,9 @@ class BatchRun:
     ) -> None:
         try:
             await snapshot.run(lambda conn: self._run_one(conn, planned))
+        except BaseException:
+            self._stopped = True  # the call fails: start nothing more
+            raise
         finally:
             slots.release()
 
@@ -168,16 +186,35 @@ class BatchRun:
             self._stopped = True
 
 
+Fill = Callable[[table_pb2.OperationResult], Awaitable[None]]
+
+
+async def send_read(conn: Conn, table: TableInfo, op: Operation) -> Fill:
+    """Send a query or count without waiting; the function returned fills its result."""
+    if isinstance(op, QueryOp):
+        page = await table_rows.send_query(conn, table, op.query)
+
+        async def rows(result: table_pb2.OperationResult) -> None:
+            found = await page.result()
+            add_rows(result, found.rows)
+            result.has_more = found.has_more
+
+        return rows
+    assert isinstance(op, CountOp)
+    counted = await table_rows.send_count(conn, table, op.filter)
+
+    async def count(result: table_pb2.OperationResult) -> None:
+        result.count = await counted.result()
+
+    return count
+
+
 async def execute(
     conn: Conn, table: TableInfo, op: Operation, result: table_pb2.OperationResult
 ) -> None:
     """Run one operation on `conn`, in the caller's transaction, into its `result`."""
-    if isinstance(op, QueryOp):
-        page = await table_rows.query(conn, table, op.query)
-        result.rows.extend([row_message(row) for row in page.rows])
-        result.has_more = page.has_more
-    elif isinstance(op, CountOp):
-        result.count = await table_rows.count(conn, table, op.filter)
+    if isinstance(op, QueryOp | CountOp):
+        await (await send_read(conn, table, op))(result)
     elif isinstance(op, InsertOp):
         ids = await table_rows.insert(conn, table, op.rows)
         result.row_ids.extend(ids)
