@@ -195,7 +195,7 @@ async def _build(
     load_pb2_grpc.add_LoadServiceServicer_to_server(LoadServicer(db), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
     table_pb2_grpc.add_TableServiceServicer_to_server(
-        TableServicer(db, tokens, settings.query_concurrency), server
+        TableServicer(db, tokens, settings.query_concurrency, settings.max_message_bytes), server
     )
     vector_pb2_grpc.add_VectorServiceServicer_to_server(
         _unbuilt(vector_pb2_grpc.VectorServiceServicer), server

@@ -10,7 +10,8 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from tests.plugins.checks import assert_too_large, details
-from tests.plugins.server import Project
+from tests.plugins.server import Project, ServerThread, server_settings
+from tests.plugins.services import Backends
 from tests.plugins.tables import batch, create_table, insert_rows, rows_of
 from zerodb.v1 import table_pb2
 from zerodb.v1.table_pb2_grpc import TableServiceStub
@@ -285,3 +286,34 @@ def test_a_read_only_batch_runs_again_whatever_its_request_id(
     assert batch(table_service, project, body).results[0].count == 15
     insert_rows(table_service, project, agents, [{}])
     assert batch(table_service, project, body).results[0].count == 16
+
+
+def test_an_answer_too_large_for_a_message_is_refused_and_writes_nothing(
+    database_url: str, backends: Backends
+) -> None:
+    small = server_settings(database_url, backends.redis_url, max_message_bytes=256 * 1024)
+    running = ServerThread(small)
+    try:
+        project = Project(*running.new_key())
+        with grpc.insecure_channel(running.address) as channel:
+            stub = TableServiceStub(channel)
+            create_table(stub, project, "big")
+            insert_rows(stub, project, "big", [{"blob": "x" * 5000}] * 40)
+            too_much = {"table": "big", "limit": 1000}  # 40 rows of 5 KB, 80 after the insert
+            for ops in (
+                [too_much, too_much],
+                [{"op": "insert", "table": "big", "rows": [{}]}, too_much] * 2,
+            ):
+                with pytest.raises(grpc.RpcError) as caught:
+                    batch(stub, project, {"operations": ops})
+                assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                info, _ = details(caught.value)
+                assert (info.reason, info.metadata["max"]) == (
+                    "RESPONSE_TOO_LARGE",
+                    str(256 * 1024),
+                )
+            assert count(stub, project, "big") == 40  # the inserts were rolled back
+            fewer = {"table": "big", "limit": 1000, "projection": ["none"]}
+            assert len(batch(stub, project, {"operations": [fewer] * 2}).results[1].rows) == 40
+    finally:
+        running.close()

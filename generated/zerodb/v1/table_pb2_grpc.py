@@ -200,7 +200,9 @@ class TableServiceServicer:
 
         A failure of the database itself fails the whole call: UNAVAILABLE when PostgreSQL cannot be
         reached, ABORTED after a deadlock or serialization conflict; a batch with writes has then
-        written nothing, and can be retried.
+        written nothing, and can be retried. So does an answer larger than the server's message size
+        limit (ZERODB_MAX_MESSAGE_BYTES, 64 MiB by default): RESOURCE_EXHAUSTED, reason
+        RESPONSE_TOO_LARGE, and nothing is written; ask for fewer rows or fields.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -114,7 +114,9 @@ class TableServiceStub:
 
     A failure of the database itself fails the whole call: UNAVAILABLE when PostgreSQL cannot be
     reached, ABORTED after a deadlock or serialization conflict; a batch with writes has then
-    written nothing, and can be retried.
+    written nothing, and can be retried. So does an answer larger than the server's message size
+    limit (ZERODB_MAX_MESSAGE_BYTES, 64 MiB by default): RESOURCE_EXHAUSTED, reason
+    RESPONSE_TOO_LARGE, and nothing is written; ask for fewer rows or fields.
     """
     StreamInsertRows: _grpc.StreamUnaryMultiCallable[_table_pb2.StreamInsertRowsRequest, _table_pb2.StreamInsertRowsResponse]
     """Bulk load of rows into one existing table: a client stream of chunks of rows, each committed
@@ -207,7 +209,9 @@ class TableServiceAsyncStub(TableServiceStub):
 
     A failure of the database itself fails the whole call: UNAVAILABLE when PostgreSQL cannot be
     reached, ABORTED after a deadlock or serialization conflict; a batch with writes has then
-    written nothing, and can be retried.
+    written nothing, and can be retried. So does an answer larger than the server's message size
+    limit (ZERODB_MAX_MESSAGE_BYTES, 64 MiB by default): RESOURCE_EXHAUSTED, reason
+    RESPONSE_TOO_LARGE, and nothing is written; ask for fewer rows or fields.
     """
     StreamInsertRows: _aio.StreamUnaryMultiCallable[_table_pb2.StreamInsertRowsRequest, _table_pb2.StreamInsertRowsResponse]  # type: ignore[assignment]
     """Bulk load of rows into one existing table: a client stream of chunks of rows, each committed
@@ -321,7 +325,9 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
 
         A failure of the database itself fails the whole call: UNAVAILABLE when PostgreSQL cannot be
         reached, ABORTED after a deadlock or serialization conflict; a batch with writes has then
-        written nothing, and can be retried.
+        written nothing, and can be retried. So does an answer larger than the server's message size
+        limit (ZERODB_MAX_MESSAGE_BYTES, 64 MiB by default): RESOURCE_EXHAUSTED, reason
+        RESPONSE_TOO_LARGE, and nothing is written; ask for fewer rows or fields.
         """
 
     @_abc_1.abstractmethod

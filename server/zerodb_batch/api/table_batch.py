@@ -18,7 +18,7 @@ from zerodb.v1 import table_pb2
 from zerodb_batch.api.operation_results import BatchResults, add_rows
 from zerodb_batch.domain.table_batch import Planned, missing_tables, read_only, tables_named
 from zerodb_batch.domain.table_ops import CountOp, InsertOp, Operation, QueryOp, UpdateOp
-from zerodb_batch.errors import InvalidArgument, NotFound, ZeroDBError
+from zerodb_batch.errors import InvalidArgument, NotFound, ResourceExhausted, ZeroDBError
 from zerodb_batch.storage import table_rows, tables
 from zerodb_batch.storage.idempotency import write_once
 from zerodb_batch.storage.pool import Conn, Database
@@ -42,12 +42,17 @@ class BatchRun:
     """One BatchQuery call."""
 
     def __init__(
-        self, request: table_pb2.BatchQueryRequest, planned: Sequence[Planned], concurrency: int
+        self,
+        request: table_pb2.BatchQueryRequest,
+        planned: Sequence[Planned],
+        concurrency: int,
+        max_bytes: int,
     ) -> None:
         self._request = request
         self._planned = list(planned)
         self._results = BatchResults(planned)
         self._concurrency = concurrency
+        self._max_bytes = max_bytes  # of the response message
         self._tables: dict[str, TableInfo] = {}
         self._failed = False
         self._stopped = False
@@ -91,9 +96,21 @@ class BatchRun:
         self._planned = missing_tables(self._planned, found)
 
     def _response(self) -> table_pb2.BatchQueryResponse:
+        """The answer; ResourceExhausted if it is more than a message may hold (raised inside a
+        batch's transaction, so its writes are rolled back: a client never hears of a failure
+        that committed)."""
         if self._failed and self._request.atomic:
             self._results.roll_back()
-        return self._results.response()
+        response = self._results.response()
+        if (size := response.ByteSize()) > self._max_bytes:
+            raise ResourceExhausted(
+                f"the answer would be {size} bytes, more than the {self._max_bytes} a message may "
+                "hold; nothing was written. Ask for fewer rows (limit), fewer fields "
+                "(projection), or split the batch",
+                reason="RESPONSE_TOO_LARGE",
+                metadata={"max": self._max_bytes, "actual": size},
+            )
+        return response
 
     def _turns(self) -> Iterator[Planned]:
         """The operations to run, in order. One that cannot run (malformed, or an unknown table)

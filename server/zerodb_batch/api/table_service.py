@@ -20,10 +20,13 @@ from zerodb_batch.storage.tables import TableInfo
 
 
 class TableServicer(table_pb2_grpc.TableServiceServicer):
-    def __init__(self, db: Database, tokens: PageTokens, concurrency: int) -> None:
+    def __init__(
+        self, db: Database, tokens: PageTokens, concurrency: int, max_message_bytes: int
+    ) -> None:
         self._db = db
         self._tokens = tokens
         self._concurrency = concurrency  # of a parallel batch's reads
+        self._max_bytes = max_message_bytes  # of a BatchQuery's answer
 
     async def CreateTable(
         self, request: table_pb2.CreateTableRequest, context: Ctx
@@ -65,7 +68,8 @@ class TableServicer(table_pb2_grpc.TableServiceServicer):
     async def BatchQuery(
         self, request: table_pb2.BatchQueryRequest, context: Ctx
     ) -> table_pb2.BatchQueryResponse:
-        return await BatchRun(request, plan(request), self._concurrency).run(self._db)
+        run = BatchRun(request, plan(request), self._concurrency, self._max_bytes)
+        return await run.run(self._db)
 
     async def StreamInsertRows(
         self, request_iterator: AsyncIterator[table_pb2.StreamInsertRowsRequest], context: Ctx
