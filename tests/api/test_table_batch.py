@@ -255,6 +255,17 @@ def test_atomic_rolls_every_operation_back_on_the_first_failure(
     assert outcomes(done) == [OK, OK] and count(table_service, project, agents) == 17
 
 
+def test_an_atomic_batch_of_reads_withholds_every_answer_on_a_failure(
+    table_service: TableServiceStub, project: Project, agents: str
+) -> None:
+    good = {"op": "count", "table": agents}
+    reply = batch(
+        table_service, project, {"atomic": True, "operations": [good, {"table": "x"}, good]}
+    )
+    assert outcomes(reply) == [ROLLED_BACK, FAILED, SKIPPED]
+    assert not reply.results[0].count
+
+
 def test_a_retry_with_the_same_request_id_answers_the_first_response(
     table_service: TableServiceStub, project: Project, agents: str
 ) -> None:
