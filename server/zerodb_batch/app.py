@@ -33,6 +33,7 @@ from zerodb_batch.api.load_service import LoadServicer
 from zerodb_batch.api.memory_service import MemoryServicer
 from zerodb_batch.api.reflection import enable_reflection
 from zerodb_batch.api.rlhf_service import RlhfServicer
+from zerodb_batch.api.table_service import TableServicer
 from zerodb_batch.config import Settings
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.errors import StartupError
@@ -42,7 +43,7 @@ from zerodb_batch.http.door import Door
 from zerodb_batch.interceptors.api_interceptor import ApiInterceptor
 from zerodb_batch.interceptors.auth import Authenticator
 from zerodb_batch.monitor import PROBE_TIMEOUT, DependencyMonitor, DependencyState
-from zerodb_batch.storage import idempotency, keys, shared_secrets
+from zerodb_batch.storage import idempotency, keys, shared_secrets, tables
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Database, open_database
 from zerodb_batch.storage.probe import PostgresProbe
@@ -157,6 +158,7 @@ async def start(settings: Settings) -> App:
     app.tasks.append(asyncio.create_task(relay.run()))
     monitor.subscribe(functools.partial(_follow, health))
     app.tasks.append(asyncio.create_task(monitor.run()))
+    app.tasks.append(asyncio.create_task(_sync_table_indexes(db)))
     return app
 
 
@@ -220,7 +222,7 @@ async def _build(
     load_pb2_grpc.add_LoadServiceServicer_to_server(LoadServicer(db), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
     table_pb2_grpc.add_TableServiceServicer_to_server(
-        _unbuilt(table_pb2_grpc.TableServiceServicer), server
+        TableServicer(db, tokens, settings.query_concurrency, settings.max_message_bytes), server
     )
     vector_pb2_grpc.add_VectorServiceServicer_to_server(
         _unbuilt(vector_pb2_grpc.VectorServiceServicer), server
@@ -271,6 +273,16 @@ def _bind(server: grpc.aio.Server, listen: str) -> int:
     if port == 0:
         raise StartupError(f"cannot listen on {listen}: the address is in use or invalid")
     return int(port)
+
+
+async def _sync_table_indexes(db: Database) -> None:
+    """Repair the table indexes a crash left half built or orphaned. In the background: a
+    rebuild may take long, and queries give the same results without an index meanwhile."""
+    try:
+        async with db.connection() as conn:  # autocommit: indexes built CONCURRENTLY
+            await tables.sync_indexes(conn)
+    except Exception as e:  # the next start tries again
+        log.warning("table index repair failed: %s", e)
 
 
 async def _expire_requests(db: Database, hours: int) -> None:

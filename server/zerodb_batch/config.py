@@ -53,6 +53,7 @@ class Settings:
     max_subscriptions: int = 1000  # open SubscribeEvents calls per server; more: RESOURCE_EXHAUSTED
     event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
     health_probe_seconds: float = 1.0  # how often PostgreSQL and Redis are probed for health
+    query_concurrency: int = 4  # reads of one parallel BatchQuery at a time (1 to pool_max - 1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,7 +66,7 @@ class Settings:
             listen=r.listen("ZERODB_LISTEN", d.listen),
             http_listen=r.http_listen("ZERODB_HTTP_LISTEN"),
             pool_min=r.integer("ZERODB_DB_POOL_MIN", d.pool_min, 0, 1000),
-            pool_max=r.integer("ZERODB_DB_POOL_MAX", d.pool_max, 1, 1000),
+            pool_max=r.integer("ZERODB_DB_POOL_MAX", d.pool_max, 2, 1000),
             pool_timeout=r.number("ZERODB_DB_TIMEOUT_SECONDS", d.pool_timeout, 0.1, 3600),
             auth_cache_seconds=r.number("ZERODB_AUTH_CACHE_SECONDS", d.auth_cache_seconds, 0, 3600),
             idempotency_ttl_hours=r.integer(
@@ -91,12 +92,24 @@ class Settings:
             health_probe_seconds=r.number(
                 "ZERODB_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1, 60
             ),
+            query_concurrency=r.integer("ZERODB_QUERY_CONCURRENCY", 0, 1, 999),
         )
         if settings.pool_max < settings.pool_min:
             raise SettingError(
                 "ZERODB_DB_POOL_MAX",
                 str(settings.pool_max),
                 f"at least ZERODB_DB_POOL_MIN ({settings.pool_min})",
+            )
+        if not settings.query_concurrency:  # unset: the default, within what the pool allows
+            settings = replace(
+                settings, query_concurrency=min(d.query_concurrency, settings.pool_max - 1)
+            )
+        if settings.query_concurrency >= settings.pool_max:
+            # A parallel batch holds one connection more than it reads on (its snapshot's).
+            raise SettingError(
+                "ZERODB_QUERY_CONCURRENCY",
+                str(settings.query_concurrency),
+                f"1 to ZERODB_DB_POOL_MAX - 1 ({settings.pool_max - 1})",
             )
         return settings
 

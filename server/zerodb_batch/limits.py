@@ -67,3 +67,4 @@ MAX_PROJECTION_FIELDS: Final = 64
 MAX_INSERT_ROWS: Final = 1000  # per insert operation
 MAX_ROW_BYTES: Final = 1024 * 1024  # one row's row_data as JSON
 MAX_UPDATE_FIELDS: Final = 64  # fields named by one update, over all its operators
+DEFAULT_TABLES_PAGE_SIZE: Final = 100  # ListTables

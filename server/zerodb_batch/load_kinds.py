@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from zerodb.v1 import memory_pb2, rlhf_pb2
+from zerodb.v1 import memory_pb2, rlhf_pb2, table_pb2
 from zerodb_batch.loader import BadLine, Kind
 
 M = TypeVar("M", bound=Message)
@@ -115,6 +116,28 @@ INTERACTIONS = Kind(
     parse_line=parse_interaction,
 )
 
+
+def parse_row(text: str) -> struct_pb2.Struct:
+    """One JSON object: a row's data, as it is."""
+    row = struct_pb2.Struct()
+    row.update(json_object(text))  # what the server refuses (NaN, too deep) it reports by line
+    return row
+
+
+ROWS = Kind(
+    name="rows",
+    method="/zerodb.v1.TableService/StreamInsertRows",
+    request_type=table_pb2.StreamInsertRowsRequest,
+    response_type=table_pb2.StreamInsertRowsResponse,
+    records_field="rows",
+    parse_line=parse_row,
+)
+
+
+def _table_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", help="the existing table to insert into")
+
+
 COMMANDS = (
     LoadCommand(
         MEMORIES,
@@ -126,5 +149,11 @@ COMMANDS = (
         "stream a JSON-lines file of RLHF interactions (prompt, response, feedback, reward, "
         "model, session_id, agent_id, human_feedback, tags, context, metadata; a jsonl export "
         "loads back)",
+    ),
+    LoadCommand(
+        ROWS,
+        "stream a JSON-lines file of table rows (each line one row's JSON object) into TABLE",
+        add_arguments=_table_argument,
+        fields=lambda args: {"table": args.table},
     ),
 )

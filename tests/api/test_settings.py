@@ -18,7 +18,8 @@ BAD = [
     ("ZERODB_MAX_MESSAGE_BYTES", "100", "an integer from 1048576 to 2147483647"),
     ("ZERODB_LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("ZERODB_DB_POOL_MIN", "-1", "an integer from 0 to 1000"),
-    ("ZERODB_DB_POOL_MAX", "0", "an integer from 1 to 1000"),
+    ("ZERODB_DB_POOL_MAX", "1", "an integer from 2 to 1000"),
+    ("ZERODB_QUERY_CONCURRENCY", "0", "an integer from 1 to 999"),
     ("ZERODB_DB_TIMEOUT_SECONDS", "nan", "a number of seconds from 0.1 to 3600"),
     ("ZERODB_DB_TIMEOUT_SECONDS", "-5", "a number of seconds from 0.1 to 3600"),
     ("ZERODB_AUTH_CACHE_SECONDS", "inf", "a number of seconds from 0 to 3600"),
@@ -74,14 +75,15 @@ def test_good_values_at_the_edges_are_taken() -> None:
             "ZERODB_LOG_LEVEL": "debug",
             "ZERODB_MAX_MESSAGE_BYTES": " 2147483647 ",
             "ZERODB_DB_POOL_MIN": "0",
-            "ZERODB_DB_POOL_MAX": "1",
+            "ZERODB_DB_POOL_MAX": "2",
             "ZERODB_LISTEN": "[::1]:0",
             "ZERODB_REDIS_URL": "unix:///tmp/v.sock",
             "ZERODB_DRAIN_SECONDS": "",  # empty: the default
         }
     )
     assert (settings.log_level, settings.max_message_bytes) == ("DEBUG", 2**31 - 1)
-    assert (settings.pool_min, settings.pool_max, settings.listen) == (0, 1, "[::1]:0")
+    assert (settings.pool_min, settings.pool_max, settings.listen) == (0, 2, "[::1]:0")
+    assert settings.query_concurrency == 1  # the default, lowered to what the pool allows
     assert settings.drain_seconds == Settings().drain_seconds
 
 

@@ -2,8 +2,8 @@
 
 Only the host changes (`localhost:8080` becomes the test server's door); `P` and `K` are set as
 the README's first block tells the reader to. Blocks run in README order on one project, as a
-reader would run them. Commands for TableService, VectorService and RlhfService answer 501 until
-those services are built.
+reader would run them. Commands for VectorService and RlhfService answer 501 until those services
+are built.
 """
 
 from __future__ import annotations

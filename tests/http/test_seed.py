@@ -88,7 +88,6 @@ def test_event_publish(door: Door) -> None:
 
 
 def test_batch_query(door: Door) -> None:
-    """Needs TableService (501 until it is built)."""
     for name in ("agents", "sessions"):
         created = door.post("/tables", {"name": name})
         assert created.status_code == 200, created.text

@@ -1,6 +1,6 @@
-"""Table storage fixtures: the session database migrated, an event loop with one connection to it
-(so that plain tests and hypothesis examples can call the async storage), and a pair of tables,
-plain and indexed, holding the same rows."""
+"""Table fixtures: the session database migrated, an event loop with one connection to it (so that
+plain tests and hypothesis examples can call the async storage), a pair of tables, plain and
+indexed, holding the same rows; and for the API tests, a TableService stub and table helpers."""
 
 from __future__ import annotations
 
@@ -12,11 +12,16 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import grpc
 import psycopg
 import pytest
+from google.protobuf import json_format
 from hypothesis import settings
 from psycopg import sql
 
+from tests.plugins.server import Project
+from zerodb.v1 import table_pb2
+from zerodb.v1.table_pb2_grpc import TableServiceStub
 from zerodb_batch import limits
 from zerodb_batch.domain.struct_json import to_dict as struct_to_dict
 from zerodb_batch.domain.struct_json import to_struct as dict_to_struct
@@ -158,3 +163,38 @@ def aloop(tables_url: str) -> Iterator[Loop]:
 def pair(aloop: Loop) -> Pair:
     """Two tables of one project: "plain", and "indexed" on INDEXED_FIELDS."""
     return Pair(aloop)
+
+
+@pytest.fixture
+def table_service(channel: grpc.Channel) -> TableServiceStub:
+    return TableServiceStub(channel)
+
+
+def create_table(
+    stub: TableServiceStub, project: Project, name: str, *indexed: str
+) -> table_pb2.Table:
+    request = table_pb2.CreateTableRequest(project_id=project.id, name=name, indexed_fields=indexed)
+    return stub.CreateTable(request, metadata=project.auth).table
+
+
+def batch(
+    stub: TableServiceStub, project: Project, body: dict[str, Any]
+) -> table_pb2.BatchQueryResponse:
+    """BatchQuery with a request written as its JSON body (the seed's form)."""
+    request = json_format.ParseDict(body, table_pb2.BatchQueryRequest())
+    request.project_id = project.id
+    return stub.BatchQuery(request, metadata=project.auth)
+
+
+def insert_rows(
+    stub: TableServiceStub, project: Project, table: str, rows: list[dict[str, Any]]
+) -> list[str]:
+    """Insert rows through BatchQuery (at most 1000); their ids."""
+    reply = batch(stub, project, {"operations": [{"op": "insert", "table": table, "rows": rows}]})
+    assert reply.succeeded == 1, reply
+    return list(reply.results[0].row_ids)
+
+
+def rows_of(result: table_pb2.OperationResult) -> list[dict[str, Any]]:
+    """A result's rows as plain JSON (integral numbers as ints)."""
+    return [struct_to_dict(row.row_data) for row in result.rows]

@@ -3,8 +3,12 @@ PostgreSQL in tests/api/test_memory_stream.py)."""
 
 from __future__ import annotations
 
+import json
+import uuid
+
 from zerodb_batch.storage.copy_text import field
 from zerodb_batch.storage.memories import MemoryCopyRows
+from zerodb_batch.storage.table_load import RowCopyLines
 
 
 def rows(n: int) -> MemoryCopyRows:
@@ -33,3 +37,17 @@ def test_field_escapes_each_special_character_once() -> None:
     assert field("a\\b\tc\nd\re") == "a\\\\b\\tc\\nd\\re"
     assert field("\\n") == "\\\\n"  # a backslash and an n, not a newline
     assert field("\n\n\\") == "\\n\\n\\\\"
+
+
+def test_a_prefix_starts_every_line_of_every_piece() -> None:
+    lines = RowCopyLines()
+    for i in range(20):
+        lines.add(i, json.dumps({"i": i, "path": "C:\\dir"}))
+    lines.prefix = "p\t42\t"
+    pieces = list(lines.payload(size=200))
+    assert len(pieces) > 2
+    rows = "".join(pieces).splitlines()
+    assert len(rows) == 20 and all(row.startswith("p\t42\t") for row in rows)
+    _, _, row_id, data = rows[3].split("\t")
+    assert uuid.UUID(row_id).version == 7
+    assert data == '{"i": 3, "path": "C:\\\\\\\\dir"}'  # the JSON escape, escaped for COPY

@@ -37,7 +37,13 @@ class _OperationOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Oper
     OPERATION_OUTCOME_FAILED: _OperationOutcome.ValueType  # 2
     """The operation failed and changed nothing; see `error`."""
     OPERATION_OUTCOME_SKIPPED: _OperationOutcome.ValueType  # 3
-    """The operation was not run because an earlier one failed and `stop_on_error` was set."""
+    """The operation was not run because another one failed first, with `stop_on_error` or `atomic`
+    set.
+    """
+    OPERATION_OUTCOME_ROLLED_BACK: _OperationOutcome.ValueType  # 4
+    """The operation ran, but a later operation of its `atomic` batch failed and rolled the whole
+    batch back: nothing of it is committed, and its result carries no rows or counts.
+    """
 
 class OperationOutcome(_OperationOutcome, metaclass=_OperationOutcomeEnumTypeWrapper):
     """What happened to one operation of a `BatchQuery`."""
@@ -49,7 +55,13 @@ OPERATION_OUTCOME_SUCCEEDED: OperationOutcome.ValueType  # 1
 OPERATION_OUTCOME_FAILED: OperationOutcome.ValueType  # 2
 """The operation failed and changed nothing; see `error`."""
 OPERATION_OUTCOME_SKIPPED: OperationOutcome.ValueType  # 3
-"""The operation was not run because an earlier one failed and `stop_on_error` was set."""
+"""The operation was not run because another one failed first, with `stop_on_error` or `atomic`
+set.
+"""
+OPERATION_OUTCOME_ROLLED_BACK: OperationOutcome.ValueType  # 4
+"""The operation ran, but a later operation of its `atomic` batch failed and rolled the whole
+batch back: nothing of it is committed, and its result carries no rows or counts.
+"""
 Global___OperationOutcome: _TypeAlias = OperationOutcome  # noqa: Y015
 
 @_typing.final
@@ -376,7 +388,7 @@ class TableOperation(_message.Message):
         """query: sort by one field, MongoDB-style `{"field": 1}` (ascending) or `{"field": -1}`
         (descending). A protobuf Struct keeps no key order, so `sort` may name only one field; to sort
         by several, use `sort_by` instead (setting both is INVALID_ARGUMENT). Unsorted results come
-        in no particular order.
+        in `row_id` order (about insertion order).
         """
 
     @_builtins.property
@@ -446,18 +458,20 @@ class BatchQueryRequest(_message.Message):
     project_id: _builtins.str
     """The project whose tables are used; must be the API key's project."""
     parallel: _builtins.bool
-    """Allow the operations to run concurrently (see TableService.BatchQuery). Default false:
-    sequential, in input order.
+    """Run the operations of a read-only batch concurrently, on one shared snapshot (see
+    TableService.BatchQuery); a batch with writes runs in order anyway. Default false: sequential,
+    in input order.
     """
     stop_on_error: _builtins.bool
     """Stop at the first failed operation and skip the rest (see TableService.BatchQuery)."""
     request_id: _builtins.str
-    """Optional idempotency key (1-128 characters): a retry with the same id returns the first
-    response without running the operations again; reusing it for a different request is
-    INVALID_ARGUMENT.
+    """Optional idempotency key (at most 128 characters) for a batch with writes: a retry with the
+    same id returns the first response without running the operations again (a failed atomic
+    batch included); reusing it for a different request is INVALID_ARGUMENT (REQUEST_ID_REUSED).
+    A batch of reads only has nothing to repeat: it runs again, whatever its request_id.
     """
     atomic: _builtins.bool
-    """Run a sequential batch as one transaction: the first failure rolls every operation back (see
+    """All or nothing: the first failed operation rolls back every operation of the batch (see
     TableService.BatchQuery). INVALID_ARGUMENT together with `parallel`.
     """
     @_builtins.property
@@ -523,7 +537,9 @@ class OperationResult(_message.Message):
     count: _builtins.int
     """count: rows that match the filter."""
     execution_time_ms: _builtins.float
-    """How long the operation ran on the server, in milliseconds (0 when SKIPPED)."""
+    """How long the operation ran on the server, in milliseconds (0 when SKIPPED, and when it failed
+    before running: malformed, or an unknown table).
+    """
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """Set when `outcome` is OPERATION_OUTCOME_FAILED: the code (NOT_FOUND for an unknown table,
@@ -574,12 +590,15 @@ class BatchQueryResponse(_message.Message):
     SUCCEEDED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    ROLLED_BACK_FIELD_NUMBER: _builtins.int
     succeeded: _builtins.int
     """Operations that succeeded."""
     failed: _builtins.int
     """Operations that failed."""
     skipped: _builtins.int
-    """Operations skipped because of `stop_on_error`."""
+    """Operations skipped because of `stop_on_error` or `atomic`."""
+    rolled_back: _builtins.int
+    """Operations of a failed `atomic` batch that ran and were rolled back."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperationResult]:
         """One result per operation, in request order."""
@@ -591,10 +610,11 @@ class BatchQueryResponse(_message.Message):
         succeeded: _builtins.int = ...,
         failed: _builtins.int = ...,
         skipped: _builtins.int = ...,
+        rolled_back: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "results", b"results", "skipped", b"skipped", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "results", b"results", "rolled_back", b"rolled_back", "skipped", b"skipped", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

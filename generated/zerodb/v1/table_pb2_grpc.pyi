@@ -83,25 +83,40 @@ class TableServiceStub:
     """Runs up to 50 table operations (query, count, insert, update, delete) in one call and answers
     with one result per operation, in input order.
 
-    The whole request is validated first: a malformed operation (unknown `op`, bad operator or field
-    path, a limit out of range, a field that does not belong to the op) fails the call with
-    INVALID_ARGUMENT listing every violation by path (`operations[2].filters`), and nothing runs.
-    Then each operation runs as its own transaction: an operation's writes all apply or none do,
-    but a failed operation does not undo the others. Failures while running (an unknown table is
-    NOT_FOUND, `$inc` on a string is INVALID_ARGUMENT, ...) are reported in that operation's result,
-    not as a failure of the call.
+    What fails the call (INVALID_ARGUMENT, nothing runs): no operations (EMPTY_BATCH) or more than
+    50 (BATCH_TOO_LARGE), a bad `request_id`, `atomic` together with `parallel`. Everything about
+    one operation is that operation's own result instead: a malformed operation (unknown `op`,
+    operator or update operator, bad regex, field path or value type, a limit out of range, a field
+    that does not belong to the op) is OPERATION_OUTCOME_FAILED with INVALID_ARGUMENT whose
+    BadRequest names every violation by its full path (`operations[2].filters.age.$gt`); an unknown
+    table is NOT_FOUND (reason TABLE_NOT_FOUND); a failure while running (`$inc` on a string) is
+    INVALID_ARGUMENT at the update's path. Every operation is checked before any runs; a failed one
+    does not change the others. A malformed operation or an unknown table fails at its turn, as if
+    it had run and failed, so `stop_on_error` and `atomic` treat every failure alike.
 
-    `parallel: false` (the default) runs the operations one after another in input order, and each
-    one sees the writes of the operations before it. `parallel: true` may run them concurrently: their
-    side effects may apply in any order and a query may or may not see another operation's writes;
-    results are still returned in input order.
+    Reads and writes:
+    - A batch of reads only (query and count) reads one snapshot of the database: every operation
+      sees the same state, whatever other clients commit meanwhile. `parallel: true` runs its
+      operations concurrently (started in input order, a bounded number at a time) on connections
+      that share that snapshot, so it answers exactly what the sequential batch would.
+    - A batch with writes always runs in input order (`parallel` then changes nothing), each
+      operation seeing the writes of those before it, in one transaction committed at the end of
+      the batch. Each operation is all or nothing: a failed one changes nothing, and the others
+      keep their effects.
 
-    `stop_on_error: true` stops at the first failed operation: every later operation (sequential),
-    or every operation not yet started (parallel), is OPERATION_OUTCOME_SKIPPED. Operations already
-    finished keep their effects.
+    `stop_on_error: true` stops at the first failed operation: every operation not started by then
+    (in a sequential batch, every later one) is OPERATION_OUTCOME_SKIPPED. Operations already
+    running finish and keep their effects.
 
-    `atomic: true` (sequential batches only) runs every operation in one transaction: the first
-    failure rolls back every operation of the batch, and the operations after it are SKIPPED.
+    `atomic: true` (not with `parallel`) makes the batch all or nothing: the first failure rolls
+    back every operation, the earlier ones become OPERATION_OUTCOME_ROLLED_BACK (without rows or
+    counts) and the later ones OPERATION_OUTCOME_SKIPPED.
+
+    A failure of the database itself fails the whole call: UNAVAILABLE when PostgreSQL cannot be
+    reached, ABORTED after a deadlock or serialization conflict; a batch with writes has then
+    written nothing, and can be retried. So does an answer larger than the server's message size
+    limit (ZERODB_MAX_MESSAGE_BYTES, 64 MiB by default): RESOURCE_EXHAUSTED, reason
+    RESPONSE_TOO_LARGE, and nothing is written; ask for fewer rows or fields.
     """
     StreamInsertRows: _grpc.StreamUnaryMultiCallable[_table_pb2.StreamInsertRowsRequest, _table_pb2.StreamInsertRowsResponse]
     """Bulk load of rows into one existing table: a client stream of chunks of rows, each committed
@@ -163,25 +178,40 @@ class TableServiceAsyncStub(TableServiceStub):
     """Runs up to 50 table operations (query, count, insert, update, delete) in one call and answers
     with one result per operation, in input order.
 
-    The whole request is validated first: a malformed operation (unknown `op`, bad operator or field
-    path, a limit out of range, a field that does not belong to the op) fails the call with
-    INVALID_ARGUMENT listing every violation by path (`operations[2].filters`), and nothing runs.
-    Then each operation runs as its own transaction: an operation's writes all apply or none do,
-    but a failed operation does not undo the others. Failures while running (an unknown table is
-    NOT_FOUND, `$inc` on a string is INVALID_ARGUMENT, ...) are reported in that operation's result,
-    not as a failure of the call.
+    What fails the call (INVALID_ARGUMENT, nothing runs): no operations (EMPTY_BATCH) or more than
+    50 (BATCH_TOO_LARGE), a bad `request_id`, `atomic` together with `parallel`. Everything about
+    one operation is that operation's own result instead: a malformed operation (unknown `op`,
+    operator or update operator, bad regex, field path or value type, a limit out of range, a field
+    that does not belong to the op) is OPERATION_OUTCOME_FAILED with INVALID_ARGUMENT whose
+    BadRequest names every violation by its full path (`operations[2].filters.age.$gt`); an unknown
+    table is NOT_FOUND (reason TABLE_NOT_FOUND); a failure while running (`$inc` on a string) is
+    INVALID_ARGUMENT at the update's path. Every operation is checked before any runs; a failed one
+    does not change the others. A malformed operation or an unknown table fails at its turn, as if
+    it had run and failed, so `stop_on_error` and `atomic` treat every failure alike.
 
-    `parallel: false` (the default) runs the operations one after another in input order, and each
-    one sees the writes of the operations before it. `parallel: true` may run them concurrently: their
-    side effects may apply in any order and a query may or may not see another operation's writes;
-    results are still returned in input order.
+    Reads and writes:
+    - A batch of reads only (query and count) reads one snapshot of the database: every operation
+      sees the same state, whatever other clients commit meanwhile. `parallel: true` runs its
+      operations concurrently (started in input order, a bounded number at a time) on connections
+      that share that snapshot, so it answers exactly what the sequential batch would.
+    - A batch with writes always runs in input order (`parallel` then changes nothing), each
+      operation seeing the writes of those before it, in one transaction committed at the end of
+      the batch. Each operation is all or nothing: a failed one changes nothing, and the others
+      keep their effects.
 
-    `stop_on_error: true` stops at the first failed operation: every later operation (sequential),
-    or every operation not yet started (parallel), is OPERATION_OUTCOME_SKIPPED. Operations already
-    finished keep their effects.
+    `stop_on_error: true` stops at the first failed operation: every operation not started by then
+    (in a sequential batch, every later one) is OPERATION_OUTCOME_SKIPPED. Operations already
+    running finish and keep their effects.
 
-    `atomic: true` (sequential batches only) runs every operation in one transaction: the first
-    failure rolls back every operation of the batch, and the operations after it are SKIPPED.
+    `atomic: true` (not with `parallel`) makes the batch all or nothing: the first failure rolls
+    back every operation, the earlier ones become OPERATION_OUTCOME_ROLLED_BACK (without rows or
+    counts) and the later ones OPERATION_OUTCOME_SKIPPED.
+
+    A failure of the database itself fails the whole call: UNAVAILABLE when PostgreSQL cannot be
+    reached, ABORTED after a deadlock or serialization conflict; a batch with writes has then
+    written nothing, and can be retried. So does an answer larger than the server's message size
+    limit (ZERODB_MAX_MESSAGE_BYTES, 64 MiB by default): RESOURCE_EXHAUSTED, reason
+    RESPONSE_TOO_LARGE, and nothing is written; ask for fewer rows or fields.
     """
     StreamInsertRows: _aio.StreamUnaryMultiCallable[_table_pb2.StreamInsertRowsRequest, _table_pb2.StreamInsertRowsResponse]  # type: ignore[assignment]
     """Bulk load of rows into one existing table: a client stream of chunks of rows, each committed
@@ -264,25 +294,40 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs up to 50 table operations (query, count, insert, update, delete) in one call and answers
         with one result per operation, in input order.
 
-        The whole request is validated first: a malformed operation (unknown `op`, bad operator or field
-        path, a limit out of range, a field that does not belong to the op) fails the call with
-        INVALID_ARGUMENT listing every violation by path (`operations[2].filters`), and nothing runs.
-        Then each operation runs as its own transaction: an operation's writes all apply or none do,
-        but a failed operation does not undo the others. Failures while running (an unknown table is
-        NOT_FOUND, `$inc` on a string is INVALID_ARGUMENT, ...) are reported in that operation's result,
-        not as a failure of the call.
+        What fails the call (INVALID_ARGUMENT, nothing runs): no operations (EMPTY_BATCH) or more than
+        50 (BATCH_TOO_LARGE), a bad `request_id`, `atomic` together with `parallel`. Everything about
+        one operation is that operation's own result instead: a malformed operation (unknown `op`,
+        operator or update operator, bad regex, field path or value type, a limit out of range, a field
+        that does not belong to the op) is OPERATION_OUTCOME_FAILED with INVALID_ARGUMENT whose
+        BadRequest names every violation by its full path (`operations[2].filters.age.$gt`); an unknown
+        table is NOT_FOUND (reason TABLE_NOT_FOUND); a failure while running (`$inc` on a string) is
+        INVALID_ARGUMENT at the update's path. Every operation is checked before any runs; a failed one
+        does not change the others. A malformed operation or an unknown table fails at its turn, as if
+        it had run and failed, so `stop_on_error` and `atomic` treat every failure alike.
 
-        `parallel: false` (the default) runs the operations one after another in input order, and each
-        one sees the writes of the operations before it. `parallel: true` may run them concurrently: their
-        side effects may apply in any order and a query may or may not see another operation's writes;
-        results are still returned in input order.
+        Reads and writes:
+        - A batch of reads only (query and count) reads one snapshot of the database: every operation
+          sees the same state, whatever other clients commit meanwhile. `parallel: true` runs its
+          operations concurrently (started in input order, a bounded number at a time) on connections
+          that share that snapshot, so it answers exactly what the sequential batch would.
+        - A batch with writes always runs in input order (`parallel` then changes nothing), each
+          operation seeing the writes of those before it, in one transaction committed at the end of
+          the batch. Each operation is all or nothing: a failed one changes nothing, and the others
+          keep their effects.
 
-        `stop_on_error: true` stops at the first failed operation: every later operation (sequential),
-        or every operation not yet started (parallel), is OPERATION_OUTCOME_SKIPPED. Operations already
-        finished keep their effects.
+        `stop_on_error: true` stops at the first failed operation: every operation not started by then
+        (in a sequential batch, every later one) is OPERATION_OUTCOME_SKIPPED. Operations already
+        running finish and keep their effects.
 
-        `atomic: true` (sequential batches only) runs every operation in one transaction: the first
-        failure rolls back every operation of the batch, and the operations after it are SKIPPED.
+        `atomic: true` (not with `parallel`) makes the batch all or nothing: the first failure rolls
+        back every operation, the earlier ones become OPERATION_OUTCOME_ROLLED_BACK (without rows or
+        counts) and the later ones OPERATION_OUTCOME_SKIPPED.
+
+        A failure of the database itself fails the whole call: UNAVAILABLE when PostgreSQL cannot be
+        reached, ABORTED after a deadlock or serialization conflict; a batch with writes has then
+        written nothing, and can be retried. So does an answer larger than the server's message size
+        limit (ZERODB_MAX_MESSAGE_BYTES, 64 MiB by default): RESOURCE_EXHAUSTED, reason
+        RESPONSE_TOO_LARGE, and nothing is written; ask for fewer rows or fields.
         """
 
     @_abc_1.abstractmethod

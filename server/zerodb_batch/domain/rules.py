@@ -251,6 +251,17 @@ class JsonObject(Rule):
         return {"fast_json": struct_json.fast_text}
 
 
+class Document(JsonObject):
+    """The record itself is the `google.protobuf.Struct` (a table row), stored as JSON text; its
+    violations name the record (`rows[3]`). `name` is the column it is stored in."""
+
+    def check(self, c: Checker, record: Any) -> object:
+        return c.json_object("", record, self.max_bytes)
+
+    def late(self, v: str) -> str:
+        return f"fast_json(r, {self.max_bytes // 4})"
+
+
 class Rules:
     """The rules of one entity, in the order of the values they produce.
 

@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 from zerodb.v1 import table_pb2
 from zerodb_batch import limits
 from zerodb_batch.domain import table_fields
+from zerodb_batch.domain.rules import Document, Rules
 from zerodb_batch.domain.struct_json import to_dict as struct_to_dict
 from zerodb_batch.domain.table_fields import Path, read_paths
 from zerodb_batch.domain.table_filter import MATCH_ALL, Filter, read_filter
@@ -93,6 +94,9 @@ class DeleteOp:
 
 
 Operation: TypeAlias = QueryOp | CountOp | InsertOp | UpdateOp | DeleteOp
+
+# A streamed row (StreamInsertRows): the record is the row's data itself.
+ROW = Rules("Row", Document("row_data", limits.MAX_ROW_BYTES))
 
 
 def check_table_name(c: Checker, at: str, name: str) -> None:

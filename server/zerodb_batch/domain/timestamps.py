@@ -44,6 +44,13 @@ def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
+def set_timestamp(ts: timestamp_pb2.Timestamp, value: datetime) -> None:
+    """`ts` set to `value` in place (a field of a message being built): twice as fast as
+    FromDatetime, which counts for every row of a large answer."""
+    seconds, micros = divmod(to_micros(value), 1_000_000)
+    ts.seconds, ts.nanos = seconds, micros * 1000
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 

@@ -42,7 +42,8 @@ class Checker:
         self.violations: list[Violation] = []
 
     def add(self, field: str, description: str, reason: str = "INVALID_FIELD") -> None:
-        path = f"{self.prefix}.{field}" if self.prefix else field
+        # An empty field is the item itself (a table row is its own JSON object).
+        path = f"{self.prefix}.{field}" if self.prefix and field else self.prefix or field
         self.violations.append(Violation(path, description, reason))
 
     def text(self, field: str, value: str, max_chars: int, *, required: bool = False) -> None:

@@ -50,13 +50,16 @@ class CopyLines:
     """Rows already formatted as lines of COPY text, and sent in large pieces.
 
     A kind's subclass formats its records in `add`, with `field` and `text_array` for values that
-    may need escaping, and appends each line to `lines`.
+    may need escaping, and appends each line to `lines`. Columns whose values are only known when
+    the rows are sent (the id of the table a load writes to) go in `prefix`, which starts every
+    line as it is sent.
     """
 
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "prefix")
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.prefix = ""
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -64,14 +67,16 @@ class CopyLines:
     def payload(self, size: int = 1 << 20) -> Iterator[str]:
         """The rows as COPY data, in pieces of about `size` characters or one line: sending a
         chunk never holds a second copy of all of it."""
-        start, length = 0, 0
+        start, length, prefix = 0, 0, self.prefix
+        # Every line ends in a newline, so joining with the prefix between lines (one pass, in C)
+        # starts every line but the first with it.
         for end, line in enumerate(self.lines, 1):
             length += len(line)
             if length >= size:
-                yield "".join(self.lines[start:end])
+                yield prefix + prefix.join(self.lines[start:end])
                 start, length = end, 0
         if start < len(self.lines):
-            yield "".join(self.lines[start:])
+            yield prefix + prefix.join(self.lines[start:])
 
     def since(self, start: int) -> Self:
         """The rows from position `start` on, to be sent on their own."""

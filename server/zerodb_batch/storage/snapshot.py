@@ -47,6 +47,24 @@ async def shared_snapshot(db: Database, concurrency: int) -> AsyncIterator[Share
             await exporter.execute("COMMIT")
 
 
+@contextlib.asynccontextmanager
+async def snapshot_reads(db: Database) -> AsyncIterator[Conn]:
+    """One connection in a REPEATABLE READ, READ ONLY transaction: reads made one after another
+    see one state of the database, as those of a shared snapshot do. In pipeline mode: a read
+    goes out without waiting for the answer to the one before (BEGIN travels with the first),
+    and an answer is awaited only when it is fetched."""
+    async with translate_errors(), db.pool.connection() as conn:
+        try:
+            async with conn.pipeline():
+                await conn.execute(_BEGIN)
+                yield conn
+        finally:
+            # It only read: nothing to keep. A connection that cannot even roll back is the
+            # pool's to check or replace.
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("ROLLBACK")
+
+
 class SharedSnapshot:
     """Runs reads on reader connections that import one exported snapshot."""
 

@@ -4,10 +4,10 @@ the connection given (the caller chooses the transaction)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 import uuid_utils.compat
@@ -22,6 +22,9 @@ from zerodb_batch.storage import table_sql
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 from zerodb_batch.storage.tables import TableInfo
+
+T = TypeVar("T")
+Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
 
 # SQLSTATE of table_row_update() (0005_tables.sql) when a row does not fit an update operator.
 _UPDATE_MISFIT = "ZB001"
@@ -58,12 +61,33 @@ def _base(table: TableInfo, params: table_sql.Params) -> dict[str, object]:
     return {**params.values, "project_id": table.project_id, "table_id": table.table_id}
 
 
+@dataclass(frozen=True)
+class Sent(Generic[T]):
+    """A read sent without waiting for its answer (in pipeline mode: the next statement can go
+    out, and be composed here, while PostgreSQL runs this one); `result()` waits for it."""
+
+    cursor: Cursor
+    read: Callable[[list[tuple[Any, ...]]], T]
+
+    async def result(self) -> T:
+        return self.read(await self.cursor.fetchall())
+
+
 async def query(conn: Conn, table: TableInfo, q: RowQuery) -> RowPage:
     """One page of matching rows (`q.skip`, then up to `q.limit`), projected as asked."""
+    return await (await send_query(conn, table, q)).result()
+
+
+async def send_query(conn: Conn, table: TableInfo, q: RowQuery) -> Sent[RowPage]:
+    """query(), its answer read later (see Sent)."""
     stmt, values = query_statement(table, q)
     cur = await conn.execute(stmt, values, prepare=False)  # planned with the values: see table_sql
-    rows = [_row(row, q) for row in await cur.fetchall()]
-    return RowPage(rows[: q.limit], len(rows) > q.limit)
+
+    def page(found: list[tuple[Any, ...]]) -> RowPage:
+        rows = [_row(row, q) for row in found]
+        return RowPage(rows[: q.limit], len(rows) > q.limit)
+
+    return Sent(cur, page)
 
 
 def query_statement(table: TableInfo, q: RowQuery) -> tuple[sql.Composed, dict[str, object]]:
@@ -84,11 +108,15 @@ def _row(row: tuple[Any, ...], q: RowQuery) -> StoredRow:
 
 
 async def count(conn: Conn, table: TableInfo, tree: Filter) -> int:
+    return await (await send_count(conn, table, tree)).result()
+
+
+async def send_count(conn: Conn, table: TableInfo, tree: Filter) -> Sent[int]:
+    """count(), its answer read later (see Sent)."""
     params = table_sql.Params()
     stmt = _statement("table_rows_count", where=table_sql.where(tree, params))
     cur = await conn.execute(stmt, _base(table, params), prepare=False)
-    found = await cur.fetchone()
-    return int(found[0]) if found else 0  # type: ignore[call-overload]
+    return Sent(cur, lambda found: int(found[0][0]))
 
 
 async def insert(conn: Conn, table: TableInfo, rows: Sequence[str]) -> list[str]:

@@ -103,3 +103,18 @@ SELECT (SELECT count(*) FROM matched), (SELECT count(*) FROM changed);
 -- name: table_rows_delete
 DELETE FROM table_rows
 WHERE project_id = %(project_id)s AND table_id = %(table_id)s::bigint AND {where};
+
+-- name: table_lock
+-- A streamed load's chunk, before its COPY: the table's id, its registry row locked FOR KEY
+-- SHARE as table_rows_insert does, so a concurrent DeleteTable waits for the chunk, and a chunk
+-- after a DeleteTable finds no table.
+SELECT table_id FROM tables
+WHERE project_id = %(project_id)s AND name = %(name)s
+FOR KEY SHARE;
+
+-- name: table_rows_copy
+COPY table_rows (project_id, table_id, row_id, row_data) FROM STDIN;
+
+-- name: table_rows_analyze
+-- After a large streamed load (storage/table_load.py).
+ANALYZE table_rows;
