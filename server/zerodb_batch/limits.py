@@ -39,3 +39,11 @@ MAX_UNACKED: Final = 10_000
 DEFAULT_REDELIVER_SECONDS: Final = 30
 MIN_REDELIVER_SECONDS: Final = 1
 MAX_REDELIVER_SECONDS: Final = 3600
+
+# pgvector indexes `vector` up to 2000 dimensions with HNSW and `halfvec` up to 4000: a namespace
+# above 2000 is indexed as halfvec, and 4000 is the largest dimension a namespace can have.
+MAX_VECTOR_DIM: Final = 4000
+MAX_HNSW_VECTOR_DIM: Final = 2000
+DEFAULT_TOP_K: Final = 10
+MAX_TOP_K: Final = 1000
+DEFAULT_VECTOR_NAMESPACE: Final = "default"
