@@ -288,3 +288,51 @@ def test_a_filtered_search_on_an_index_still_returns_top_k(vector_database: str)
 def test_index_names_fit_postgres_identifiers() -> None:
     prefix = vector_index.index_prefix("p" * 200, "n" * 200)
     assert len(f"{prefix}{2**63 - 1}") <= 63
+
+
+def test_a_namespace_being_loaded_waits_for_its_index_until_the_load_slows(
+    vector_database: str,
+) -> None:
+    policy = IndexPolicy(threshold=500, busy_writes_per_second=1.0, quiet_seconds=3600)
+
+    async def scenario() -> None:
+        activity = vector_index.Activity()
+        async with await connect(vector_database) as conn:
+            await write(conn, columns(DATA[:1000]))
+            assert await build_pending(conn, policy, activity) == []  # written just now
+            await write(conn, columns(DATA[1000:2000], prefix="more"))
+            assert await build_pending(conn, policy, activity) == []  # 1000 since the last pass
+            assert (await namespace_row(conn))["state"] == "none"
+            [name] = await build_pending(conn, policy, activity)  # no writes since: built
+            assert (await namespace_row(conn))["name"] == name
+            # Quiet for quiet_seconds counts too, seen for the first time or not.
+            await write(conn, columns(DATA[2000:3000], prefix="again"))
+            await conn.execute("UPDATE vector_namespaces SET update_time = now() - interval '2h'")
+            assert len(await build_pending(conn, policy, vector_index.Activity())) == 1
+
+    asyncio.run(scenario())
+
+
+def test_the_builder_task_builds_after_wake_and_stops_when_cancelled(
+    vector_database: str,
+) -> None:
+    policy = IndexPolicy(threshold=500, poll_seconds=3600, quiet_seconds=0)
+
+    async def scenario() -> None:
+        builder = vector_index.IndexBuilder(vector_database, policy)
+        task = asyncio.create_task(builder.run())
+        try:
+            async with await connect(vector_database) as conn:
+                await write(conn, columns(DATA[:1000]))
+                builder.wake()
+
+                async def ready() -> bool:
+                    return (await namespace_row(conn))["state"] == "ready"
+
+                await until(ready, "the builder to index the namespace")
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())

@@ -10,6 +10,9 @@ once enough has been written since, a new index replaces the old one.
 One builder works at a time across all server processes (an advisory lock), one index at a time,
 outside any transaction. A build that fails is dropped and retried later (with a growing pause);
 one whose process died leaves an index that no namespace names, dropped by the next pass.
+
+A namespace being loaded waits for its index until the load slows down (`Activity`): an index
+built in the middle of a load would soon be stale, and building competes with the load for CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,6 +51,11 @@ class IndexPolicy:
     maintenance_work_mem: str = "1GB"  # a graph that does not fit builds many times slower
     retry_seconds: float = 60.0  # pause after a failed build (doubling with each failure)
     poll_seconds: float = 10.0
+    # A namespace written faster than this waits for its index (a load is under way) until it has
+    # not been written for quiet_seconds, or its index misses as many rows as it holds.
+    # None: never wait.
+    busy_writes_per_second: float | None = 1000.0
+    quiet_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,30 @@ class _Candidate:
     namespace: str
     dim: int
     index_name: str | None
+    write_count: int
+    overdue: bool  # the index misses as many rows as the namespace holds
+    quiet: bool  # not written for quiet_seconds
+
+
+class Activity:
+    """How fast each namespace is being written, from its write_count at successive passes."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def busy(self, c: _Candidate, now: float, writes_per_second: float) -> bool:
+        """Whether to leave the namespace for a later pass: being written, faster than the rate
+        since the last pass (or at all, the first time it is seen)."""
+        before = self._seen.get((c.project_id, c.namespace))
+        self._seen[(c.project_id, c.namespace)] = (c.write_count, now)
+        if c.overdue or c.quiet:
+            return False
+        if before is None:
+            return True
+        return (c.write_count - before[0]) / max(now - before[1], 1e-3) > writes_per_second
+
+    def forget(self, c: _Candidate) -> None:
+        self._seen.pop((c.project_id, c.namespace), None)
 
 
 def index_prefix(project_id: str, namespace: str) -> str:
@@ -63,17 +96,25 @@ def index_prefix(project_id: str, namespace: str) -> str:
     return f"vectors_hnsw_{digest[:16]}_"
 
 
-async def build_pending(conn: Conn, policy: IndexPolicy) -> list[str]:
+async def build_pending(
+    conn: Conn, policy: IndexPolicy, activity: Activity | None = None
+) -> list[str]:
     """One pass on an autocommit connection: build every index due, one at a time; returns the
-    names of the indexes made ([] when another process's builder holds the lock)."""
+    names of the indexes made ([] when another process's builder holds the lock). Without
+    `activity`, namespaces being written are not left for later."""
     cur = await conn.execute(Q["vector_index_lock"], {"key": _LOCK_KEY})
     if not (await cur.fetchone() or (False,))[0]:
         return []
     try:
         await _recover(conn)
-        built = [
-            name for c in await _candidates(conn, policy) if (name := await _build(conn, c, policy))
-        ]
+        built = []
+        for c in await _candidates(conn, policy):
+            if activity and policy.busy_writes_per_second is not None:
+                if activity.busy(c, time.monotonic(), policy.busy_writes_per_second):
+                    continue
+                activity.forget(c)
+            if name := await _build(conn, c, policy):
+                built.append(name)
         if built:  # the planner's statistics must know how the namespaces have grown
             await conn.execute(Q["vector_index_analyze"])
         return built
@@ -94,6 +135,7 @@ async def _candidates(conn: Conn, policy: IndexPolicy) -> list[_Candidate]:
     params = {
         "threshold": policy.threshold,
         "fraction": policy.rebuild_fraction,
+        "quiet_seconds": policy.quiet_seconds,
         "limit": _CANDIDATES_PER_PASS,
     }
     cur = await conn.execute(Q["vector_index_candidates"], params)
@@ -162,9 +204,11 @@ class IndexBuilder:
         self._url = database_url
         self.policy = policy or IndexPolicy()
         self._wake = asyncio.Event()
+        self._activity = Activity()
 
     def wake(self) -> None:
-        """Look for work now (say, after a load ended), not at the next poll."""
+        """Look for work soon (say, after a load ended: once it has been quiet for
+        quiet_seconds), not at the next poll."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -188,7 +232,8 @@ class IndexBuilder:
                 (self.policy.maintenance_work_mem,),
             )
             while True:
-                await build_pending(conn, self.policy)
+                await build_pending(conn, self.policy, self._activity)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.policy.poll_seconds)
+                    await asyncio.sleep(self.policy.quiet_seconds)  # woken: let writes settle
                 self._wake.clear()

@@ -25,8 +25,11 @@ WHERE index_state = 'building';
 -- name: vector_index_candidates
 -- Namespaces that have reached the threshold without an index, or whose index misses too much
 -- (written since it was built: those rows are searched exactly). Unindexed ones first, small ones
--- first: they are quick to make fast.
-SELECT project_id, namespace, dim, index_name
+-- first: they are quick to make fast. `overdue`: an index misses as many rows as the namespace
+-- holds; `quiet`: nothing was written for a while (see vector_index.Activity).
+SELECT project_id, namespace, dim, index_name, write_count,
+       index_name IS NOT NULL AND write_count - index_write_count >= vector_count AS overdue,
+       update_time < now() - make_interval(secs => %(quiet_seconds)s) AS quiet
 FROM vector_namespaces
 WHERE vector_count >= %(threshold)s
   AND (retry_time IS NULL OR retry_time <= now())
