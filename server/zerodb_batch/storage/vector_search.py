@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from zerodb_batch.errors import InvalidArgument, Violation
-from zerodb_batch.limits import MAX_TOP_K
+from zerodb_batch.limits import DEFAULT_TOP_K, MAX_TOP_K
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 from zerodb_batch.storage.vectors import Embedding, hnsw_type, register_types
@@ -87,7 +87,7 @@ class Match:
 
 @dataclass(frozen=True)
 class IndexedNamespace:
-    """What a search needs of its namespace (vector_namespace_get)."""
+    """What a search needs of its namespace."""
 
     dim: int
     index_name: str | None
@@ -101,38 +101,41 @@ async def search(
     conn: Conn, project_id: str, spec: Search, tuning: Tuning = Tuning()
 ) -> list[Match]:
     """The nearest vectors, nearest first ([] for a namespace that does not exist). Raises
-    InvalidArgument when the query's dimension is not the namespace's."""
+    InvalidArgument when the query's dimension is not the namespace's. Two round trips."""
     await register_types(conn)
-    async with conn.transaction():
-        namespace = await _namespace(conn, project_id, spec.namespace)
-        if namespace is None:
-            return []
-        _check_query(spec, namespace.dim)
-        # Local to this transaction, whatever connection the pool gave us.
-        await conn.execute(
-            "SELECT set_config('hnsw.ef_search', %s, true), "
-            "set_config('hnsw.max_scan_tuples', %s, true), "
-            "set_config('hnsw.iterative_scan', %s, true)",
-            (
-                str(min(max(tuning.ef_search, spec.top_k), MAX_TOP_K)),
-                str(tuning.max_scan_tuples),
-                "relaxed_order",  # the statement orders the merged rows itself
-            ),
-        )
-        found = await _run(conn, *statement(project_id, namespace, spec))
-        if len(found) < spec.top_k and _uses_index(namespace, spec):
-            # The index scan gave up before top_k rows passed the filter: find them exactly.
-            found = await _run(conn, *statement(project_id, namespace, spec, exact=True))
+    namespace = await namespace_info(conn, project_id, spec.namespace, spec.top_k, tuning)
+    if namespace is None:
+        return []
+    _check_query(spec, namespace.dim)
+    found = await _run(conn, *statement(project_id, namespace, spec))
+    if len(found) < spec.top_k and _uses_index(namespace, spec):
+        # The index scan gave up before top_k rows passed the filter: find them exactly.
+        found = await _run(conn, *statement(project_id, namespace, spec, exact=True))
     matches = (row.match(spec) for row in found)
     if spec.min_similarity is None:
         return list(matches)
     return [m for m in matches if m.similarity >= spec.min_similarity]
 
 
-async def _namespace(conn: Conn, project_id: str, namespace: str) -> IndexedNamespace | None:
-    cur = conn.cursor(row_factory=class_row(IndexedNamespace))
-    await cur.execute(Q["vector_namespace_get"], {"project_id": project_id, "namespace": namespace})
-    return await cur.fetchone()
+async def namespace_info(
+    conn: Conn,
+    project_id: str,
+    namespace: str,
+    top_k: int = DEFAULT_TOP_K,
+    tuning: Tuning = Tuning(),
+) -> IndexedNamespace | None:
+    """The namespace's dimension and serving index (None if it does not exist). On the way, the
+    connection's HNSW settings are set for a search of `top_k` (for the session: every search
+    sets them, so a pooled connection never carries another search's values)."""
+    params = {
+        "project_id": project_id,
+        "namespace": namespace,
+        "ef_search": str(min(max(tuning.ef_search, top_k), MAX_TOP_K)),
+        "max_scan_tuples": str(tuning.max_scan_tuples),
+    }
+    cur = await conn.execute(Q["vector_search_namespace"], params)
+    row = await cur.fetchone()
+    return IndexedNamespace(*row[:3]) if row else None  # type: ignore[arg-type]
 
 
 def _check_query(spec: Search, dim: int) -> None:

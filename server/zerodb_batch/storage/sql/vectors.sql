@@ -103,16 +103,21 @@ WHERE project_id = %(project_id)s AND namespace > %(after)s
 ORDER BY namespace
 LIMIT %(limit)s;
 
--- name: vector_namespace_get
--- What a search needs to know of its namespace.
-SELECT dim, index_name, index_seq
+-- name: vector_search_namespace
+-- What a search needs to know of its namespace, and the connection's settings for the search
+-- (set only when the namespace exists): how many candidates the HNSW scan keeps, and iterative
+-- scans (pgvector 0.8) in relaxed order, which the search statement orders itself.
+SELECT dim, index_name, index_seq,
+       set_config('hnsw.ef_search', %(ef_search)s, false),
+       set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, false),
+       set_config('hnsw.iterative_scan', 'relaxed_order', false)
 FROM vector_namespaces
 WHERE project_id = %(project_id)s AND namespace = %(namespace)s;
 
 -- name: vector_search
 -- Composed by storage/vector_search.py: the parts are vector_search_ann and/or
--- vector_search_exact, joined by UNION ALL. The parts may return their rows slightly out of order (iterative index
--- scans): the final order is set here, by the full-precision distance.
+-- vector_search_exact, joined by UNION ALL. The parts may return their rows slightly out of
+-- order (iterative index scans): the final order is set here, by the full-precision distance.
 SELECT id, distance, metadata, document, embedding, create_time, update_time
 FROM ({parts}) AS found
 ORDER BY distance, id
@@ -122,8 +127,8 @@ LIMIT %(top_k)s;
 -- The rows of the namespace's HNSW index (seq <= index_seq), nearest first by the index's own
 -- expression: `embedding::vector(D)` (or halfvec(D)) with the same literal project, namespace and
 -- seq as the index's predicate, so any plan, custom or generic, can use the partial index.
-SELECT id, embedding {op} %(query)b::vector AS distance, metadata, document, {embedding} AS embedding,
-       create_time, update_time
+SELECT id, embedding {op} %(query)b::vector AS distance, metadata, document,
+       {embedding} AS embedding, create_time, update_time
 FROM vectors
 WHERE project_id = {project_id} AND namespace = {namespace} AND seq <= {seq} {condition}
 ORDER BY embedding::{itype} {op} %(query)b::vector::{itype}
@@ -132,8 +137,8 @@ LIMIT %(top_k)s
 -- name: vector_search_exact
 -- Exact: every row of the namespace after `seq` (all of it when there is no index), through the
 -- vectors_written btree. The distance is computed on the full vectors, so no index can serve it.
-SELECT id, embedding {op} %(query)b::vector AS distance, metadata, document, {embedding} AS embedding,
-       create_time, update_time
+SELECT id, embedding {op} %(query)b::vector AS distance, metadata, document,
+       {embedding} AS embedding, create_time, update_time
 FROM vectors
 WHERE project_id = {project_id} AND namespace = {namespace} AND seq > {seq} {condition}
 ORDER BY distance
