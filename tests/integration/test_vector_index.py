@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -337,5 +338,32 @@ def test_the_builder_task_builds_after_wake_and_stops_when_cancelled(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+    asyncio.run(scenario())
+
+
+def test_the_builder_task_stops_when_cancelled_in_the_middle_of_a_build(
+    vector_database: str,
+) -> None:
+    async def scenario() -> None:
+        builder = vector_index.IndexBuilder(vector_database, replace(POLICY, quiet_seconds=0))
+        async with await connect(vector_database) as conn:
+            await write(conn, columns(DATA[:1000]))
+            async with writer_holding_the_table(vector_database):
+                task = asyncio.create_task(builder.run())
+
+                async def building() -> bool:
+                    return (await namespace_row(conn))["state"] == "building"
+
+                await until(building, "the build to start")
+                # Cancelled as its connection breaks: psycopg then raises a connection error
+                # in place of the cancellation, which must not pass for a failure to retry.
+                task.cancel()
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE query LIKE 'CREATE INDEX CONCURRENTLY%'"
+                )
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 30)
 
     asyncio.run(scenario())

@@ -119,7 +119,8 @@ async def build_pending(
             await conn.execute(Q["vector_index_analyze"])
         return built
     finally:
-        await conn.execute(Q["vector_index_unlock"], {"key": _LOCK_KEY})
+        if not conn.closed:  # a closed session has released its lock
+            await conn.execute(Q["vector_index_unlock"], {"key": _LOCK_KEY})
 
 
 async def _recover(conn: Conn) -> None:
@@ -218,10 +219,15 @@ class IndexBuilder:
         while True:
             try:
                 await self._serve()
-            except psycopg.Error as e:
-                log.warning("vector index builder lost PostgreSQL (%s); retrying", e)
-            except Exception:  # a bug must not end index building for the life of the process
-                log.exception("vector index builder failed; restarting it")
+            except Exception as e:
+                # Cancelled in the middle of a query, psycopg closes the connection, and closing
+                # it may raise in place of the cancellation: that is the end, not a failure.
+                if (task := asyncio.current_task()) and task.cancelling():
+                    raise asyncio.CancelledError from e
+                if isinstance(e, psycopg.Error):
+                    log.warning("vector index builder lost PostgreSQL (%s); retrying", e)
+                else:  # a bug must not end index building for the life of the process
+                    log.exception("vector index builder failed; restarting it")
             failures += 1
             await asyncio.sleep(min(self.policy.poll_seconds * 2 ** min(failures, 6), _MAX_BACKOFF))
 
