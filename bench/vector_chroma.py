@@ -64,7 +64,9 @@ class ChromaSide:
         )
 
     def load(self, data: Matrix) -> None:
-        batch = self.client.get_max_batch_size()
+        # Its maximum batch size (5461 here), as long as the request stays within what its HTTP
+        # server takes: 5461 x 1536 numbers in JSON are refused as too large.
+        batch = min(self.client.get_max_batch_size(), 2_000_000 // data.shape[1])
         for start in range(0, len(data), batch):
             part = data[start : start + batch]
             ids = [f"v{start + n}" for n in range(len(part))]

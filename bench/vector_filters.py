@@ -16,7 +16,6 @@ import json
 import time
 
 import numpy as np
-import psycopg
 from psycopg import sql
 
 from bench.vector_data import Matrix, nearest, recall
@@ -38,20 +37,18 @@ SETTINGS = (
 
 
 async def compare_filters(
-    url: str, project: str, namespace: str, data: Matrix, queries: Matrix
+    conn: Conn, project: str, namespace: str, data: Matrix, queries: Matrix
 ) -> list[str]:
     lines = [f"  {'filter':<10} {'path':<16} {'q/s':>7} {'recall':>7} {'full':>6}"]
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        for key, share in (("b10", "10%"), ("b100", "1%"), ("b1000", "0.1%")):
-            modulus = int(key[1:])
-            rows = np.arange(0, len(data), modulus)  # metadata[key] == 0
-            truth = [[f"v{rows[i]}" for i in r] for r in nearest(data[rows], queries, K)]
-            condition = Condition(sql.SQL("metadata @> %(f)s::jsonb"), {"f": json.dumps({key: 0})})
-            for path in ("ours", "hnsw, no iter.", "hnsw, strict", "exact"):
-                qps, found = await _measure(conn, project, namespace, queries, condition, path)
-                full = sum(len(f) == K for f in found) / len(found)
-                score = recall(found, truth)
-                lines.append(f"  {share:<10} {path:<16} {qps:>7.0f} {score:>7.3f} {full:>6.2f}")
+    for key, share in (("b10", "10%"), ("b100", "1%"), ("b1000", "0.1%")):
+        rows = np.arange(0, len(data), int(key[1:]))  # the rows whose metadata[key] is 0
+        truth = [[f"v{rows[i]}" for i in r] for r in nearest(data[rows], queries, K)]
+        condition = Condition(sql.SQL("metadata @> %(f)s::jsonb"), {"f": json.dumps({key: 0})})
+        for path in ("ours", "hnsw, no iter.", "hnsw, strict", "exact"):
+            qps, found = await _measure(conn, project, namespace, queries, condition, path)
+            full = sum(len(f) == K for f in found) / len(found)
+            score = recall(found, truth)
+            lines.append(f"  {share:<10} {path:<16} {qps:>7.0f} {score:>7.3f} {full:>6.2f}")
     return lines
 
 

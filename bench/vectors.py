@@ -3,15 +3,16 @@
 Three ways to the same clustered vectors (bench/vector_data.py) and the same queries:
   raw:    one binary COPY into the vectors table through psycopg, then CREATE INDEX USING hnsw
           (the partial per-namespace index our builder makes, m 16, ef_construction 64) in the
-          foreground; queries are one plain SELECT ... ORDER BY <=> LIMIT 10 each.
-  ours:   the storage path of StreamUpsertVectors: COPY chunks of 1000, one transaction each,
-          while the background IndexBuilder runs as in the server (it waits for the load to
-          go quiet, then builds CONCURRENTLY); searchable = the namespace's index is ready.
-          Queries go through vector_search.search (namespace lookup, settings, merged query).
+          foreground; a query is one plain SELECT ... ORDER BY <=> LIMIT 10.
+  ours:   the storage path of StreamUpsertVectors: COPY chunks of 1000, a transaction each,
+          while the background IndexBuilder runs as in the server (it waits for the load to go
+          quiet, then builds CONCURRENTLY); searchable = the namespace's index is ready. Queries
+          go through vector_search.search (a cached namespace lookup, the merged query).
   chroma: chromadb's HTTP server (`chroma run`) and HttpClient, batches of its maximum size.
-recall@10 is against exact results by numpy. Then another project gets a large namespace of its
-own and our search is measured again on the first one, an ef_search sweep, and filtered
-searches (bench/vector_filters.py).
+Loads run one after the other; queries in rounds that alternate the paths (the machine is
+shared, so medians of alternating rounds are the comparable figures). recall@10 is against
+exact results by numpy. Then another project gets a large namespace and our search is measured
+again on the first one, with an ef_search sweep, and filtered searches (bench/vector_filters.py).
 
     python -m bench.vectors                 # 50,000 x 384, 10,000 x 1536; 200,000 others
     python -m bench.vectors --full          # the issue's sizes: 200,000, 50,000; 1,000,000
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -41,32 +44,24 @@ from zerodb_batch.storage import vectors
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.vector_index import IndexBuilder, IndexPolicy
-from zerodb_batch.storage.vector_search import Search, Tuning, search
+from zerodb_batch.storage.vector_search import NamespaceCache, Search, Tuning, search
 
 K = 10
 CHUNK = 1000
+ROUNDS = 3
 POLICY = IndexPolicy()  # the server's defaults
 COLUMNS = "project_id, namespace, id, dim, embedding, metadata"
+TYPES = ["text", "text", "text", "int4", "vector", "jsonb"]
 # The index our builder makes, built in the foreground.
 RAW_INDEX = sql.SQL(
-    "CREATE INDEX raw_hnsw ON vectors"
+    "CREATE INDEX {} ON vectors"
     " USING hnsw ((embedding::vector({})) vector_cosine_ops) WITH (m = {}, ef_construction = {})"
-    " WHERE project_id = 'raw' AND namespace = 'ns'"
+    " WHERE project_id = 'raw' AND namespace = {}"
 )
-
-
-@dataclass
-class Side:
-    name: str
-    load_seconds: float
-    qps: float
-    recall: float
-
-    def row(self, n: int) -> str:
-        return (
-            f"  {self.name:<26} {n / self.load_seconds:>9,.0f} {self.load_seconds:>8.1f}"
-            f" {self.qps:>8.0f} {self.recall:>8.3f}"
-        )
+RAW_QUERY = sql.SQL(
+    "SELECT id FROM vectors WHERE project_id = 'raw' AND namespace = {ns}"
+    " ORDER BY embedding::vector({dim}) <=> %s::vector({dim}) LIMIT {k}"
+)
 
 
 @dataclass(frozen=True)
@@ -83,67 +78,114 @@ class DataSet:
         truth = [[f"v{i}" for i in row] for row in nearest(data, asked, K)]
         return cls(dim, data, asked, truth)
 
+    @property
+    def namespace(self) -> str:
+        return f"ns{self.dim}"
+
     def metadata(self, i: int) -> dict[str, int]:
         return {"b10": i % 10, "b100": i % 100, "b1000": i % 1000}
 
 
-def measure(ds: DataSet, ask: Callable[[np.ndarray], list[str]]) -> tuple[float, float]:
-    """(queries/s, recall@10) of one client asking the data set's queries in turn."""
-    start = time.perf_counter()
-    found = [ask(q) for q in ds.queries]
-    return len(ds.queries) / (time.perf_counter() - start), recall(found, ds.truth)
-
-
-# -- raw -----------------------------------------------------------------------------------------
-
-
-def raw_copy(conn: psycopg.Connection[tuple[object, ...]], ds: DataSet, project: str) -> None:
+def copy_rows(
+    conn: psycopg.Connection[tuple[object, ...]], rows: Iterable[tuple[object, ...]]
+) -> None:
     with (
         conn.transaction(),
         conn.cursor().copy(f"COPY vectors ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
     ):
-        copy.set_types(["text", "text", "text", "int4", "vector", "jsonb"])
-        for i, embedding in enumerate(ds.data):
-            copy.write_row((project, "ns", f"v{i}", ds.dim, embedding, Jsonb(ds.metadata(i))))
+        copy.set_types(TYPES)
+        for row in rows:
+            copy.write_row(row)
 
 
-def raw_side(url: str, ds: DataSet) -> Side:
-    with psycopg.connect(url, autocommit=True) as conn:
-        register_vector(conn)
-        conn.execute(
-            "SELECT set_config('maintenance_work_mem', %s, false)", (POLICY.maintenance_work_mem,)
+class RawPath:
+    name = "raw COPY + CREATE INDEX"
+
+    def __init__(self, url: str, ds: DataSet) -> None:
+        self.ds = ds
+        self.conn = psycopg.connect(url, autocommit=True)
+        register_vector(self.conn)
+        self.query = RAW_QUERY.format(ns=sql.Literal(ds.namespace), dim=ds.dim, k=K)
+
+    def load(self) -> None:
+        ds, maintenance = self.ds, POLICY.maintenance_work_mem
+        self.conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance,))
+        rows = (
+            ("raw", ds.namespace, f"v{i}", ds.dim, e, Jsonb(ds.metadata(i)))
+            for i, e in enumerate(ds.data)
         )
-        start = time.perf_counter()
-        raw_copy(conn, ds, "raw")
-        conn.execute(
-            RAW_INDEX.format(*map(sql.Literal, (ds.dim, POLICY.m, POLICY.ef_construction)))
+        copy_rows(self.conn, rows)
+        index = sql.Identifier(f"raw_hnsw_{ds.dim}")
+        settings = (ds.dim, POLICY.m, POLICY.ef_construction, ds.namespace)
+        self.conn.execute(RAW_INDEX.format(index, *map(sql.Literal, settings)))
+        self.conn.execute("ANALYZE vectors")
+        self.conn.execute(f"SET hnsw.ef_search = {Tuning().ef_search:d}")
+
+    def ask(self, q: np.ndarray) -> list[str]:
+        return [str(r[0]) for r in self.conn.execute(self.query, (q,)).fetchall()]
+
+    def close(self) -> None:
+        self.conn.execute(
+            sql.SQL("DROP INDEX {}").format(sql.Identifier(f"raw_hnsw_{self.ds.dim}"))
         )
-        loaded = time.perf_counter() - start
-        conn.execute("ANALYZE vectors")
-        conn.execute(f"SET hnsw.ef_search = {Tuning().ef_search:d}")
-        query = sql.SQL(
-            "SELECT id FROM vectors WHERE project_id = 'raw' AND namespace = 'ns'"
-            " ORDER BY embedding::vector({dim}) <=> %s::vector({dim}) LIMIT {k}"
-        ).format(dim=sql.Literal(ds.dim), k=sql.Literal(K))
-
-        def ask(q: np.ndarray) -> list[str]:
-            return [str(r[0]) for r in conn.execute(query, (q,)).fetchall()]
-
-        qps, found = measure(ds, ask)
-        conn.execute("DROP INDEX raw_hnsw")
-        conn.execute("DELETE FROM vectors WHERE project_id = 'raw'")
-        conn.execute("VACUUM vectors")
-    return Side("raw COPY + CREATE INDEX", loaded, qps, found)
+        self.conn.execute("DELETE FROM vectors WHERE project_id = 'raw'")
+        self.conn.close()
 
 
-# -- ours ----------------------------------------------------------------------------------------
+class OursPath:
+    """Our storage path on an event loop of its own (kept between calls)."""
+
+    name = "ours COPY chunks + builder"
+
+    def __init__(self, url: str, ds: DataSet) -> None:
+        self.url, self.ds = url, ds
+        self.runner = asyncio.Runner()
+        self.conn: Conn = self.runner.run(psycopg.AsyncConnection.connect(url, autocommit=True))
+        self.namespaces = NamespaceCache()  # as the servicer keeps one
+
+    def load(self) -> None:
+        self.runner.run(self._load_until_indexed())
+
+    async def _load_until_indexed(self) -> None:
+        # The server's policy; a namespace below its threshold is indexed all the same here.
+        policy = replace(POLICY, threshold=min(POLICY.threshold, len(self.ds.data)))
+        builder = IndexBuilder(self.url, policy)
+        task = asyncio.create_task(builder.run())
+        try:
+            await ours_load(self.url, "ours", self.ds.namespace, self.ds)
+            builder.wake()  # as the load engine does when a stream ends
+            for _ in range(36_000):  # an hour at most
+                if await self._state() == "ready":
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _state(self) -> object:
+        cur = await self.conn.execute(
+            "SELECT index_state FROM vector_namespaces WHERE project_id = %s AND namespace = %s",
+            ("ours", self.ds.namespace),
+        )
+        return (await cur.fetchone() or (None,))[0]
+
+    def ask(self, q: np.ndarray, tuning: Tuning | None = None) -> list[str]:
+        spec = Search(self.ds.namespace, q, K)
+        ask = search(self.conn, "ours", spec, tuning or Tuning(), self.namespaces)
+        found = self.runner.run(ask)
+        return [m.id for m in found]
+
+    def close(self) -> None:
+        self.runner.run(self.conn.close())
+        self.runner.close()
 
 
 async def ours_load(
     url: str, project: str, namespace: str, ds: DataSet, chunk: int = CHUNK
 ) -> None:
-    """The load: what StreamUpsertVectors' writer does per chunk (the lead replaces this with
-    the RPC through a real server once it exists)."""
+    """What StreamUpsertVectors' writer does per chunk (to be replaced by the RPC through a real
+    server once the servicer exists)."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("SET synchronous_commit = off")  # as the stream's chunk commits
         for start in range(0, len(ds.data), chunk):
@@ -154,58 +196,66 @@ async def ours_load(
                 await vectors.copy_insert(conn, project, rows)
 
 
-async def until_indexed(conn: Conn, project: str, namespace: str) -> None:
-    while True:
-        cur = await conn.execute(
-            "SELECT index_state FROM vector_namespaces WHERE project_id = %s AND namespace = %s",
-            (project, namespace),
-        )
-        if (await cur.fetchone()) == ("ready",):
-            return
-        await asyncio.sleep(0.1)
+class ChromaPath:
+    name = "chromadb (HTTP server)"
+
+    def __init__(self, ds: DataSet) -> None:
+        self.ds = ds
+        self.stack = contextlib.ExitStack()
+        port, self.rss = self.stack.enter_context(chroma_server())
+        self.side = ChromaSide(port, f"bench-{ds.dim}")
+
+    def load(self) -> None:
+        self.side.load(self.ds.data)
+
+    def ask(self, q: np.ndarray) -> list[str]:
+        return self.side.search(q, K)
+
+    def close(self) -> None:
+        self.rss.sample("end")
+        print(f"  chromadb server RSS after the load: {self.rss.samples['end'][0] / 1024:,.0f} MiB")
+        self.stack.close()
 
 
-async def ours_side(url: str, ds: DataSet, namespace: str) -> Side:
-    # The server's policy; a namespace smaller than its threshold is indexed all the same here.
-    builder = IndexBuilder(url, replace(POLICY, threshold=min(POLICY.threshold, len(ds.data))))
-    task = asyncio.create_task(builder.run())
-    try:
-        start = time.perf_counter()
-        await ours_load(url, "ours", namespace, ds)
-        builder.wake()  # as the load engine does when a stream ends
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            await until_indexed(conn, "ours", namespace)
-            loaded = time.perf_counter() - start
-            qps, found = await ours_measure(conn, ds, namespace)
-    finally:
-        task.cancel()
-    return Side("ours COPY chunks + builder", loaded, qps, found)
-
-
-async def ours_measure(
-    conn: Conn, ds: DataSet, namespace: str, tuning: Tuning | None = None
-) -> tuple[float, float]:
+def rate(ds: DataSet, ask: Callable[[np.ndarray], list[str]]) -> tuple[float, float]:
+    """(queries/s, recall@10) of one client asking the data set's queries in turn."""
     start = time.perf_counter()
-    found = [
-        [m.id for m in await search(conn, "ours", Search(namespace, q, K), tuning or Tuning())]
-        for q in ds.queries
-    ]
+    found = [ask(q) for q in ds.queries]
     return len(ds.queries) / (time.perf_counter() - start), recall(found, ds.truth)
 
 
-# -- the run -------------------------------------------------------------------------------------
-
-
-def chroma_side(ds: DataSet) -> tuple[Side, float]:
-    """The peer, and its server's resident memory (MiB) after the load."""
-    with chroma_server() as (port, rss):
-        side = ChromaSide(port, f"bench-{ds.dim}")
+def race(url: str, ds: DataSet, chroma: bool) -> OursPath:
+    """Load and query every path; print the table; returns ours, still loaded."""
+    paths: list[RawPath | OursPath | ChromaPath] = [RawPath(url, ds), OursPath(url, ds)]
+    paths += [ChromaPath(ds)] if chroma else []
+    n = len(ds.data)
+    print(f"\n{n:,} clustered vectors of dim {ds.dim}, {len(ds.queries)} queries, top_k {K}")
+    seconds = {}
+    for path in paths:
         start = time.perf_counter()
-        side.load(ds.data)
-        loaded = time.perf_counter() - start
-        qps, found = measure(ds, lambda q: side.search(q, K))
-        rss.sample("loaded")
-    return Side("chromadb (HTTP server)", loaded, qps, found), rss.samples["loaded"][0] / 1024
+        path.load()
+        seconds[path.name] = time.perf_counter() - start
+        print(f"  {path.name}: searchable after {seconds[path.name]:.1f} s", flush=True)
+    qps: dict[str, list[float]] = {p.name: [] for p in paths}
+    found: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        for path in paths:
+            q, found[path.name] = rate(ds, path.ask)
+            qps[path.name].append(q)
+    median = {name: statistics.median(rounds) for name, rounds in qps.items()}
+    print(f"  {'path':<26} {'vectors/s':>9} {'seconds':>8} {'q/s':>8} {'recall':>7}  q/s rounds")
+    for p in paths:
+        rounds = ", ".join(f"{x:.0f}" for x in qps[p.name])
+        loaded = f"{n / seconds[p.name]:>9,.0f} {seconds[p.name]:>8.1f}"
+        print(f"  {p.name:<26} {loaded} {median[p.name]:>8.0f} {found[p.name]:>7.3f}  ({rounds})")
+    mine = paths[1]
+    for other in paths[:1] + paths[2:]:
+        load = seconds[other.name] / seconds[mine.name]
+        ratio = median[mine.name] / median[other.name]
+        print(f"  ours / {other.name.split()[0]}: load rate {load:.2f}x, q/s {ratio:.2f}x")
+        other.close()
+    assert isinstance(mine, OursPath)
+    return mine
 
 
 def others(url: str, n: int, dim: int) -> float:
@@ -214,13 +264,8 @@ def others(url: str, n: int, dim: int) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         for b, block in enumerate(clustered_blocks(n, dim, seed=99)):
-            with (
-                conn.transaction(),
-                conn.cursor().copy(f"COPY vectors ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
-            ):
-                copy.set_types(["text", "text", "text", "int4", "vector", "jsonb"])
-                for i, e in enumerate(block):
-                    copy.write_row(("others", "big", f"o{b}-{i}", dim, e, Jsonb({})))
+            rows = (("others", "big", f"o{b}-{i}", dim, e, Jsonb({})) for i, e in enumerate(block))
+            copy_rows(conn, rows)
         conn.execute(
             "INSERT INTO vector_namespaces (project_id, namespace, dim, vector_count)"
             " VALUES ('others', 'big', %s, %s)",
@@ -230,51 +275,25 @@ def others(url: str, n: int, dim: int) -> float:
     return time.perf_counter() - start
 
 
-async def after_others(url: str, ds: DataSet, namespace: str) -> list[str]:
-    lines = []
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        qps, found = await ours_measure(conn, ds, namespace)
-        lines.append(f"  SearchVectors path, top_k 10:  {qps:6.0f} q/s   recall@10 {found:.3f}")
-        for ef in (40, 64, 100, 200):
-            qps, found = await ours_measure(conn, ds, namespace, Tuning(ef_search=ef))
-            lines.append(
-                f"  ef_search {ef:>3}:               {qps:6.0f} q/s   recall@10 {found:.3f}"
-            )
-    return lines
-
-
 def run(opts: argparse.Namespace) -> None:
-    sizes = [(opts.n384, 384), (opts.n1536, 1536)]
     with backends() as (url, _redis):
         asyncio.run(_migrate(url))
-        print(f"PostgreSQL {url}; index policy {POLICY}")
-        sets = [DataSet.make(n, dim) for n, dim in sizes]
-        for ds in sets:
-            n = len(ds.data)
-            print(
-                f"\n{n:,} clustered vectors of dim {ds.dim}, {len(ds.queries)} queries, top_k {K}"
-            )
-            print(f"  {'path':<26} {'vectors/s':>9} {'seconds':>8} {'q/s':>8} {'recall':>8}")
-            raw = raw_side(url, ds)
-            print(raw.row(n), flush=True)
-            ours = asyncio.run(ours_side(url, ds, f"ns{ds.dim}"))
-            print(ours.row(n), flush=True)
-            if opts.chroma:
-                peer, rss = chroma_side(ds)
-                print(peer.row(n) + f"   (server RSS {rss:,.0f} MiB)")
-                print(f"  ours/chroma: load {peer.load_seconds / ours.load_seconds:.2f}x,"
-                      f" q/s {ours.qps / peer.qps:.2f}x")  # fmt: skip
-            print(f"  ours/raw: load {raw.load_seconds / ours.load_seconds:.2f}x,"
-                  f" q/s {ours.qps / raw.qps:.2f}x")  # fmt: skip
-        ds = sets[0]
+        print(f"PostgreSQL {url}\nindex policy {POLICY}")
+        sets = [DataSet.make(opts.n384, 384), DataSet.make(opts.n1536, 1536)]
+        ours = [race(url, ds, opts.chroma) for ds in sets]
+        ds, first = sets[0], ours[0]
         seconds = others(url, opts.others, ds.dim)
         print(f"\nAnother project gets {opts.others:,} vectors of dim {ds.dim} ({seconds:.0f} s).")
-        print("Our search on the first namespace meanwhile:")
-        for line in asyncio.run(after_others(url, ds, f"ns{ds.dim}")):
-            print(line)
-        print("\nFiltered searches on that namespace (metadata equality), top_k 10:")
-        for line in asyncio.run(compare_filters(url, "ours", f"ns{ds.dim}", ds.data, ds.queries)):
-            print(line)
+        print(f"Our search on the {len(ds.data):,} x {ds.dim} namespace meanwhile:")
+        for ef in (40, 64, 100, 200):
+            tuning = Tuning(ef_search=ef)
+            q, r = rate(ds, lambda v, t=tuning: first.ask(v, t))  # type: ignore[misc]
+            print(f"  ef_search {ef:>3}: {q:6.0f} q/s   recall@10 {r:.3f}")
+        print("\nFiltered searches there (metadata equality), top_k 10:")
+        filtered = compare_filters(first.conn, "ours", ds.namespace, ds.data, ds.queries)
+        print("\n".join(first.runner.run(filtered)))
+        for path in ours:
+            path.close()
 
 
 async def _migrate(url: str) -> None:

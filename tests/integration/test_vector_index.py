@@ -23,6 +23,7 @@ from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.vector_index import IndexPolicy, build_pending
 from zerodb_batch.storage.vector_search import (
     Condition,
+    NamespaceCache,
     Search,
     namespace_info,
     search,
@@ -157,10 +158,22 @@ def test_writes_after_the_build_are_searched_exactly_and_trigger_a_rebuild(
             assert recall(found, truth) >= 0.9
             # ...and one more write makes 500 since the build: a new index replaces the old.
             await write(conn, columns(DATA[1399:1400], prefix="more"))
+            stale = NamespaceCache(seconds=3600)
+            await stale.get(conn, P, "docs")  # names the first index
             [second] = await build_pending(conn, POLICY)
             assert second != first
             assert set(await hnsw_indexes(conn)) == {second}
             assert (await namespace_row(conn))["name"] == second
+            # A search that still believes in the dropped index finds the same neighbours.
+            now = np.concatenate([now, DATA[1399:1400]])
+            ids.append("more0")
+            truth = [[ids[n] for n in row] for row in nearest(now, QUERIES, 10)]
+            for cache in (stale, None):
+                found = [
+                    [m.id for m in await search(conn, P, Search("docs", q), namespaces=cache)]
+                    for q in QUERIES
+                ]
+                assert recall(found, truth) >= 0.9
 
     asyncio.run(scenario())
 

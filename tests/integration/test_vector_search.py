@@ -114,3 +114,34 @@ def test_a_query_of_another_dimension_is_refused_and_unknown_namespaces_are_empt
     assert caught.value.violations[0].field == "query_vector"
     assert run_search(shared_vector_database, project_id, Search("nothing", QUERIES[0])) == []
     assert run_search(shared_vector_database, f"{project_id}-x", Search("docs", QUERIES[0])) == []
+
+
+def test_searches_set_their_hnsw_settings_on_the_session_and_survive_a_rollback(
+    shared_vector_database: str, project_id: str
+) -> None:
+    """Settings are the session's (no transaction per search) and each search gets its own:
+    ef_search follows top_k above 100; one undone by a rollback is set again."""
+    store(shared_vector_database, project_id)
+
+    async def scenario() -> None:
+        async with await connect(shared_vector_database) as conn:
+
+            async def ef_search() -> str:
+                cur = await conn.execute("SELECT current_setting('hnsw.ef_search')")
+                return str((await cur.fetchone() or ("",))[0])
+
+            await search(conn, project_id, Search("docs", QUERIES[0], 10))
+            assert await ef_search() == "100"
+            cur = await conn.execute("SELECT current_setting('hnsw.iterative_scan')")
+            assert await cur.fetchone() == ("relaxed_order",)
+            await search(conn, project_id, Search("docs", QUERIES[0], 300))
+            assert await ef_search() == "300"
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    await search(conn, project_id, Search("docs", QUERIES[0], 10))
+                    raise RuntimeError("roll back")
+            assert await ef_search() == "300"
+            await search(conn, project_id, Search("docs", QUERIES[0], 10))
+            assert await ef_search() == "100"
+
+    asyncio.run(scenario())

@@ -15,16 +15,20 @@ to those `top_k`, so it never makes a search exact.
 from __future__ import annotations
 
 import enum
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
 from zerodb_batch.errors import InvalidArgument, Violation
-from zerodb_batch.limits import DEFAULT_TOP_K, MAX_TOP_K
+from zerodb_batch.limits import MAX_TOP_K
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 from zerodb_batch.storage.vectors import Embedding, hnsw_type, register_types
@@ -67,7 +71,8 @@ class Search:
 @dataclass(frozen=True)
 class Tuning:
     """How hard the index is searched. ef_search 100 gave recall@10 >= 0.97 at dim 384 and 1536
-    here (bench/vectors.py); it is raised to top_k for larger k (pgvector's maximum is 1000)."""
+    here (bench/vectors.py); a search raises it to top_k for larger k (pgvector's maximum is
+    1000). Index scans are iterative (relaxed order: the statement orders the rows itself)."""
 
     ef_search: int = 100
     max_scan_tuples: int = 20_000  # index tuples a filtered search scans before going exact
@@ -95,18 +100,51 @@ class IndexedNamespace:
 
 
 _RESERVED: Final = frozenset({"query", "top_k"})
+# The HNSW settings each connection has for its session (see _tune).
+_TUNED: weakref.WeakKeyDictionary[Conn, Tuning] = weakref.WeakKeyDictionary()
+
+
+class NamespaceCache:
+    """What searches read of their namespaces, kept for `seconds` (the `size` most recently
+    used). A stale entry is still correct: the dimension never changes, and the entry's sequence
+    number splits the rows between index and exact scan whichever index serves now; after a
+    rebuild a search may only be slower until the entry expires. Absent namespaces are not kept."""
+
+    def __init__(self, seconds: float = 1.0, size: int = 10_000) -> None:
+        self._seconds, self._size = seconds, size
+        self._entries: OrderedDict[tuple[str, str], tuple[IndexedNamespace, float]] = OrderedDict()
+
+    async def get(self, conn: Conn, project_id: str, namespace: str) -> IndexedNamespace | None:
+        key, now = (project_id, namespace), time.monotonic()
+        if (hit := self._entries.get(key)) and hit[1] > now:
+            self._entries.move_to_end(key)
+            return hit[0]
+        found = await namespace_info(conn, project_id, namespace)
+        if found is not None:
+            self._entries[key] = (found, now + self._seconds)
+            self._entries.move_to_end(key)
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return found
 
 
 async def search(
-    conn: Conn, project_id: str, spec: Search, tuning: Tuning = Tuning()
+    conn: Conn,
+    project_id: str,
+    spec: Search,
+    tuning: Tuning = Tuning(),
+    namespaces: NamespaceCache | None = None,
 ) -> list[Match]:
     """The nearest vectors, nearest first ([] for a namespace that does not exist). Raises
-    InvalidArgument when the query's dimension is not the namespace's. Two round trips."""
+    InvalidArgument when the query's dimension is not the namespace's. One round trip with a
+    NamespaceCache on a connection that has searched before; three at most."""
     await register_types(conn)
-    namespace = await namespace_info(conn, project_id, spec.namespace, spec.top_k, tuning)
+    lookup = namespaces.get if namespaces else namespace_info
+    namespace = await lookup(conn, project_id, spec.namespace)
     if namespace is None:
         return []
     _check_query(spec, namespace.dim)
+    await _tune(conn, replace(tuning, ef_search=min(max(tuning.ef_search, spec.top_k), MAX_TOP_K)))
     found = await _run(conn, *statement(project_id, namespace, spec))
     if len(found) < spec.top_k and _uses_index(namespace, spec):
         # The index scan gave up before top_k rows passed the filter: find them exactly.
@@ -117,25 +155,25 @@ async def search(
     return [m for m in matches if m.similarity >= spec.min_similarity]
 
 
-async def namespace_info(
-    conn: Conn,
-    project_id: str,
-    namespace: str,
-    top_k: int = DEFAULT_TOP_K,
-    tuning: Tuning = Tuning(),
-) -> IndexedNamespace | None:
-    """The namespace's dimension and serving index (None if it does not exist). On the way, the
-    connection's HNSW settings are set for a search of `top_k` (for the session: every search
-    sets them, so a pooled connection never carries another search's values)."""
-    params = {
-        "project_id": project_id,
-        "namespace": namespace,
-        "ef_search": str(min(max(tuning.ef_search, top_k), MAX_TOP_K)),
-        "max_scan_tuples": str(tuning.max_scan_tuples),
-    }
-    cur = await conn.execute(Q["vector_search_namespace"], params)
-    row = await cur.fetchone()
-    return IndexedNamespace(*row[:3]) if row else None  # type: ignore[arg-type]
+async def namespace_info(conn: Conn, project_id: str, namespace: str) -> IndexedNamespace | None:
+    """The namespace's dimension and serving index; None if it does not exist."""
+    cur = conn.cursor(row_factory=class_row(IndexedNamespace))
+    await cur.execute(Q["vector_namespace_get"], {"project_id": project_id, "namespace": namespace})
+    return await cur.fetchone()
+
+
+async def _tune(conn: Conn, tuning: Tuning) -> None:
+    """Give the connection's session these HNSW settings, unless it has them: settings of the
+    session, not of a transaction, so that a search needs no BEGIN and COMMIT around them.
+    (Remembered only outside a transaction: a rollback would undo them.)"""
+    if _TUNED.get(conn) == tuning:
+        return
+    params = (str(tuning.ef_search), str(tuning.max_scan_tuples))
+    await conn.execute(Q["vector_search_settings"], params)
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        _TUNED[conn] = tuning
+    else:
+        _TUNED.pop(conn, None)
 
 
 def _check_query(spec: Search, dim: int) -> None:

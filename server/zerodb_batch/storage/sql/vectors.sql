@@ -103,16 +103,17 @@ WHERE project_id = %(project_id)s AND namespace > %(after)s
 ORDER BY namespace
 LIMIT %(limit)s;
 
--- name: vector_search_namespace
--- What a search needs to know of its namespace, and the connection's settings for the search
--- (set only when the namespace exists): how many candidates the HNSW scan keeps, and iterative
--- scans (pgvector 0.8) in relaxed order, which the search statement orders itself.
-SELECT dim, index_name, index_seq,
-       set_config('hnsw.ef_search', %(ef_search)s, false),
-       set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, false),
-       set_config('hnsw.iterative_scan', 'relaxed_order', false)
+-- name: vector_namespace_get
+-- What a search needs to know of its namespace.
+SELECT dim, index_name, index_seq
 FROM vector_namespaces
 WHERE project_id = %(project_id)s AND namespace = %(namespace)s;
+
+-- name: vector_search_settings
+-- A search's settings, for the connection's session: how many candidates the HNSW scan keeps,
+-- and iterative scans (pgvector 0.8) in relaxed order, which the search statement orders itself.
+SELECT set_config('hnsw.ef_search', %s, false), set_config('hnsw.max_scan_tuples', %s, false),
+       set_config('hnsw.iterative_scan', 'relaxed_order', false);
 
 -- name: vector_search
 -- Composed by storage/vector_search.py: the parts are vector_search_ann and/or
