@@ -185,6 +185,11 @@ def test_delete_reports_the_ids_that_existed_and_counts_follow(
             }
             [namespace] = await vectors.list_namespaces(conn, project_id, "", 10)
             assert namespace.vector_count == 3
+            # 5 written, 2 deleted: what the index builder weighs against the namespace's index.
+            cur = await conn.execute(
+                "SELECT write_count FROM vector_namespaces WHERE project_id = %s", (project_id,)
+            )
+            assert await cur.fetchone() == (7,)
 
     asyncio.run(scenario())
 

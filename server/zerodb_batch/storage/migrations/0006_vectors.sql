@@ -18,7 +18,7 @@ CREATE TABLE vector_namespaces (
     namespace         text NOT NULL,
     dim               integer NOT NULL CHECK (dim BETWEEN 1 AND 4000),  -- fixed by the first vector
     vector_count      bigint NOT NULL DEFAULT 0,
-    write_count       bigint NOT NULL DEFAULT 0,  -- vectors ever written (inserted or replaced)
+    write_count       bigint NOT NULL DEFAULT 0,  -- vectors ever inserted, replaced or deleted
     -- What ListNamespaces reports: none (exact search), building (a build runs; an older index,
     -- if any, serves meanwhile), ready (the index serves the namespace).
     index_state       text NOT NULL DEFAULT 'none' CHECK (index_state IN ('none', 'building', 'ready')),

@@ -83,13 +83,17 @@ FROM vectors
 WHERE project_id = %(project_id)s AND namespace = %(namespace)s AND id = ANY(%(ids)b::text[]);
 
 -- name: vector_delete
+-- Deletes count as writes too: an index full of deleted rows is slower and, once they are many,
+-- worth rebuilding (see vector_index_candidates).
 WITH deleted AS (
     DELETE FROM vectors
     WHERE project_id = %(project_id)s AND namespace = %(namespace)s AND id = ANY(%(ids)b::text[])
     RETURNING id
 ), counted AS (
     UPDATE vector_namespaces
-    SET vector_count = vector_count - (SELECT count(*) FROM deleted), update_time = now()
+    SET vector_count = vector_count - (SELECT count(*) FROM deleted),
+        write_count = write_count + (SELECT count(*) FROM deleted),
+        update_time = now()
     WHERE project_id = %(project_id)s AND namespace = %(namespace)s
       AND EXISTS (SELECT FROM deleted)
 )
