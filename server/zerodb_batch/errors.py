@@ -105,6 +105,27 @@ class RequestIdReused(InvalidArgument):
         )
 
 
+class DimensionMismatch(InvalidArgument):
+    """Vectors whose dimension differs from their namespace's (fixed by its first vector)."""
+
+    reason = "DIMENSION_MISMATCH"
+
+    def __init__(self, mismatches: Iterable[tuple[str, str, int, int]]) -> None:
+        """`mismatches`: (field path, namespace, the namespace's dimension, the vector's)."""
+        found = list(mismatches)
+        field, namespace, expected, actual = found[0]
+        super().__init__(
+            f"{field} has {actual} dimensions but namespace {namespace!r} holds "
+            f"{expected}-dimensional vectors"
+            + (f" ({len(found)} vectors differ)" if len(found) > 1 else ""),
+            violations=[
+                Violation(f, f"namespace {ns!r} has dimension {e}, got {a}", self.reason)
+                for f, ns, e, a in found
+            ],
+            metadata={"namespace": namespace, "expected": expected, "actual": actual},
+        )
+
+
 class Unauthenticated(ZeroDBError):
     code = code_pb2.UNAUTHENTICATED
     reason = "API_KEY_INVALID"

@@ -10,6 +10,14 @@ MAX_QUERY_OPERATIONS: Final = 50
 MAX_EVENTS_PUBLISH: Final = 100
 MAX_RLHF_INTERACTIONS: Final = 1000
 
+# pgvector indexes `vector` up to 2000 dimensions with HNSW and `halfvec` up to 4000: a namespace
+# above 2000 is indexed as halfvec, and 4000 is the largest dimension a namespace can have.
+MAX_VECTOR_DIM: Final = 4000
+MAX_HNSW_VECTOR_DIM: Final = 2000
+DEFAULT_TOP_K: Final = 10
+MAX_TOP_K: Final = 1000
+DEFAULT_VECTOR_NAMESPACE: Final = "default"
+
 MAX_ID_CHARS: Final = 128  # ids, session/agent/entity ids, request ids, load ids
 MAX_CONTENT_BYTES: Final = 64 * 1024
 MAX_METADATA_BYTES: Final = 64 * 1024

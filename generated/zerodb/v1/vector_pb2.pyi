@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from zerodb.v1 import common_pb2 as _common_pb2
 from zerodb.v1 import load_pb2 as _load_pb2
 import builtins as _builtins
@@ -21,6 +22,74 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _VectorMetric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VectorMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VectorMetric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VECTOR_METRIC_UNSPECIFIED: _VectorMetric.ValueType  # 0
+    """Cosine, the default."""
+    VECTOR_METRIC_COSINE: _VectorMetric.ValueType  # 1
+    """Cosine similarity: the angle between the vectors, whatever their lengths."""
+    VECTOR_METRIC_L2: _VectorMetric.ValueType  # 2
+    """Euclidean (L2) distance."""
+    VECTOR_METRIC_INNER_PRODUCT: _VectorMetric.ValueType  # 3
+    """Inner (dot) product; the same ranking as cosine for unit vectors."""
+
+class VectorMetric(_VectorMetric, metaclass=_VectorMetricEnumTypeWrapper):
+    """How near two vectors are."""
+
+VECTOR_METRIC_UNSPECIFIED: VectorMetric.ValueType  # 0
+"""Cosine, the default."""
+VECTOR_METRIC_COSINE: VectorMetric.ValueType  # 1
+"""Cosine similarity: the angle between the vectors, whatever their lengths."""
+VECTOR_METRIC_L2: VectorMetric.ValueType  # 2
+"""Euclidean (L2) distance."""
+VECTOR_METRIC_INNER_PRODUCT: VectorMetric.ValueType  # 3
+"""Inner (dot) product; the same ranking as cosine for unit vectors."""
+Global___VectorMetric: _TypeAlias = VectorMetric  # noqa: Y015
+
+class _VectorIndexState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VectorIndexStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VectorIndexState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VECTOR_INDEX_STATE_UNSPECIFIED: _VectorIndexState.ValueType  # 0
+    """Never set by the server."""
+    VECTOR_INDEX_STATE_NONE: _VectorIndexState.ValueType  # 1
+    """No index: the namespace is below the index threshold (or its build failed and waits for a
+    retry). Searches are exact.
+    """
+    VECTOR_INDEX_STATE_BUILDING: _VectorIndexState.ValueType  # 2
+    """An index is being built. Searches are exact meanwhile, or use the previous index (with the
+    vectors written since it was built searched exactly).
+    """
+    VECTOR_INDEX_STATE_READY: _VectorIndexState.ValueType  # 3
+    """Searches use the index, plus an exact scan of the vectors written since it was built (a new
+    index replaces it when those become many).
+    """
+
+class VectorIndexState(_VectorIndexState, metaclass=_VectorIndexStateEnumTypeWrapper):
+    """The state of a namespace's HNSW index."""
+
+VECTOR_INDEX_STATE_UNSPECIFIED: VectorIndexState.ValueType  # 0
+"""Never set by the server."""
+VECTOR_INDEX_STATE_NONE: VectorIndexState.ValueType  # 1
+"""No index: the namespace is below the index threshold (or its build failed and waits for a
+retry). Searches are exact.
+"""
+VECTOR_INDEX_STATE_BUILDING: VectorIndexState.ValueType  # 2
+"""An index is being built. Searches are exact meanwhile, or use the previous index (with the
+vectors written since it was built searched exactly).
+"""
+VECTOR_INDEX_STATE_READY: VectorIndexState.ValueType  # 3
+"""Searches use the index, plus an exact scan of the vectors written since it was built (a new
+index replaces it when those become many).
+"""
+Global___VectorIndexState: _TypeAlias = VectorIndexState  # noqa: Y015
 
 @_typing.final
 class Vector(_message.Message):
@@ -57,8 +126,8 @@ class Vector(_message.Message):
     """Input alias of `id` (the live API's spelling); never set in responses."""
     @_builtins.property
     def vector_embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """The embedding: 384, 768, 1024 or 1536 finite numbers, not all zero, matching the namespace's
-        dimension. Empty in search results unless `include_embeddings` is set.
+        """The embedding: 1 to 4000 finite numbers, not all zero, as many as the namespace's dimension.
+        Empty in search results unless `include_embeddings` is set.
         """
 
     @_builtins.property
@@ -279,23 +348,36 @@ class SearchVectorsRequest(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     METADATA_FILTER_FIELD_NUMBER: _builtins.int
     INCLUDE_EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to search."""
     namespace: _builtins.str
     """The namespace to search. Empty means `default`. A namespace without vectors gives no results."""
     limit: _builtins.int
-    """1 to 100 results at most; 0 means 10."""
+    """The earlier spelling of `top_k`, 1 to 100; `top_k` takes precedence when both are set."""
     threshold: _builtins.float
-    """Only results with at least this cosine similarity, from 0 to 1. Unset: no threshold."""
+    """The minimum similarity of a result (see `VectorMatch.similarity` for each metric's scale; for
+    cosine, -1 to 1). Applied to the `top_k` nearest. Unset: no threshold.
+    """
     include_embeddings: _builtins.bool
     """Return each result's `vector_embedding` too."""
+    top_k: _builtins.int
+    """How many results at most, 1 to 1000; 0 means `limit`, or 10 when that is 0 too."""
+    metric: Global___VectorMetric.ValueType
+    """The measure of nearness. Unspecified means cosine. The HNSW index serves cosine; L2 and inner
+    product searches are exact (all recall, slower on large namespaces).
+    """
     @_builtins.property
     def query_vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """The query: as many numbers as the namespace's dimension (INVALID_ARGUMENT otherwise)."""
 
     @_builtins.property
     def metadata_filter(self) -> _struct_pb2.Struct:
-        """Only vectors whose metadata has each of these top-level keys equal to the given JSON value."""
+        """Only vectors whose metadata matches this filter, in the filter language of table queries (a
+        bare value means equality: `{"source": "upload"}`). A filtered search still returns `top_k`
+        results when that many vectors match.
+        """
 
     def __init__(
         self,
@@ -307,10 +389,12 @@ class SearchVectorsRequest(_message.Message):
         threshold: _builtins.float | None = ...,
         metadata_filter: _struct_pb2.Struct | None = ...,
         include_embeddings: _builtins.bool = ...,
+        top_k: _builtins.int = ...,
+        metric: Global___VectorMetric.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "metadata_filter", b"metadata_filter", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "include_embeddings", b"include_embeddings", "limit", b"limit", "metadata_filter", b"metadata_filter", "namespace", b"namespace", "project_id", b"project_id", "query_vector", b"query_vector", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "include_embeddings", b"include_embeddings", "limit", b"limit", "metadata_filter", b"metadata_filter", "metric", b"metric", "namespace", b"namespace", "project_id", b"project_id", "query_vector", b"query_vector", "threshold", b"threshold", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
@@ -326,8 +410,15 @@ class VectorMatch(_message.Message):
 
     VECTOR_FIELD_NUMBER: _builtins.int
     SIMILARITY_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
     similarity: _builtins.float
-    """Cosine similarity to the query vector, from -1 to 1; higher is more similar."""
+    """How similar to the query vector; higher is more similar. Cosine: the cosine similarity, -1 to
+    1. Inner product: the inner product. L2: the Euclidean distance, negated.
+    """
+    distance: _builtins.float
+    """The metric's distance; lower is nearer. Cosine: 1 - similarity. Inner product: the inner
+    product, negated. L2: the Euclidean distance.
+    """
     @_builtins.property
     def vector(self) -> Global___Vector:
         """The vector found (with `vector_embedding` only when `include_embeddings` was set)."""
@@ -337,10 +428,11 @@ class VectorMatch(_message.Message):
         *,
         vector: Global___Vector | None = ...,
         similarity: _builtins.float = ...,
+        distance: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["similarity", b"similarity", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "similarity", b"similarity", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,7 +447,7 @@ class SearchVectorsResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___VectorMatch]:
-        """At most `limit` results, most similar first."""
+        """At most `top_k` results, most similar first."""
 
     def __init__(
         self,
@@ -509,22 +601,26 @@ class VectorNamespace(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     VECTOR_COUNT_FIELD_NUMBER: _builtins.int
     DIMENSION_FIELD_NUMBER: _builtins.int
+    INDEX_STATE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace's name."""
     vector_count: _builtins.int
     """Vectors in the namespace."""
     dimension: _builtins.int
-    """The dimension of the namespace's vectors: 384, 768, 1024 or 1536."""
+    """The dimension of the namespace's vectors, 1 to 4000."""
+    index_state: Global___VectorIndexState.ValueType
+    """Whether searches use an HNSW index or scan the namespace exactly."""
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         vector_count: _builtins.int = ...,
         dimension: _builtins.int = ...,
+        index_state: Global___VectorIndexState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "namespace", b"namespace", "vector_count", b"vector_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "index_state", b"index_state", "namespace", b"namespace", "vector_count", b"vector_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,6 +33,11 @@ class LoadProgress:
         return self.last_offset + 1
 
 
+class IdExists(Exception):
+    """A chunk's COPY of rows taken for new met an existing id; its transaction is failed and
+    must roll back (the writer then upserts: see RetryChunk)."""
+
+
 class RetryChunk(Exception):
     """Raised by a load writer inside a chunk's transaction: roll it back and write the chunk
     again (say, a COPY of rows taken for new met an existing id: the next try upserts)."""

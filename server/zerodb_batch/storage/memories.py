@@ -18,7 +18,7 @@ from zerodb.v1 import memory_pb2
 from zerodb_batch.domain.memory import MEMORY, MemoryColumns
 from zerodb_batch.domain.memory_update import UPDATABLE, UpdateColumns
 from zerodb_batch.storage.copy_text import NULL, CopyLines, field, text_array
-from zerodb_batch.storage.loads import RetryChunk
+from zerodb_batch.storage.loads import IdExists, RetryChunk
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 from zerodb_batch.storage.unnest import flat_tags
@@ -143,10 +143,6 @@ class MemoryCopyRows(CopyLines):
             f"{self._prefix}{mid}\t{content}\t{memory_type}\t{importance!r}\t{text_array(tags)}\t"
             f"{metadata}\t{session_id or NULL}\t{agent_id or NULL}\t{entity_id or NULL}\n"
         )
-
-
-class IdExists(Exception):
-    """copy_insert met an existing id; its transaction is failed and must roll back."""
 
 
 async def copy_insert(
