@@ -242,16 +242,7 @@ class _Reader:
         if self.switch(disabled, False):
             return ()
         raw = self._env.get(name, "").strip()
-        protocol = self.choice(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            self.choice("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC", _OTLP_PROTOCOLS),
-            _OTLP_PROTOCOLS,
-        )
-        names = tuple(
-            f"otlp_proto_{protocol.partition('/')[0].lower()}" if n == "otlp" else n
-            for n in (n.strip() for n in raw.split(","))
-            if n and n != "none"
-        )
+        names = tuple(self._otlp(n) if n == "otlp" else n for n in _names(raw) if n != "none")
         known = {e.name for e in entry_points(group=TRACE_EXPORTERS)}
         if unknown := [n for n in names if n not in known]:
             raise SettingError(
@@ -259,6 +250,15 @@ class _Reader:
                 f"{', '.join(unknown)} is not installed",
             )  # fmt: skip
         return names
+
+    def _otlp(self, name: str) -> str:
+        """The exporter of the OTLP protocol the standard variables name (grpc by default)."""
+        protocol = self.choice(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            self.choice("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC", _OTLP_PROTOCOLS),
+            _OTLP_PROTOCOLS,
+        )
+        return f"{name}_proto_{protocol.partition('/')[0].lower()}"
 
     def redis_url(self, name: str) -> str | None:
         raw = self._env.get(name, "").strip()
@@ -277,3 +277,7 @@ class ClientSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
         e = os.environ if env is None else env
         return cls(api_key=e.get("ZERODB_API_KEY") or None)
+
+
+def _names(raw: str) -> list[str]:
+    return [n.strip() for n in raw.split(",") if n.strip()]

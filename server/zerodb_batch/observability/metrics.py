@@ -39,7 +39,7 @@ ITEM_BUCKETS: Final = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 
 
 # A `_created` series beside every counter and histogram would double the scrape for a time
 # that Prometheus itself does not use.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
