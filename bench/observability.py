@@ -1,0 +1,155 @@
+"""What metrics and logging cost: bench.memory_upsert's and bench.events_publish's service rounds
+against two servers side by side, one with metrics on and a JSON log line per call (INFO), one
+with metrics off and only warnings logged. Traces are off in both (their default).
+
+Both servers share the embedded PostgreSQL and Valkey (a database each); rounds alternate between
+them and medians print with their ratio. The server with logs writes them to a file, as a
+deployment would. Throughput on a shared 2-core machine is noisy, so the servers' own CPU time per
+call (from /proc) prints too: it is what the instrumentation adds to, and what limits throughput
+when the machine is busy. First, in this process, what the instrumentation of one call costs by
+itself: the interceptor's part (start, sizes, finish with its log line in JSON to /dev/null) and
+the per-item results' part, with metrics on and off.
+
+    python -m bench.observability [--calls 40] [--rounds 9] [--callers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import grpc
+
+from bench import events_publish, memory_upsert
+from bench.harness import Service, backends, record, report, service, timed
+from bench.memory_stream import server_cpu
+from zerodb.v1 import memory_pb2_grpc
+from zerodb_batch.observability import calls, logs
+from zerodb_batch.observability.calls import Observer
+from zerodb_batch.observability.metrics import Metrics
+from zerodb_batch.observability.tracing import Tracing
+
+OBSERVED = {"ZERODB_METRICS": "on", "ZERODB_LOG_LEVEL": "INFO", "ZERODB_LOG_FORMAT": "json"}
+QUIET = {"ZERODB_METRICS": "off", "ZERODB_LOG_LEVEL": "WARNING"}
+NAMES = ("metrics+logs on", "off")
+
+
+def instrumented_calls(metrics: Metrics | None, count: int) -> float:
+    """Seconds per call of what the interceptor and results.fill add to a 500-item upsert."""
+    site = Observer(metrics, Tracing(None)).site("/zerodb.v1.MemoryService/BatchUpsertMemories")
+    metadata = {"x-api-key": "zdb_k", "user-agent": "grpc-python/1.85"}
+    rpc_log = logging.getLogger("zerodb_batch.rpc")
+    start = time.perf_counter()
+    for n in range(count):
+        site.received(120_000)
+        call = site.start(metadata, f"{n:016x}")
+        call.project = "6f1c0e0a-5b1e-4c1e-9d59-1a2b3c4d5e6f"
+        calls.record_items(500, {"inserted": 250, "updated": 250})
+        site.sent(30_000)
+        fields = call.finish(0, "OK", None)
+        rpc_log.info("rpc %s code=%s ms=%.1f request_id=%s", call.site.method, "OK",
+                     fields["duration_ms"], call.request_id, extra=fields)  # fmt: skip
+    return (time.perf_counter() - start) / count
+
+
+def instrumentation(count: int = 20_000) -> None:
+    with open(os.devnull, "w") as devnull:
+        handler = logging.StreamHandler(devnull)
+        handler.setFormatter(logs.json_formatter())
+        logging.basicConfig(level="INFO", handlers=[handler], force=True)
+        on = min(instrumented_calls(Metrics(), count) for _ in range(3))
+        logging.getLogger().setLevel("WARNING")
+        off = min(instrumented_calls(None, count) for _ in range(3))
+    print("Instrumentation of one call, in-process (best of 3)")
+    print(f"  metrics+logs on: {on * 1e6:6.1f} µs   off: {off * 1e6:6.1f} µs")
+    record({"title": "Instrumentation of one call, in-process", "unit": "µs",
+            "names": NAMES, "ours": on * 1e6, "raw": off * 1e6, "ratio": on / off})  # fmt: skip
+
+
+def upserts(svc: Service, channel: grpc.Channel, calls: int) -> Callable[[], float]:
+    """One round of 500-record upserts (half existing); calls/s."""
+    stub = memory_pb2_grpc.MemoryServiceStub(channel)
+
+    def run() -> float:
+        requests = [
+            memory_upsert.to_request(svc.project_id, b) for b in memory_upsert.batches(calls)
+        ]
+        return calls / timed(memory_upsert.service_round(stub, svc.api_key, requests))
+
+    return run
+
+
+def publishes(svc: Service, channel: grpc.Channel, calls: int, callers: int) -> Callable[[], float]:
+    """One round of 100-event publishes by concurrent callers to one project; events/s."""
+    caller = (svc.project_id, svc.api_key)
+    return lambda: events_publish.service_round(channel, [caller] * callers, calls)
+
+
+class Side:
+    """One server's rounds: their rates, and the server's CPU seconds per unit of work."""
+
+    def __init__(self, svc: Service, run: Callable[[], float]) -> None:
+        self.pid = svc.pid
+        self.run = run
+        self.rates: list[float] = []
+        self.cpu: list[float] = []
+
+    def round(self, work: int) -> None:
+        cpu = server_cpu(self.pid)
+        self.rates.append(self.run())
+        self.cpu.append((server_cpu(self.pid) - cpu) / work)
+
+
+def alternate(rounds: int, work: int, on: Side, off: Side) -> None:
+    on.run(), off.run()  # warm-up: connections, prepared statements
+    for n in range(rounds):  # each side goes first in every other round
+        for side in (on, off) if n % 2 == 0 else (off, on):
+            side.round(work)
+
+
+def compare(title: str, unit: str, per: str, on: Side, off: Side) -> None:
+    report(title, unit, on.rates, off.rates, NAMES)
+    a, b = statistics.median(on.cpu), statistics.median(off.cpu)
+    print(f"  server CPU per {per}: on {a * 1e6:.0f} µs, off {b * 1e6:.0f} µs, "
+          f"ratio {a / b:.3f}")  # fmt: skip
+    record({"title": f"{title}: server CPU per {per}", "unit": f"CPU µs per {per}",
+            "names": NAMES, "ours": a * 1e6, "raw": b * 1e6, "ratio": a / b})  # fmt: skip
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__)
+    args.add_argument("--calls", type=int, default=40, help="calls per round (per caller)")
+    args.add_argument("--rounds", type=int, default=9)
+    args.add_argument("--callers", type=int, default=4, help="concurrent publishers")
+    opts = args.parse_args()
+    instrumentation()
+    with (
+        backends() as (db_url, redis_url),
+        tempfile.TemporaryFile("w+") as log,
+        service(db_url, redis_url, log=log, **OBSERVED) as on,
+        service(events_publish.raw_database(db_url, "zerodb_off"), redis_url, **QUIET) as off,
+        grpc.insecure_channel(on.address) as on_channel,
+        grpc.insecure_channel(off.address) as off_channel,
+    ):
+        yes = Side(on, upserts(on, on_channel, opts.calls))
+        no = Side(off, upserts(off, off_channel, opts.calls))
+        alternate(opts.rounds, opts.calls, yes, no)
+        compare(f"BatchUpsertMemories, {memory_upsert.BATCH} records a call (half existing)",
+                "calls/s", "call", yes, no)  # fmt: skip
+        calls = opts.calls // 2
+        yes = Side(on, publishes(on, on_channel, calls, opts.callers))
+        no = Side(off, publishes(off, off_channel, calls, opts.callers))
+        alternate(opts.rounds, calls * opts.callers, yes, no)
+        compare(f"BatchPublishEvents, {events_publish.BATCH} events a call, {opts.callers} "
+                "concurrent callers, one project", "events/s", "call", yes, no)  # fmt: skip
+        log.seek(0)
+        print(f"  (the observed server logged {sum(1 for _ in log)} lines)")
+
+
+if __name__ == "__main__":
+    main()
