@@ -171,7 +171,8 @@ async def start(settings: Settings) -> App:
         raise
     app = App(settings, db, server, health, port, bootstrap, streams=(streams, relay_streams))
     app.events, app.monitor, app.observing = events, monitor, observing
-    app.tasks.extend(asyncio.create_task(task) for task in observing.tasks)
+    if observing.sampler is not None:
+        app.tasks.append(asyncio.create_task(observing.sampler.run()))
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
     app.door = door
     app.tasks.append(asyncio.create_task(relay.run()))

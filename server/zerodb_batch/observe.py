@@ -8,9 +8,7 @@ service exist, because the sampler reads them; `close` after the server has stop
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from zerodb_batch.api.event_service import EventServicer
 from zerodb_batch.config import Observability
@@ -33,9 +31,9 @@ class Observing:
 
     settings: Observability
     observer: Observer
+    sampler: Sampler | None = None  # its run() is a background task of the server
     exposition: Exposition | None = None
     listener: MetricsListener | None = None  # /metrics on a port of its own
-    tasks: list[Coroutine[Any, Any, None]] = field(default_factory=list)
 
     @classmethod
     def begin(cls, settings: Observability) -> Observing:
@@ -59,9 +57,8 @@ class Observing:
         """Sample the state gauges from `sources`, and serve /metrics apart if asked to."""
         if self.metrics is None:
             return
-        sampler = Sampler(self.metrics, sources, self.settings.metrics_sample_seconds)
-        self.exposition = Exposition(self.metrics, sampler)
-        self.tasks.append(sampler.run())
+        self.sampler = Sampler(self.metrics, sources, self.settings.metrics_sample_seconds)
+        self.exposition = Exposition(self.metrics, self.sampler)
         if self.settings.metrics_served_apart:
             self.listener = await MetricsListener.start(
                 self.settings.metrics_listen, self.exposition
