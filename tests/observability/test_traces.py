@@ -93,7 +93,7 @@ def is_sql(span: Span) -> bool:
 
 
 def test_spans_continue_the_callers_trace_with_sql_chunks_and_xadds(traced: TracedServer) -> None:
-    upsert, http, load, events = Caller.new(), Caller.new(), Caller.new(), Caller.new()
+    upsert, http, load, events, ack = (Caller.new() for _ in range(5))
     project = traced.project
     with grpc.insecure_channel(traced.address) as channel:
         memories = MemoryServiceStub(channel)
@@ -110,6 +110,12 @@ def test_spans_continue_the_callers_trace_with_sql_chunks_and_xadds(traced: Trac
         EventServiceStub(channel).BatchPublishEvents(
             event_pb2.BatchPublishEventsRequest(project_id=project.id, events=make_events(3)),
             metadata=(*project.auth, ("traceparent", events.traceparent)),
+        )
+        EventServiceStub(channel).AckEvents(
+            event_pb2.AckEventsRequest(
+                project_id=project.id, consumer_group="g", stream_ids=["1-1"]
+            ),
+            metadata=(*project.auth, ("traceparent", ack.traceparent)),
         )
     reply = requests.post(
         f"{traced.http}/api/v1/projects/{project.id}/database/memory/batch/upsert",
@@ -137,6 +143,10 @@ def test_spans_continue_the_callers_trace_with_sql_chunks_and_xadds(traced: Trac
     published = server_span(spans, events, "EventService/BatchPublishEvents")
     (xadd,) = [s for s in children(spans, published) if s["name"] == "XADD"]
     assert xadd["attributes"]["zerodb.events"] == "3"
+
+    acked = server_span(spans, ack, "EventService/AckEvents")
+    redis = [s for s in children(spans, acked) if s["attributes"].get("db.system") == "redis"]
+    assert [s["name"] for s in redis] == ["XACK"], "redis-py's commands are children too"
 
     # The relay's polls and the health probes ran SQL all along, outside any call: no traces.
     roots = [s for s in spans if s["parent_id"] is None]
