@@ -64,18 +64,24 @@ class Site:
 class Call:
     """One RPC from its start to its status; current (see `current()`) until `finish`."""
 
-    __slots__ = ("_span", "_start", "_token", "_trace", "project", "request_id", "site")
+    __slots__ = (
+        "_caller_trace", "_otel_token", "_span", "_start", "_token", "project", "request_id",
+        "site",
+    )  # fmt: skip
 
     def __init__(self, site: Site, metadata: Metadata, request_id: str) -> None:
         self.site = site
         self.request_id = request_id
         self.project: str | None = None  # the API key's, once authenticated
         self._span: Span | None = None
-        self._trace: object = None
+        self._otel_token: object = None  # restores OpenTelemetry's context at the end
+        self._caller_trace: str | None = None  # the caller's trace id while traces are off
         if site.tracing.tracer is not None:
-            self._span, self._trace = site.tracing.server_span(site.method.lstrip("/"), metadata)
+            self._span, self._otel_token = site.tracing.server_span(
+                site.method.lstrip("/"), metadata
+            )
         else:
-            self._trace = tracing.trace_id_of(metadata)
+            self._caller_trace = tracing.trace_id_of(metadata)
         if site.rpc is not None:
             site.rpc.in_flight.inc()
         self._token: Token[Call | None] = _CURRENT.set(self)
@@ -94,7 +100,7 @@ class Call:
             "trace_id": self.trace_id,
         }  # fmt: skip
         if self._span is not None:
-            self.site.tracing.end(self._span, self._trace, code, code_name)
+            self.site.tracing.end(self._span, self._otel_token, code, code_name)
         with contextlib.suppress(ValueError):  # finished in another context (a generator
             _CURRENT.reset(self._token)  # closed elsewhere): that context goes with it
         return fields
@@ -103,7 +109,7 @@ class Call:
     def trace_id(self) -> str | None:
         if self._span is not None:
             return format(self._span.get_span_context().trace_id, "032x")
-        return self._trace if isinstance(self._trace, str) else None
+        return self._caller_trace
 
     def items(self, total: int, outcomes: Mapping[str, int]) -> None:
         if self.site.rpc is not None:
