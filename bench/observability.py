@@ -2,8 +2,10 @@
 against two servers side by side, one with metrics on and a JSON log line per call (INFO), one
 with metrics off and only warnings logged. Traces are off in both (their default).
 
-Both servers share the embedded PostgreSQL and Valkey (a database each); rounds alternate between
-them and medians print with their ratio. The server with logs writes them to a file, as a
+Both servers share the embedded PostgreSQL and Valkey (a database each). Every caller alternates
+its calls between the two (and which goes first), so both meet the same moments of a busy
+machine; a side's rate is its work over the time its calls took; medians of the rounds print with
+their ratio. The server with logs writes them to a file, as a
 deployment would. Throughput on a shared 2-core machine is noisy, so the servers' own CPU time per
 call (from /proc) prints too: it is what the instrumentation adds to, and what limits throughput
 when the machine is busy. First, in this process, what the instrumentation of one call costs by
@@ -20,15 +22,16 @@ import logging
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
 import grpc
 
 from bench import events_publish, memory_upsert
-from bench.harness import Service, backends, record, report, service, timed
+from bench.harness import Service, backends, record, report, service
 from bench.memory_stream import server_cpu
-from zerodb.v1 import memory_pb2_grpc
+from zerodb.v1 import event_pb2_grpc, memory_pb2, memory_pb2_grpc
 from zerodb_batch.observability import calls, logs
 from zerodb_batch.observability.calls import Observer
 from zerodb_batch.observability.metrics import Metrics
@@ -68,57 +71,91 @@ def instrumentation(count: int = 20_000) -> None:
     print("Instrumentation of one call, in-process (best of 3)")
     print(f"  metrics+logs on: {on * 1e6:6.1f} µs   off: {off * 1e6:6.1f} µs")
     record({"title": "Instrumentation of one call, in-process", "unit": "µs",
-            "names": NAMES, "ours": on * 1e6, "raw": off * 1e6, "ratio": on / off})  # fmt: skip
-
-
-def upserts(svc: Service, channel: grpc.Channel, calls: int) -> Callable[[], float]:
-    """One round of 500-record upserts (half existing); calls/s."""
-    stub = memory_pb2_grpc.MemoryServiceStub(channel)
-
-    def run() -> float:
-        requests = [
-            memory_upsert.to_request(svc.project_id, b) for b in memory_upsert.batches(calls)
-        ]
-        return calls / timed(memory_upsert.service_round(stub, svc.api_key, requests))
-
-    return run
-
-
-def publishes(svc: Service, channel: grpc.Channel, calls: int, callers: int) -> Callable[[], float]:
-    """One round of 100-event publishes by concurrent callers to one project; events/s."""
-    caller = (svc.project_id, svc.api_key)
-    return lambda: events_publish.service_round(channel, [caller] * callers, calls)
+            "names": NAMES, "ours": on * 1e6, "raw": off * 1e6, "ratio": on / off,
+            "chart": False})  # fmt: skip
 
 
 class Side:
-    """One server's rounds: their rates, and the server's CPU seconds per unit of work."""
+    """One server: its call for the n-th unit of work, and what its calls took in each round."""
 
-    def __init__(self, svc: Service, run: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        svc: Service,
+        call: Callable[[int], None],
+        units: int,
+        prepare: Callable[[], None] = lambda: None,
+    ) -> None:
         self.pid = svc.pid
-        self.run = run
+        self.call = call
+        self.units = units  # per call: 1 upsert, or 100 events
+        self.prepare = prepare  # before each round, outside the timing
+        self.busy = 0.0  # seconds spent in this side's calls this round, all callers together
         self.rates: list[float] = []
-        self.cpu: list[float] = []
+        self.cpu: list[float] = []  # the server's CPU seconds per call, per round
+        self._lock = threading.Lock()
 
-    def round(self, work: int) -> None:
-        cpu = server_cpu(self.pid)
-        self.rates.append(self.run())
-        self.cpu.append((server_cpu(self.pid) - cpu) / work)
-
-
-def alternate(rounds: int, work: int, on: Side, off: Side) -> None:
-    on.run(), off.run()  # warm-up: connections, prepared statements
-    for n in range(rounds):  # each side goes first in every other round
-        for side in (on, off) if n % 2 == 0 else (off, on):
-            side.round(work)
+    def timed(self, n: int) -> None:
+        start = time.perf_counter()
+        self.call(n)
+        with self._lock:
+            self.busy += time.perf_counter() - start
 
 
-def compare(title: str, unit: str, per: str, on: Side, off: Side) -> None:
+def upserts(svc: Service, channel: grpc.Channel, calls: int) -> Side:
+    """500-record upserts, half existing; each round's messages are built before it starts."""
+    stub = memory_pb2_grpc.MemoryServiceStub(channel)
+    auth = (("x-api-key", svc.api_key),)
+    requests: list[memory_pb2.BatchUpsertMemoriesRequest] = []
+
+    def prepare() -> None:
+        batches = memory_upsert.batches(calls)
+        requests[:] = [memory_upsert.to_request(svc.project_id, b) for b in batches]
+
+    return Side(svc, lambda n: stub.BatchUpsertMemories(requests[n], metadata=auth), 1, prepare)
+
+
+def publishes(svc: Service, channel: grpc.Channel) -> Side:
+    """100-event publishes to one project; each request is built in its call, as a client's."""
+    stub = event_pb2_grpc.EventServiceStub(channel)
+    auth = (("x-api-key", svc.api_key),)
+
+    def call(n: int) -> None:
+        stub.BatchPublishEvents(events_publish.to_request(svc.project_id, n), metadata=auth)
+
+    return Side(svc, call, events_publish.BATCH)
+
+
+def paired(sides: tuple[Side, Side], callers: int, calls: int, rounds: int) -> None:
+    """Rounds in which every caller alternates its calls between the two servers (which goes
+    first alternates too), so both meet the same moments of a busy machine."""
+
+    def caller(k: int) -> None:
+        for c in range(calls):
+            for side in sides if (k + c) % 2 == 0 else sides[::-1]:
+                side.timed(k * calls + c)
+
+    for n in range(rounds + 1):  # the first round warms up: connections, prepared statements
+        for side in sides:
+            side.prepare()
+            side.busy = 0.0
+        cpu = [server_cpu(side.pid) for side in sides]
+        events_publish.concurrently(callers, caller)
+        if n == 0:
+            continue
+        for side, before in zip(sides, cpu, strict=True):
+            # Its callers spent busy / callers seconds each in its calls: its rate alone.
+            side.rates.append(callers * calls * side.units / (side.busy / callers))
+            side.cpu.append((server_cpu(side.pid) - before) / (callers * calls))
+
+
+def compare(title: str, unit: str, on: Side, off: Side) -> None:
     report(title, unit, on.rates, off.rates, NAMES)
     a, b = statistics.median(on.cpu), statistics.median(off.cpu)
-    print(f"  server CPU per {per}: on {a * 1e6:.0f} µs, off {b * 1e6:.0f} µs, "
+    print(f"  server CPU per call: on {a * 1e6:.0f} µs, off {b * 1e6:.0f} µs, "
           f"ratio {a / b:.3f}")  # fmt: skip
-    record({"title": f"{title}: server CPU per {per}", "unit": f"CPU µs per {per}",
-            "names": NAMES, "ours": a * 1e6, "raw": b * 1e6, "ratio": a / b})  # fmt: skip
+    record({"title": f"{title}: server CPU per call", "unit": "CPU µs per call",
+            "names": NAMES, "ours": a * 1e6, "raw": b * 1e6, "ratio": a / b,
+            "chart": False})  # fmt: skip
 
 
 def main() -> None:
@@ -136,17 +173,14 @@ def main() -> None:
         grpc.insecure_channel(on.address) as on_channel,
         grpc.insecure_channel(off.address) as off_channel,
     ):
-        yes = Side(on, upserts(on, on_channel, opts.calls))
-        no = Side(off, upserts(off, off_channel, opts.calls))
-        alternate(opts.rounds, opts.calls, yes, no)
+        sides = (upserts(on, on_channel, opts.calls), upserts(off, off_channel, opts.calls))
+        paired(sides, 1, opts.calls, opts.rounds)
         compare(f"BatchUpsertMemories, {memory_upsert.BATCH} records a call (half existing)",
-                "calls/s", "call", yes, no)  # fmt: skip
-        calls = opts.calls // 2
-        yes = Side(on, publishes(on, on_channel, calls, opts.callers))
-        no = Side(off, publishes(off, off_channel, calls, opts.callers))
-        alternate(opts.rounds, calls * opts.callers, yes, no)
+                "calls/s", *sides)  # fmt: skip
+        sides = (publishes(on, on_channel), publishes(off, off_channel))
+        paired(sides, opts.callers, opts.calls // 2, opts.rounds)
         compare(f"BatchPublishEvents, {events_publish.BATCH} events a call, {opts.callers} "
-                "concurrent callers, one project", "events/s", "call", yes, no)  # fmt: skip
+                "concurrent callers, one project", "events/s", *sides)  # fmt: skip
         log.seek(0)
         print(f"  (the observed server logged {sum(1 for _ in log)} lines)")
 

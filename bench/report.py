@@ -1,5 +1,6 @@
 """The benchmarks' results as one chart: for every comparison, our service's rate as a fraction
 of the raw path's (or of the other side the bench names), with both medians written beside it.
+Results that are costs rather than rates (CPU per call; marked `"chart": false`) are left out.
 
 Each bench writes bench/results/<bench>.json when it runs (bench/harness.py); this reads them all.
 Needs matplotlib (`pip install -e '.[bench]'`).
@@ -22,8 +23,7 @@ import matplotlib.pyplot as plt
 
 from bench.harness import RESULTS
 
-BETTER = "#2f7d32"  # at or above the other side
-WORSE = "#c0562b"
+COLOR = "#3b6ea8"
 
 
 def load(folder: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -31,7 +31,7 @@ def load(folder: Path) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for path in sorted(folder.glob("*.json")):
         bench = json.loads(path.read_text())
-        found += [(bench["bench"], result) for result in bench["results"]]
+        found += [(bench["bench"], r) for r in bench["results"] if r.get("chart", True)]
     return found
 
 
@@ -49,13 +49,13 @@ def chart(results: list[tuple[str, dict[str, Any]]], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(13, 0.9 * len(results) + 1.5))
     ratios = [r["ratio"] for _, r in results]
     rows = range(len(results))[::-1]  # the first result on top
-    ax.barh(list(rows), ratios, color=[BETTER if x >= 1 else WORSE for x in ratios])
-    ax.axvline(1.0, color="black", linewidth=1)
+    ax.barh(list(rows), ratios, color=COLOR)
+    ax.axvline(1.0, color="grey", linewidth=1, linestyle="--")  # the raw path (second side)
     ax.set_yticks(list(rows), [label(b, r) for b, r in results], fontsize=8)
     for row, (_, result) in zip(rows, results, strict=True):
         ax.text(result["ratio"] + 0.01, row, f"{result['ratio']:.2f}  ({figures(result)})",
                 va="center", fontsize=8)  # fmt: skip
-    ax.set_xlim(0, max(1.2, max(ratios) * 1.9))
+    ax.set_xlim(0, max(ratios) + 1.0)  # room for the figures written beside the bars
     ax.set_xlabel("ratio: service / raw path (or first / second side), medians of one run")
     ax.set_title("zerodb-batch benchmarks, each against its raw path in the same run")
     fig.tight_layout()

@@ -19,10 +19,12 @@ def test_results_are_recorded_per_run_and_charted(tmp_path: Path) -> None:
         record(result, "memory_upsert", results)
     record({"title": "one", "unit": "events/s", "names": ("HTTP", "gRPC"), "ours": 5.0,
             "raw": 10.0, "ratio": 0.5}, "http", results)  # fmt: skip
+    record({"title": "CPU", "unit": "µs", "names": ("a", "b"), "ours": 2.0, "raw": 1.0,
+            "ratio": 2.0, "chart": False}, "http", results)  # fmt: skip
 
     written = json.loads((results / "memory_upsert.json").read_text())
     assert [r["title"] for r in written["results"]] == ["upsert", "update"], "a run starts afresh"
-    found = report.load(results)
+    found = report.load(results)  # without the costs (not rates)
     assert [(bench, r["title"]) for bench, r in found] == [
         ("http", "one"),
         ("memory_upsert", "upsert"),
