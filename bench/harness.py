@@ -113,6 +113,7 @@ def report(
     ours: list[float],
     raw: list[float],
     names: tuple[str, str] = ("service", "raw"),
+    bench: str = "",
 ) -> None:
     """Medians of per-round rates, and our rate as a fraction of the raw path's (or of whatever
     `names` says the two sides are); printed and added to this bench's results file."""
@@ -124,7 +125,7 @@ def report(
               f"{', '.join(f'{x:.0f}' for x in rounds)})")  # fmt: skip
     print(f"  ratio {names[0]}/{names[1]}: {o / r:.2f}")
     record({"title": title, "unit": unit, "names": names, "ours": o, "raw": r, "ratio": o / r,
-            "rounds": {"ours": ours, "raw": raw}})  # fmt: skip
+            "rounds": {"ours": ours, "raw": raw}}, bench)  # fmt: skip
 
 
 def record(result: dict[str, object], bench: str = "", folder: Path = RESULTS) -> None:

@@ -40,6 +40,7 @@ from zerodb_batch.observability.tracing import Tracing
 OBSERVED = {"ZERODB_METRICS": "on", "ZERODB_LOG_LEVEL": "INFO", "ZERODB_LOG_FORMAT": "json"}
 QUIET = {"ZERODB_METRICS": "off", "ZERODB_LOG_LEVEL": "WARNING"}
 NAMES = ("metrics+logs on", "off")
+CONTROL = ("server A, off", "server B, off")
 
 
 def instrumented_calls(metrics: Metrics | None, count: int) -> float:
@@ -148,14 +149,15 @@ def paired(sides: tuple[Side, Side], callers: int, calls: int, rounds: int) -> N
             side.cpu.append((server_cpu(side.pid) - before) / (callers * calls))
 
 
-def compare(title: str, unit: str, on: Side, off: Side) -> None:
-    report(title, unit, on.rates, off.rates, NAMES)
+def compare(title: str, unit: str, on: Side, off: Side, names: tuple[str, str]) -> None:
+    bench = "observability_control" if names is CONTROL else "observability"
+    report(title, unit, on.rates, off.rates, names, bench)
     a, b = statistics.median(on.cpu), statistics.median(off.cpu)
-    print(f"  server CPU per call: on {a * 1e6:.0f} µs, off {b * 1e6:.0f} µs, "
+    print(f"  server CPU per call: {names[0]} {a * 1e6:.0f} µs, {names[1]} {b * 1e6:.0f} µs, "
           f"ratio {a / b:.3f}")  # fmt: skip
     record({"title": f"{title}: server CPU per call", "unit": "CPU µs per call",
-            "names": NAMES, "ours": a * 1e6, "raw": b * 1e6, "ratio": a / b,
-            "chart": False})  # fmt: skip
+            "names": names, "ours": a * 1e6, "raw": b * 1e6, "ratio": a / b,
+            "chart": False}, bench)  # fmt: skip
 
 
 def main() -> None:
@@ -163,12 +165,18 @@ def main() -> None:
     args.add_argument("--calls", type=int, default=40, help="calls per round (per caller)")
     args.add_argument("--rounds", type=int, default=9)
     args.add_argument("--callers", type=int, default=4, help="concurrent publishers")
+    args.add_argument(
+        "--control", action="store_true",
+        help="an A/A run: both servers with metrics off and warnings only (the ratios' noise)",
+    )  # fmt: skip
     opts = args.parse_args()
-    instrumentation()
+    observed, names = (QUIET, CONTROL) if opts.control else (OBSERVED, NAMES)
+    if not opts.control:
+        instrumentation()
     with (
         backends() as (db_url, redis_url),
         tempfile.TemporaryFile("w+") as log,
-        service(db_url, redis_url, log=log, **OBSERVED) as on,
+        service(db_url, redis_url, log=log, **observed) as on,
         service(events_publish.raw_database(db_url, "zerodb_off"), redis_url, **QUIET) as off,
         grpc.insecure_channel(on.address) as on_channel,
         grpc.insecure_channel(off.address) as off_channel,
@@ -176,11 +184,11 @@ def main() -> None:
         sides = (upserts(on, on_channel, opts.calls), upserts(off, off_channel, opts.calls))
         paired(sides, 1, opts.calls, opts.rounds)
         compare(f"BatchUpsertMemories, {memory_upsert.BATCH} records a call (half existing)",
-                "calls/s", *sides)  # fmt: skip
+                "calls/s", *sides, names)  # fmt: skip
         sides = (publishes(on, on_channel), publishes(off, off_channel))
         paired(sides, opts.callers, opts.calls // 2, opts.rounds)
         compare(f"BatchPublishEvents, {events_publish.BATCH} events a call, {opts.callers} "
-                "concurrent callers, one project", "events/s", *sides)  # fmt: skip
+                "concurrent callers, one project", "events/s", *sides, names)  # fmt: skip
         log.seek(0)
         print(f"  (the observed server logged {sum(1 for _ in log)} lines)")
 
