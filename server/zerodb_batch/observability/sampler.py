@@ -104,13 +104,18 @@ class Sampler:
                     gauge.set(sample.value)
 
     async def _sample_remote(self) -> None:
+        """The gauges that need a query; skipped (keeping their last values) while the health
+        monitor finds their dependency away, so that a scrape adds no waits to an outage."""
+        up = self._sources.health()
         try:
-            waiting, age = await self._sources.relay_lag()
-            self._metrics.outbox_pending.set(waiting)
-            self._metrics.outbox_oldest_age.set(age)
-        except Exception as e:  # PostgreSQL away: the health gauge says so; keep the last value
+            if up.get("postgres", True):
+                waiting, age = await self._sources.relay_lag()
+                self._metrics.outbox_pending.set(waiting)
+                self._metrics.outbox_oldest_age.set(age)
+        except Exception as e:  # went away meanwhile: the health gauge will say so
             log.debug("relay lag not sampled: %s", e)
         try:
-            self._metrics.group_pending.set(await self._sources.group_pending())
-        except Exception as e:  # Redis away: likewise
+            if up.get("redis", True):
+                self._metrics.group_pending.set(await self._sources.group_pending())
+        except Exception as e:
             log.debug("consumer group pending counts not sampled: %s", e)
