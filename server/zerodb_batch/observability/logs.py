@@ -22,14 +22,15 @@ _CALL_FIELDS = ("rpc", "request_id", "trace_id", "project_id")
 
 
 def configure(level: str, log_format: str) -> None:
-    """Send every record at `level` or above to stderr in `log_format` (TEXT or JSON)."""
+    """Send every record at `level` or above to stderr in `log_format` (TEXT or JSON), unless
+    the process has set up logging already (as a test runner has; basicConfig's rule)."""
     handler = logging.StreamHandler()
     if log_format == "JSON":
         handler.setFormatter(json_formatter())
         handler.addFilter(CallFields())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def json_formatter() -> logging.Formatter:
