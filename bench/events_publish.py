@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import psycopg
 import redis
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from bench.harness import Service, backends, report, service, timed
@@ -117,11 +118,11 @@ def raw_round(raw: list[RawPublisher], calls: int) -> float:
     return len(raw) * calls * BATCH / timed(lambda: concurrently(len(raw), caller))
 
 
-def raw_database(database_url: str) -> str:
+def raw_database(database_url: str, name: str = "zerodb_raw") -> str:
     """A second database on the service's PostgreSQL, with the same schema."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE zerodb_raw")
-    url = make_conninfo(database_url, dbname="zerodb_raw")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(database_url, dbname=name)
 
     async def apply() -> None:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:

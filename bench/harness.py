@@ -1,4 +1,5 @@
-"""What every benchmark needs: embedded backends in a temp dir and our server as a subprocess.
+"""What every benchmark needs: embedded backends in a temp dir, our server as a subprocess, and
+its report: printed, and written to bench/results/<bench>.json for `python -m bench.report`.
 
 The server runs in its own process (as in production), so client and server do not share a GIL;
 on the 2-core machines they still share the CPU, as the raw path's client and PostgreSQL do.
@@ -7,6 +8,7 @@ on the 2-core machines they still share the CPU, as the raw path's client and Po
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -17,9 +19,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from zerodb_batch.embedded import EmbeddedPostgres, EmbeddedValkey
+
+RESULTS = Path(__file__).parent / "results"
+_started: set[Path] = set()  # result files this run has begun (earlier runs' are replaced)
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,11 @@ def backends() -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def service(database_url: str, redis_url: str, **env: str) -> Iterator[Service]:
-    """`python -m zerodb_batch serve` against the given backends; its first-start key is used."""
+def service(
+    database_url: str, redis_url: str, log: IO[str] | None = None, **env: str
+) -> Iterator[Service]:
+    """`python -m zerodb_batch serve` against the given backends; its first-start key is used.
+    Its log goes to `log` (default: this process's stderr)."""
     address = f"127.0.0.1:{free_port()}"
     environ = {
         **os.environ,
@@ -67,6 +77,7 @@ def service(database_url: str, redis_url: str, **env: str) -> Iterator[Service]:
         [sys.executable, "-m", "zerodb_batch", "serve"],
         env=environ,
         stdout=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
     try:
@@ -96,13 +107,44 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def report(title: str, unit: str, ours: list[float], raw: list[float]) -> None:
-    """Medians of per-round rates, and our rate as a fraction of the raw path's."""
+def report(
+    title: str,
+    unit: str,
+    ours: list[float],
+    raw: list[float],
+    names: tuple[str, str] = ("service", "raw"),
+    bench: str = "",
+) -> None:
+    """Medians of per-round rates, and our rate as a fraction of the raw path's (or of whatever
+    `names` says the two sides are); printed and added to this bench's results file."""
     o, r = statistics.median(ours), statistics.median(raw)
+    width = max(len(n) for n in names) + 1
     print(f"{title}")
-    print(f"  service: {o:10.1f} {unit}   (rounds: {', '.join(f'{x:.0f}' for x in ours)})")
-    print(f"  raw:     {r:10.1f} {unit}   (rounds: {', '.join(f'{x:.0f}' for x in raw)})")
-    print(f"  ratio service/raw: {o / r:.2f}")
+    for name, value, rounds in ((names[0], o, ours), (names[1], r, raw)):
+        print(f"  {name + ':':{width}} {value:10.1f} {unit}   (rounds: "
+              f"{', '.join(f'{x:.0f}' for x in rounds)})")  # fmt: skip
+    print(f"  ratio {names[0]}/{names[1]}: {o / r:.2f}")
+    record({"title": title, "unit": unit, "names": names, "ours": o, "raw": r, "ratio": o / r,
+            "rounds": {"ours": ours, "raw": raw}}, bench)  # fmt: skip
+
+
+def record(result: dict[str, object], bench: str = "", folder: Path = RESULTS) -> None:
+    """Add `result` to `folder`/<bench>.json (default: the running bench module's name); the
+    first result of a run replaces what an earlier run wrote."""
+    bench = bench or _bench_name()
+    path = folder / f"{bench}.json"
+    found = json.loads(path.read_text()) if path in _started else {"bench": bench, "results": []}
+    _started.add(path)
+    found["when"] = datetime.now(UTC).isoformat(timespec="seconds")
+    found["results"].append(result)
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(found, indent=1) + "\n")
+
+
+def _bench_name() -> str:
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name.rpartition(".")[2] if spec else Path(sys.argv[0]).stem
 
 
 @dataclass

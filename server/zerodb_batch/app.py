@@ -1,4 +1,5 @@
-"""Wiring: pool, migrations, servicers, interceptor, health, reflection, background, shutdown."""
+"""Wiring: pool, migrations, servicers, interceptor, health, reflection, observability,
+background tasks, shutdown."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ from zerodb_batch.http.door import Door
 from zerodb_batch.interceptors.api_interceptor import ApiInterceptor
 from zerodb_batch.interceptors.auth import Authenticator
 from zerodb_batch.monitor import PROBE_TIMEOUT, DependencyMonitor, DependencyState
+from zerodb_batch.observability.calls import Observer
+from zerodb_batch.observe import Observing, sources
 from zerodb_batch.storage import idempotency, keys, shared_secrets, tables
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Database, open_database
@@ -79,11 +82,18 @@ class App:
     events: EventServicer | None = None
     door: Door | None = None  # the HTTP/JSON door, when on
     monitor: DependencyMonitor | None = None
+    observing: Observing | None = None
     stopped: bool = False
 
     @property
     def http_port(self) -> int | None:
         return self.door.port if self.door else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of ZERODB_METRICS_LISTEN's listener, when there is one."""
+        listener = self.observing.listener if self.observing else None
+        return listener.port if listener else None
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: stop taking calls, let running ones finish for `grace` seconds, then close.
@@ -102,6 +112,8 @@ class App:
         if self.door is not None:
             await self.door.close()
         await _cancel(self.tasks)
+        if self.observing is not None:
+            await self.observing.close()
         for streams in self.streams:
             await streams.close()
         if self.monitor is not None:
@@ -126,6 +138,7 @@ async def start(settings: Settings) -> App:
         raise StartupError("no database URL: start the embedded PostgreSQL first")
     if not settings.redis_url:
         raise StartupError("no Redis URL: start the embedded Valkey first")
+    observing = Observing.begin(settings.observability)  # traces: before the first connection
     monitor = _monitor(settings.database_url, settings.redis_url, settings)
     db = await _open(settings)
     # No connection yet: a Redis that is down only delays events (the outbox keeps them).
@@ -135,24 +148,33 @@ async def start(settings: Settings) -> App:
     streams = Streams.open(settings.redis_url, maxlen, settings.max_subscriptions + 16)
     relay_streams = Streams.open(settings.redis_url, maxlen, settings.event_relay_redis_connections)
     relay = Relay(
-        db, relay_streams, settings.database_url, settings.event_relay_poll_seconds, maxlen
+        db,
+        relay_streams,
+        settings.database_url,
+        settings.event_relay_poll_seconds,
+        maxlen,
+        observing.metrics,
     )
     try:
         bootstrap, tokens = await _prepare(db)
         events = EventServicer(db, tokens, streams, relay, settings.max_subscriptions)
-        server, health = await _build(settings, db, tokens, events)
+        await observing.serve(sources(db, streams, relay_streams, monitor, events))
+        server, health = await _build(settings, db, tokens, events, observing.observer)
         port = _bind(server, settings.listen)
         door_target = _private_port(server) if settings.http_enabled else None
         await server.start()
-        door = await _open_door(settings, door_target, server)
+        door = await _open_door(settings, door_target, server, observing)
     except BaseException:
+        await observing.close()
         await streams.close()
         await relay_streams.close()
         await monitor.close()
         await db.close()
         raise
     app = App(settings, db, server, health, port, bootstrap, streams=(streams, relay_streams))
-    app.events, app.monitor = events, monitor
+    app.events, app.monitor, app.observing = events, monitor, observing
+    if observing.sampler is not None:
+        app.tasks.append(asyncio.create_task(observing.sampler.run()))
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
     app.door = door
     app.tasks.append(asyncio.create_task(relay.run()))
@@ -208,10 +230,14 @@ async def _prepare(db: Database) -> tuple[tuple[str, str] | None, PageTokens]:
 
 
 async def _build(
-    settings: Settings, db: Database, tokens: PageTokens, event_service: EventServicer
+    settings: Settings,
+    db: Database,
+    tokens: PageTokens,
+    event_service: EventServicer,
+    observer: Observer,
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(Authenticator(db, settings.auth_cache_seconds))],
+        interceptors=[ApiInterceptor(Authenticator(db, settings.auth_cache_seconds), observer)],
         options=[
             ("grpc.so_reuseport", 0),  # a port in use is an error, not silent sharing
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -254,12 +280,14 @@ def _private_port(server: grpc.aio.Server) -> str:
 
 
 async def _open_door(
-    settings: Settings, target: str | None, server: grpc.aio.Server
+    settings: Settings, target: str | None, server: grpc.aio.Server, observing: Observing
 ) -> Door | None:
     if target is None:
         return None
     try:
-        return await Door.start(settings.http_listen, target, SERVICES, settings.max_message_bytes)
+        return await Door.start(
+            settings.http_listen, target, SERVICES, settings.max_message_bytes, observing.route
+        )
     except BaseException:
         await server.stop(0)
         raise

@@ -18,6 +18,7 @@ from zerodb_batch import exporter, load_kinds, loader
 from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, SettingError, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
+from zerodb_batch.observability import logs
 from zerodb_batch.storage import keys
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Conn, single_connection
@@ -35,9 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     except SettingError as e:
         print(f"zerodb-batch: {e}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.observability.log_format)
     try:
         args.run(settings, args)
     except (StartupError, EmbeddedError) as e:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
 N = TypeVar("N", int, float)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("TEXT", "JSON")
+_SWITCH = {"on": True, "true": True, "1": True, "yes": True,
+           "off": False, "false": False, "0": False, "no": False}  # fmt: skip
+# Where OpenTelemetry's SDK finds span exporters by the names OTEL_TRACES_EXPORTER takes.
+TRACE_EXPORTERS = "opentelemetry_traces_exporter"
+_OTLP_PROTOCOLS = ("GRPC", "HTTP/PROTOBUF")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _MAX_INT32 = 2**31 - 1  # gRPC's message length limits are C ints
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(?P<port>[0-9]{1,5})")
@@ -54,6 +61,7 @@ class Settings:
     event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
     health_probe_seconds: float = 1.0  # how often PostgreSQL and Redis are probed for health
     query_concurrency: int = 4  # reads of one parallel BatchQuery at a time (1 to pool_max - 1)
+    observability: Observability = field(default_factory=lambda: Observability())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +101,7 @@ class Settings:
                 "ZERODB_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1, 60
             ),
             query_concurrency=r.integer("ZERODB_QUERY_CONCURRENCY", 0, 1, 999),
+            observability=Observability.read(r),
         )
         if settings.pool_max < settings.pool_min:
             raise SettingError(
@@ -124,6 +133,41 @@ class Settings:
     def with_backends(self, database_url: str, redis_url: str) -> Settings:
         """These settings pointed at concrete servers (the embedded ones, once started)."""
         return replace(self, database_url=database_url, redis_url=redis_url)
+
+
+@dataclass(frozen=True)
+class Observability:
+    """Metrics, traces and the log format (README, "Operating it")."""
+
+    log_format: str = "TEXT"  # TEXT: one plain line per record; JSON: one object per line
+    metrics: bool = True  # off: nothing is counted and /metrics answers 404
+    metrics_listen: str = HTTP_OFF  # HOST:PORT of a listener serving only /metrics, or `off`
+    # A `project` label on the per-RPC counters: one series per project, method and code.
+    metrics_project_label: bool = False
+    metrics_sample_seconds: float = 5.0  # how often pool, Redis, health and relay lag are read
+    # Set: prometheus_client's multiprocess mode (several worker processes, one scrape).
+    multiprocess_dir: Path | None = None
+    # Span exporters by name (OTEL_TRACES_EXPORTER); empty: no traces (the default).
+    trace_exporters: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, r: _Reader) -> Observability:
+        d = cls()
+        return cls(
+            log_format=r.choice("ZERODB_LOG_FORMAT", d.log_format, LOG_FORMATS),
+            metrics=r.switch("ZERODB_METRICS", d.metrics),
+            metrics_listen=r.optional_listen("ZERODB_METRICS_LISTEN"),
+            metrics_project_label=r.switch("ZERODB_METRICS_PROJECT_LABEL", d.metrics_project_label),
+            metrics_sample_seconds=r.number(
+                "ZERODB_METRICS_SAMPLE_SECONDS", d.metrics_sample_seconds, 0.1, 3600
+            ),
+            multiprocess_dir=r.directory("PROMETHEUS_MULTIPROC_DIR"),
+            trace_exporters=r.trace_exporters("OTEL_TRACES_EXPORTER", "OTEL_SDK_DISABLED"),
+        )
+
+    @property
+    def metrics_served_apart(self) -> bool:
+        return self.metrics and self.metrics_listen.lower() != HTTP_OFF
 
 
 class _Reader:
@@ -178,9 +222,56 @@ class _Reader:
         raw = self._env.get(name)
         if raw is None:
             return DEFAULT_HTTP_LISTEN
-        if raw.strip().lower() in ("", HTTP_OFF):
+        return self.optional_listen(name)
+
+    def optional_listen(self, name: str) -> str:
+        """Unset, empty or `off`: off; else host:port."""
+        if self._env.get(name, "").strip().lower() in ("", HTTP_OFF):
             return HTTP_OFF
-        return self.listen(name, DEFAULT_HTTP_LISTEN)
+        return self.listen(name, HTTP_OFF)
+
+    def switch(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        if raw.lower() not in _SWITCH:
+            raise SettingError(name, raw, "on or off")
+        return _SWITCH[raw.lower()]
+
+    def directory(self, name: str) -> Path | None:
+        """An existing directory this process may write in, or None when unset."""
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return None
+        if not (os.path.isdir(raw) and os.access(raw, os.W_OK | os.X_OK)):
+            raise SettingError(name, raw, "an existing directory the server may write in")
+        return Path(raw)
+
+    def trace_exporters(self, name: str, disabled: str) -> tuple[str, ...]:
+        """OpenTelemetry's exporter list (`otlp`, `console`, ...; `none` or unset: none), each
+        an installed exporter's entry point; the SDK's own OTEL_SDK_DISABLED=true turns it off.
+        `otlp` is the exporter of the OTLP protocol the standard variables name (grpc unless
+        told otherwise), as the SDK's own configuration resolves it."""
+        if self.switch(disabled, False):
+            return ()
+        raw = self._env.get(name, "").strip()
+        names = tuple(self._otlp(n) if n == "otlp" else n for n in _names(raw) if n != "none")
+        known = {e.name for e in entry_points(group=TRACE_EXPORTERS)}
+        if unknown := [n for n in names if n not in known]:
+            raise SettingError(
+                name, raw, f"none, otlp or installed exporters ({', '.join(sorted(known))}); "
+                f"{', '.join(unknown)} is not installed",
+            )  # fmt: skip
+        return names
+
+    def _otlp(self, name: str) -> str:
+        """The exporter of the OTLP protocol the standard variables name (grpc by default)."""
+        protocol = self.choice(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            self.choice("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC", _OTLP_PROTOCOLS),
+            _OTLP_PROTOCOLS,
+        )
+        return f"{name}_proto_{protocol.partition('/')[0].lower()}"
 
     def redis_url(self, name: str) -> str | None:
         raw = self._env.get(name, "").strip()
@@ -199,3 +290,7 @@ class ClientSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
         e = os.environ if env is None else env
         return cls(api_key=e.get("ZERODB_API_KEY") or None)
+
+
+def _names(raw: str) -> list[str]:
+    return [n.strip() for n in raw.split(",") if n.strip()]

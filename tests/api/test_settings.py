@@ -33,11 +33,18 @@ BAD = [
     ("ZERODB_LISTEN", "localhost", "host:port with a port from 0 to 65535"),
     ("ZERODB_LISTEN", "127.0.0.1:70000", "host:port with a port from 0 to 65535"),
     ("ZERODB_REDIS_URL", "localhost:6379", "a URL starting with redis://, rediss://, unix://"),
+    ("ZERODB_LOG_FORMAT", "xml", "one of TEXT, JSON"),
+    ("ZERODB_METRICS", "maybe", "on or off"),
+    ("ZERODB_METRICS_PROJECT_LABEL", "2", "on or off"),
+    ("ZERODB_METRICS_LISTEN", "9100", "host:port with a port from 0 to 65535"),
+    ("ZERODB_METRICS_SAMPLE_SECONDS", "0", "a number of seconds from 0.1 to 3600"),
+    ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent", "an existing directory the server may write in"),
 ]
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ZERODB_")}
+    ours = ("ZERODB_", "OTEL_", "PROMETHEUS_")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     return subprocess.run(
         [COMMAND, *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
     )
@@ -91,3 +98,18 @@ def test_the_error_names_the_variable() -> None:
     with pytest.raises(SettingError) as caught:
         Settings.from_env({"ZERODB_IDEMPOTENCY_TTL_HOURS": "0"})
     assert caught.value.name == "ZERODB_IDEMPOTENCY_TTL_HOURS"
+
+
+def test_trace_exporters_are_checked_against_those_installed() -> None:
+    assert Settings.from_env({}).observability.trace_exporters == ()
+    on = Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp,console"}).observability
+    assert on.trace_exporters == ("otlp_proto_grpc", "console")
+    off = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}
+    assert Settings.from_env(off).observability.trace_exporters == ()
+    for env, wrong in (
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "jaeger is not installed"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "pigeon"}, "GRPC"),
+    ):
+        done = run(env, "serve")
+        assert done.returncode == 2 and done.stderr.count("\n") == 1
+        assert wrong in done.stderr, done.stderr

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from zerodb.v1 import event_pb2, event_pb2_grpc
 from zerodb_batch import limits
@@ -13,6 +15,7 @@ from zerodb_batch.api import Ctx, results
 from zerodb_batch.domain.event import StoredEvent, parse_events
 from zerodb_batch.domain.event_requests import (
     POSITION_SHAPE,
+    Options,
     check_ack,
     list_filters,
     subscription_options,
@@ -24,6 +27,7 @@ from zerodb_batch.errors import ResourceExhausted, Unavailable
 from zerodb_batch.events.relay import Relay
 from zerodb_batch.events.streams import Streams
 from zerodb_batch.events.subscription import Heartbeat, Item, subscribe
+from zerodb_batch.observability import calls
 from zerodb_batch.storage import outbox
 from zerodb_batch.storage.idempotency import write_once
 from zerodb_batch.storage.pool import Conn, Database
@@ -51,6 +55,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         self._relay = relay
         self._max_subscriptions = max_subscriptions
         self._subscriptions = 0  # open now
+        self._groups: Counter[tuple[str, str]] = Counter()  # (project, group): subscriptions
         self._closing = asyncio.Event()
 
     async def shut_down(self) -> None:
@@ -94,13 +99,35 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
                 f"this server has {self._max_subscriptions} subscriptions open, its maximum;"
                 " retry later or on another server"
             )
-        self._subscriptions += 1
-        try:
+        with self._open(options):
             items = subscribe(self._db, self._streams, options)
             async for item in _until(self._closing, items):
                 yield to_response(item)
+
+    @contextlib.contextmanager
+    def _open(self, options: Options) -> Iterator[None]:
+        """One subscription open: counted for the limit, the metrics and its consumer group."""
+        self._subscriptions += 1
+        group = Counter([(options.project_id, options.group)] if options.group else [])
+        self._groups += group
+        metrics = calls.current_metrics()
+        gauge = metrics.subscriptions.labels("group" if group else "tail") if metrics else None
+        if gauge is not None:
+            gauge.inc()
+        try:
+            yield
         finally:
             self._subscriptions -= 1
+            self._groups -= group  # a group with no subscription left drops out
+            if gauge is not None:
+                gauge.dec()
+
+    async def group_pending_max(self) -> int:
+        """The most entries any consumer group read here holds unacknowledged (for the metrics;
+        one XPENDING per group)."""
+        groups = list(self._groups)
+        counts = [await self._streams.group_pending(project, group) for project, group in groups]
+        return max(counts, default=0)
 
     async def AckEvents(
         self, request: event_pb2.AckEventsRequest, context: Ctx

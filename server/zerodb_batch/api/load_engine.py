@@ -33,6 +33,7 @@ from zerodb_batch.domain.records import ParsedBatch, RecordParser, Rows
 from zerodb_batch.domain.rules import Rules
 from zerodb_batch.domain.validate import check_batch_size
 from zerodb_batch.errors import FailedPrecondition, InvalidArgument, NotFound, Violation
+from zerodb_batch.observability import calls, tracing
 from zerodb_batch.storage import loads
 from zerodb_batch.storage.loads import RetryChunk
 from zerodb_batch.storage.pool import Conn, Database
@@ -103,13 +104,19 @@ class LoadEngine(Generic[C]):
         self._failures: list[common_pb2.RecordFailure] = []
         self._may_parse = asyncio.Event()  # cleared while the writer waits on a round trip
         self._may_parse.set()
+        self._metrics = calls.load_metrics(writer.kind)
 
     async def run(self, chunks: AsyncIterator[C]) -> Any:
+        if self._metrics is not None:
+            self._metrics.running.inc()
         try:
             await self._consume(chunks)
         except BaseException:
             await self._record_skips()
             raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.running.dec()
         return await self._finish()
 
     async def _consume(self, chunks: AsyncIterator[C]) -> None:
@@ -230,10 +237,21 @@ class LoadEngine(Generic[C]):
             if await self._write(offset, batch):
                 self._committed += 1
                 self._report(offset, batch)
+                self._count(batch)
                 return
             self._progress = await self._read()
         self._skipped += 1
         self._unrecorded_skips += 1
+        if self._metrics is not None:
+            self._metrics.skipped.inc()
+
+    def _count(self, batch: ParsedBatch[Any]) -> None:
+        """A committed chunk in the metrics: its records, and those it refused."""
+        if self._metrics is not None:
+            self._metrics.chunks.inc()
+            self._metrics.records.inc(len(batch.rows))
+            if batch.failures:
+                self._metrics.failed.inc(len(batch.failures))
 
     async def _read(self) -> loads.LoadProgress | None:
         async with self._db.connection() as conn:
@@ -269,13 +287,18 @@ class LoadEngine(Generic[C]):
         """
         while True:
             self._may_parse.clear()
+            span = tracing.span(
+                "load chunk",
+                **{"zerodb.load.kind": self._writer.kind, "zerodb.load.offset": offset},
+            )
             try:
-                async with self._held.transaction() as conn:
-                    inserted, updated = await self._writer.write(
-                        conn, batch.rows, self._may_parse.set
-                    )
-                    self._may_parse.clear()
-                    self._progress = await self._advance(conn, offset, batch, inserted, updated)
+                with span:
+                    async with self._held.transaction() as conn:
+                        inserted, updated = await self._writer.write(
+                            conn, batch.rows, self._may_parse.set
+                        )
+                        self._may_parse.clear()
+                        self._progress = await self._advance(conn, offset, batch, inserted, updated)
             except RetryChunk:
                 continue
             except _Moved:

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from zerodb.v1 import common_pb2
 from zerodb_batch.domain.records import ParsedBatch
 from zerodb_batch.errors import InvalidArgument, Violation
+from zerodb_batch.observability import calls
 
 Outcome: TypeAlias = common_pb2.Outcome.ValueType
 M = TypeVar("M", bound=Message)
@@ -28,6 +29,8 @@ NOT_FOUND: Final = common_pb2.OUTCOME_NOT_FOUND
 FAILED: Final = common_pb2.OUTCOME_FAILED
 _DONE: Final = frozenset((INSERTED, UPDATED, DELETED))  # written as asked
 View: TypeAlias = common_pb2.ResultView.ValueType
+# Outcomes as the metrics name them: inserted, updated, deleted, not_found, failed, ...
+_NAMES: Final = {v: n.removeprefix("OUTCOME_").lower() for n, v in common_pb2.Outcome.items()}
 
 
 class Outcomes:
@@ -63,6 +66,7 @@ def fill(
     field) and, as far as the request's `view` asks, `results` and (if the response has it)
     `ids` (empty for a refused item)."""
     counted = Counter(outcomes.outcomes)
+    calls.record_items(len(outcomes.outcomes), {_NAMES[o]: n for o, n in counted.items()})
     for outcome, name in counters.items():
         setattr(response, name, counted[outcome])
     if view == common_pb2.RESULT_VIEW_COUNTS:

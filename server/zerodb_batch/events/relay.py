@@ -25,6 +25,7 @@ from redis.asyncio.connection import AbstractConnection
 from zerodb_batch.domain.event import StoredEvent
 from zerodb_batch.errors import Unavailable
 from zerodb_batch.events.streams import SOCKET_TIMEOUT, RedisDown, Streams
+from zerodb_batch.observability.metrics import Metrics
 from zerodb_batch.storage import outbox
 from zerodb_batch.storage.pool import Database
 
@@ -54,8 +55,10 @@ class Relay:
         database_url: str,
         poll: float,
         maxlen: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics
         self._streams = streams
         self._url = database_url
         self._poll = poll
@@ -76,6 +79,7 @@ class Relay:
                 pass  # another relayer held the project past the lock timeout
             except Unavailable as e:
                 # Committed is committed: the loops relay these events once Redis is back.
+                self._failed("publisher", "unavailable")
                 self._trip(e)
                 log.warning("events of project %s left for the relay: %s", project_id, e)
         with contextlib.suppress(Unavailable):
@@ -130,9 +134,11 @@ class Relay:
             relayed = await outbox.lock_and_mark_own(conn, project_id, first, last, TIMEOUTS)
             if relayed == first - 1:
                 await self._streams.send(redis_conn, packed)
+                self._sent("publisher", packed.count)
             elif first <= relayed < last:  # a relay loop took part of the batch already
                 rest = self._streams.prepare(project_id, [e for e in own if e.seq > relayed])
                 await self._streams.send(redis_conn, rest)
+                self._sent("publisher", rest.count)
         return relayed >= first - 1
 
     async def _relay_once(
@@ -146,6 +152,8 @@ class Relay:
                 # which the stream refuses as duplicates (at least once, never lost).
                 await self._streams.send(redis_conn, self._streams.prepare(project_id, batch))
                 await outbox.mark_relayed(conn, project_id, batch[-1].seq)
+        if batch:
+            self._sent("publisher" if wait else "loop", len(batch))
         return len(batch)
 
     async def restore(self, project_id: str) -> int:
@@ -170,9 +178,11 @@ class Relay:
             try:
                 await self._listen_and_relay()
             except Unavailable as e:
+                self._failed("loop", "unavailable")
                 self._trip(e)
                 log.warning("event relay: %s; retrying", e)
             except Exception:  # a bug must not end relaying for the life of the process
+                self._failed("loop", "error")
                 log.exception("event relay failed; restarting it")
             self._failures += 1
             await asyncio.sleep(min(self._poll * 2 ** min(self._failures, 6), MAX_BACKOFF))
@@ -253,5 +263,16 @@ class Relay:
         except RedisDown:
             raise
         except Exception as e:
+            self._failed("loop", "unavailable" if isinstance(e, Unavailable) else "error")
             log.warning("event relay of project %s failed: %s", project_id, e)
             return True
+
+    def _sent(self, path: str, events: int) -> None:
+        """An XADD pipeline of `events` reached Redis (for the metrics)."""
+        if self._metrics is not None:
+            self._metrics.relay_batches.labels(path).inc()
+            self._metrics.relayed.labels(path).inc(events)
+
+    def _failed(self, path: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.relay_failures.labels(path, reason).inc()

@@ -14,6 +14,8 @@ from typing import Any, Literal, cast
 
 import hiredis
 import redis.asyncio as aredis
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.trace import TracerProvider
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -30,6 +32,7 @@ from redis.retry import Retry
 
 from zerodb_batch.domain.event import Position, StoredEvent, from_epoch_ms
 from zerodb_batch.errors import FailedPrecondition, Unavailable
+from zerodb_batch.observability import tracing
 
 # A blocking read must return before the socket timeout; heartbeats cut reads shorter still.
 SOCKET_TIMEOUT = 5.0
@@ -60,6 +63,14 @@ return {last, redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[
 
 class RedisDown(Unavailable):
     """Redis cannot be reached (as opposed to refusing one command)."""
+
+
+def trace_commands(provider: TracerProvider) -> None:
+    """Every Redis command a span of `provider` (OpenTelemetry's redis instrumentation; the
+    relay's XADD pipelines, sent below the client, get spans of their own in `send`)."""
+    instrumentor = RedisInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)
 
 
 def stream_key(project_id: str) -> str:
@@ -113,6 +124,12 @@ class Streams:
     async def close(self) -> None:
         await self._client.aclose()
 
+    def connection_counts(self) -> tuple[int, int, int]:
+        """(idle, in use, maximum) connections of the pool, for the metrics."""
+        pool = self._client.connection_pool
+        (idle, _), (in_use, _) = pool.get_connection_count()
+        return idle, in_use, pool.max_connections
+
     async def ping(self) -> None:
         async with _translate():
             await self._client.ping()
@@ -144,10 +161,12 @@ class Streams:
         An id at or below the stream's last one means the event is already there (a relay that
         committed its mark late, or not at all): Redis refuses it, and that counts as appended.
         """
+        span = tracing.span("XADD", **{"db.system": "redis", "zerodb.events": packed.count})
         async with _translate():
             try:
-                await conn.send_packed_command(packed.data)
-                replies = [await _reply(conn) for _ in range(packed.count)]
+                with span:
+                    await conn.send_packed_command(packed.data)
+                    replies = [await _reply(conn) for _ in range(packed.count)]
             except BaseException:
                 await conn.disconnect()  # replies may be left unread on it
                 raise
@@ -258,6 +277,12 @@ class Streams:
             return 0
         async with _translate(), _group_errors(group):
             return int(await self._client.xack(stream_key(project_id), group, *ids))
+
+    async def group_pending(self, project_id: str, group: str) -> int:
+        """How many entries the group's consumers hold unacknowledged, together."""
+        async with _translate(), _group_errors(group):
+            summary = await self._client.xpending(stream_key(project_id), group)
+        return int(summary["pending"])
 
     async def pending(self, project_id: str, group: str, consumer: str) -> int:
         """How many entries this consumer holds unacknowledged."""

@@ -1,8 +1,10 @@
 """What an HTTP request carries into its gRPC call: the routes' shared parts and call options.
 
-Forwarded as call metadata: `x-api-key`, `authorization` and `x-request-id` (one is made when the
-client sends none, and returned in the response's `x-request-id` header). A `grpc-timeout` header
-(gRPC's own form, as grpc-gateway takes it: `30S`, `500m`) becomes the call's deadline.
+Forwarded as call metadata: `x-api-key`, `authorization`, the W3C trace context (`traceparent`,
+`tracestate`, `baggage`: the call's span continues the caller's trace) and `x-request-id` (one is
+made when the client sends none, and returned in the response's `x-request-id` header). A
+`grpc-timeout` header (gRPC's own form, as grpc-gateway takes it: `30S`, `500m`) becomes the
+call's deadline.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from zerodb_batch.http.jsonpb import Encoder
 from zerodb_batch.http.problems import HttpProblem
 from zerodb_batch.http.rules import Binding
 
-_FORWARDED = ("x-api-key", "authorization")
+_FORWARDED = ("x-api-key", "authorization", "traceparent", "tracestate", "baggage")
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 

@@ -53,10 +53,11 @@ class Door:
         target: str,
         services: Iterable[ServiceDescriptor],
         max_message_bytes: int,
+        metrics: Handler | None = None,
     ) -> Door:
-        """Serve HTTP on `listen`, calling the gRPC server at `target`. StartupError if the
-        address cannot be bound."""
-        sock = _bind(listen)
+        """Serve HTTP on `listen`, calling the gRPC server at `target` (and GET /metrics with
+        `metrics`, when given). StartupError if the address cannot be bound."""
+        sock = bind(listen)
         port = int(sock.getsockname()[1])
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -64,6 +65,8 @@ class Door:
         ]
         channel = grpc.aio.insecure_channel(target, options=options)
         app = _application([Route(b, channel) for b in bindings(services)], max_message_bytes)
+        if metrics is not None:
+            app.router.add_get("/metrics", metrics)
         # A client that goes away cancels its handler, and so its gRPC call (a subscription
         # would otherwise notice only at its next heartbeat).
         runner = web.AppRunner(
@@ -83,7 +86,8 @@ class Door:
         await self.channel.close()
 
 
-def _bind(listen: str) -> socket.socket:
+def bind(listen: str) -> socket.socket:
+    """A listening TCP socket on HOST:PORT; StartupError if it cannot be had."""
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     try:

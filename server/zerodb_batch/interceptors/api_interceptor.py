@@ -1,4 +1,5 @@
-"""The one server interceptor: decode, authenticate, run the handler, map errors, log one line.
+"""The one server interceptor: decode, authenticate, run the handler, map errors, observe (the
+call's metrics, its span and one log line).
 
 gRPC's server interceptors only see metadata, not the request, so this one re-wraps each
 handler: the wrapper sees the decoded request (or every message of a client stream) and can
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, cast
@@ -22,6 +22,8 @@ from grpc_status import rpc_status
 from zerodb_batch.domain.enums import check_enums
 from zerodb_batch.errors import InvalidArgument, Unimplemented, ZeroDBError
 from zerodb_batch.interceptors.auth import Access, Authenticator, api_key_from, check_project
+from zerodb_batch.observability.calls import Call, Observer, Site
+from zerodb_batch.observability.tracing import Tracing
 
 log = logging.getLogger("zerodb_batch.rpc")
 
@@ -32,10 +34,11 @@ _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates calls, maps errors to `google.rpc.Status`, logs every call."""
+    """Authenticates calls, maps errors to `google.rpc.Status`, observes and logs every call."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, observer: Observer | None = None) -> None:
         self._auth = authenticator
+        self._observer = observer or Observer(None, Tracing(None))
 
     async def intercept_service(
         self,
@@ -46,29 +49,25 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         access = Access.of(details.method, handler.request_streaming, handler.response_streaming)
-        call = _Call(details.method, self._auth, access)
-        decode = _lenient(handler.request_deserializer)
+        site = self._observer.site(details.method)
+        call = _Call(details.method, self._auth, access, site)
+        decode = _lenient(handler.request_deserializer, site)
+        encode = _measured(handler.response_serializer, site)
         if handler.request_streaming and not handler.response_streaming:
             return grpc.stream_unary_rpc_method_handler(
-                call.wrap_stream_in(cast(Any, handler.stream_unary)),
-                decode,
-                handler.response_serializer,
+                call.wrap_stream_in(cast(Any, handler.stream_unary)), decode, encode
             )
         if handler.response_streaming and not handler.request_streaming:
             return grpc.unary_stream_rpc_method_handler(
-                call.wrap_stream_out(cast(Any, handler.unary_stream)),
-                decode,
-                handler.response_serializer,
+                call.wrap_stream_out(cast(Any, handler.unary_stream)), decode, encode
             )
         if not handler.request_streaming:
             return grpc.unary_unary_rpc_method_handler(
-                call.wrap_unary(cast(Any, handler.unary_unary)), decode, handler.response_serializer
+                call.wrap_unary(cast(Any, handler.unary_unary)), decode, encode
             )
         if not access.refusal:
             return handler  # reflection: open, and its own business
-        return grpc.stream_stream_rpc_method_handler(
-            call.refuse_stream(), decode, handler.response_serializer
-        )
+        return grpc.stream_stream_rpc_method_handler(call.refuse_stream(), decode, encode)
 
 
 class _Undecodable:
@@ -80,19 +79,38 @@ class _Undecodable:
         self.error = error
 
 
-def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _lenient(
+    deserializer: Callable[[bytes], Any] | None, site: Site
+) -> Callable[[bytes], Any] | None:
     """The handler's decoder, returning _Undecodable instead of raising: grpc would answer an
-    exception here with UNKNOWN, a Python class name and a traceback in the log."""
+    exception here with UNKNOWN, a Python class name and a traceback in the log. Each message's
+    size goes to the metrics."""
     if deserializer is None:
         return None
 
     def decode(data: bytes) -> Any:
+        site.received(len(data))
         try:
             return deserializer(data)
         except Exception as e:  # DecodeError, and anything else the decoder raises
             return _Undecodable(e)
 
     return decode
+
+
+def _measured(
+    serializer: Callable[[Any], bytes] | None, site: Site
+) -> Callable[[Any], bytes] | None:
+    """The handler's encoder, each message's size going to the metrics (when they are on)."""
+    if serializer is None or site.rpc is None:
+        return serializer
+
+    def encode(message: Any) -> bytes:
+        data = serializer(message)
+        site.sent(len(data))
+        return data
+
+    return encode
 
 
 def _checked_message(request: Any, method: str) -> Any:
@@ -111,22 +129,25 @@ def _checked_message(request: Any, method: str) -> Any:
 class _Call:
     """Wrappers for one method; each invocation gets its own timing and request id."""
 
-    def __init__(self, method: str, auth: Authenticator, access: Access) -> None:
+    def __init__(self, method: str, auth: Authenticator, access: Access, site: Site) -> None:
         self.method = method
         self.auth = auth
         self.access = access
+        self.site = site
 
-    async def _project(self, context: Ctx) -> str | None:
+    async def _project(self, context: Ctx, outcome: _Outcome) -> str | None:
         """The key's project, for a method that needs one (None for open methods)."""
         self.access.refuse_if_closed()
         if not self.access.scoped:
             return None
-        return await self.auth.project_of(api_key_from(context.invocation_metadata()))
+        project = await self.auth.project_of(api_key_from(context.invocation_metadata()))
+        outcome.call.project = project
+        return project
 
     def wrap_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(request: Any, context: Ctx) -> Any:
-            async with _Outcome(self.method, context):
-                project = await self._project(context)
+            async with _Outcome(self.site, context) as outcome:
+                project = await self._project(context, outcome)
                 request = self._accept(request, project)
                 return await behaviour(request, context)
 
@@ -136,16 +157,16 @@ class _Call:
         self, behaviour: Callable[..., Awaitable[Any]]
     ) -> Callable[..., Awaitable[Any]]:
         async def run(requests: AsyncIterator[Any], context: Ctx) -> Any:
-            async with _Outcome(self.method, context):
-                project = await self._project(context)
+            async with _Outcome(self.site, context) as outcome:
+                project = await self._project(context, outcome)
                 return await behaviour(await self._accept_stream(requests, project), context)
 
         return run
 
     def wrap_stream_out(self, behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: Ctx) -> AsyncIterator[Any]:
-            async with _Outcome(self.method, context):
-                project = await self._project(context)
+            async with _Outcome(self.site, context) as outcome:
+                project = await self._project(context, outcome)
                 responses = behaviour(self._accept(request, project), context)
                 if not inspect.isasyncgen(responses):
                     # A coroutine that writes its responses itself (context.write), as the
@@ -159,7 +180,7 @@ class _Call:
 
     def refuse_stream(self) -> Callable[..., AsyncIterator[Any]]:
         async def run(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
-            async with _Outcome(self.method, context):
+            async with _Outcome(self.site, context):
                 self.access.refuse_if_closed()  # always refuses: only closed ones come here
             yield None  # pragma: no cover - unreachable, makes this an async generator
 
@@ -204,14 +225,15 @@ async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 class _Outcome:
-    """Maps exceptions to statuses and writes the RPC's log line (method, code, ms, request id)."""
+    """Maps exceptions to statuses, finishes the call's observation and writes its log line
+    (method, code, ms, request id; in JSON also the trace id and the key's project)."""
 
-    def __init__(self, method: str, context: Ctx) -> None:
-        self.method = method
+    def __init__(self, site: Site, context: Ctx) -> None:
+        self.method = site.method
         self.context = context
         metadata = dict(context.invocation_metadata() or ())
         self.request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
-        self.start = time.perf_counter()
+        self.call: Call = site.start(metadata, self.request_id)
 
     async def __aenter__(self) -> _Outcome:
         return self
@@ -242,12 +264,13 @@ class _Outcome:
         return grpc.StatusCode.INTERNAL
 
     def _log(self, code: grpc.StatusCode, exc: BaseException | None) -> None:
-        ms = (time.perf_counter() - self.start) * 1000
+        reason = exc.reason if isinstance(exc, ZeroDBError) else None
+        fields = self.call.finish(code.value[0], code.name, reason)
         line = "rpc %s code=%s ms=%.1f request_id=%s"
-        args = (self.method, code.name, ms, self.request_id)
+        args = (self.method, code.name, fields["duration_ms"], self.request_id)
         if code is grpc.StatusCode.INTERNAL and exc is not None:
-            log.error(line, *args, exc_info=exc)
-        elif isinstance(exc, ZeroDBError):
-            log.info(line + " reason=%s", *args, exc.reason)
+            log.error(line, *args, exc_info=exc, extra=fields)
+        elif reason is not None:
+            log.info(line + " reason=%s", *args, reason, extra=fields)
         else:
-            log.info(line, *args)
+            log.info(line, *args, extra=fields)

@@ -134,6 +134,21 @@ async def relayed_projects(conn: Conn, after: str, limit: int) -> list[str]:
     return [str(row[0]) for row in await cur.fetchall()]
 
 
+class Backlog(NamedTuple):
+    """Events committed and not yet in their stream, and the age of the oldest (0 if none)."""
+
+    waiting: int
+    oldest_age: float
+
+
+async def backlog(conn: Conn) -> Backlog:
+    """How far the relays are behind, over every project (for the metrics)."""
+    cur = await conn.execute(Q["event_backlog"])
+    row = await cur.fetchone()
+    assert row is not None  # an aggregate has a row
+    return Backlog(_int(row[0]), float(row[1]))  # type: ignore[arg-type]
+
+
 async def notify(conn: Conn, project_id: str) -> None:
     """Wake the relay of every server: this project has events left to relay."""
     await conn.execute(Q["event_notify"], {"project_id": project_id})

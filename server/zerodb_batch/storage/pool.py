@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
+from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+from opentelemetry.trace import TracerProvider
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from zerodb_batch.errors import Aborted, Unavailable
@@ -43,6 +45,14 @@ async def open_database(url: str, min_size: int, max_size: int, wait_seconds: fl
     )
     await pool.open(wait=True, timeout=15.0)
     return Database(pool)
+
+
+def trace_statements(provider: TracerProvider) -> None:
+    """Every SQL statement a span of `provider` (OpenTelemetry's psycopg instrumentation, on
+    connections made from now on)."""
+    instrumentor = PsycopgInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)
 
 
 @asynccontextmanager
@@ -112,6 +122,10 @@ class Database:
             conn.transaction(),
         ):
             yield conn
+
+    def stats(self) -> dict[str, int]:
+        """The pool's sizes and cumulative counters (psycopg_pool's get_stats)."""
+        return self.pool.get_stats()
 
     def held(self) -> HeldConnection:
         """One connection for a run of consecutive transactions (see HeldConnection)."""

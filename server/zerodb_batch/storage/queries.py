@@ -7,10 +7,13 @@ from importlib import resources
 from typing import LiteralString, cast
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+# The comment lines right under a name stay in the file: PostgreSQL need not parse them on every
+# call, and a statement's first word names its span in traces (INSERT, UPDATE, WITH, ...).
+_LEADING_COMMENT = re.compile(r"^(--\s*name:[^\n]*\n)(?:\s*--[^\n]*\n)+", re.MULTILINE)
 
 
 def _parse(text: str) -> dict[str, LiteralString]:
-    parts = _NAME.split(text)
+    parts = _NAME.split(_LEADING_COMMENT.sub(r"\1", text))
     # parts = [preamble, name1, body1, name2, body2, ...]
     return {
         name: cast(LiteralString, body.strip())

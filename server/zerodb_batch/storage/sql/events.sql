@@ -130,3 +130,15 @@ SELECT seq, id::text AS id, topic, payload::text AS payload, publish_time
 FROM events
 WHERE project_id = %(project_id)s AND seq = ANY(%(seqs)s::bigint[])
 ORDER BY seq;
+
+-- name: event_backlog
+-- How far the relays are behind, for the metrics: events committed and not yet in their stream,
+-- and the age of the oldest. Reads one row per project with events (event_heads against
+-- event_relays, as event_pending_projects does) and one primary-key row per project behind.
+SELECT coalesce(sum(h.last_seq - coalesce(r.relayed_seq, 0)), 0)::bigint AS waiting,
+       greatest(coalesce(extract(epoch FROM clock_timestamp() - min(e.publish_time)), 0), 0)
+           ::float8 AS oldest_age
+FROM event_heads h
+LEFT JOIN event_relays r USING (project_id)
+LEFT JOIN events e ON e.project_id = h.project_id AND e.seq = coalesce(r.relayed_seq, 0) + 1
+WHERE h.last_seq > coalesce(r.relayed_seq, 0);
