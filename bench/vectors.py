@@ -191,7 +191,7 @@ async def ours_load(
         for start in range(0, len(ds.data), chunk):
             rows = vectors.VectorColumns()
             for i in range(start, min(start + chunk, len(ds.data))):
-                rows.add(i, namespace, f"v{i}", ds.data[i], json.dumps(ds.metadata(i)))
+                rows.add(i, f"v{i}", namespace, ds.data[i], json.dumps(ds.metadata(i)))
             async with conn.transaction():
                 await vectors.copy_insert(conn, project, rows)
 
