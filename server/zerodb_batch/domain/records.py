@@ -171,5 +171,6 @@ def refuse_if_atomic(batch: ParsedBatch[Any], total: int, field_name: str, parti
     if batch.failures and not partial:
         raise InvalidArgument(
             f"{len(batch.failures)} of {total} {field_name} are invalid; nothing was written",
-            violations=[v for vs in batch.failures.values() for v in vs],
+            # In request order, however the batch was validated (memories go in id order).
+            violations=[v for _, vs in sorted(batch.failures.items()) for v in vs],
         )
