@@ -19,7 +19,7 @@ import pytest
 from tests.api.test_memory_grpcurl import call
 from tests.api.test_memory_stream import Feed
 from tests.api.test_vector_batch import refused, vec, violations
-from tests.plugins.checks import Outage, details, succeeds, wait_for
+from tests.plugins.checks import Outage, details, unavailable_then_recovers, wait_for
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, vector_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
@@ -166,15 +166,7 @@ def test_each_rpc_is_unavailable_then_recovers(outage: tuple[Outage, ServerThrea
         calls = _calls(VectorServiceStub(channel), project)
         for rpc in calls.values():
             rpc()
-        down.allow(False)
-        for name, rpc in calls.items():
-            with pytest.raises(grpc.RpcError) as caught:
-                rpc()
-            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, name
-            assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE", name
-        down.allow(True)
-        for rpc in calls.values():
-            wait_for(lambda rpc=rpc: succeeds(rpc), "the server to serve again")
+        unavailable_then_recovers(down, calls)
 
 
 def _calls(stub: VectorServiceStub, project: Project) -> dict[str, Callable[[], object]]:
