@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.observability.log_format)
     try:
         args.run(settings, args)
-    except (StartupError, EmbeddedError) as e:
+    except (StartupError, EmbeddedError, SettingError) as e:
         print(f"zerodb-batch: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -123,10 +123,13 @@ async def _serve(settings: Settings, embedded: Embedded | None) -> None:
 
 
 def _announce(running: app_module.App) -> None:
-    print(f"zerodb-batch serving on {_address(running)}", flush=True)
+    tls = running.settings.tls
+    security = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
+    print(f"zerodb-batch serving on {_address(running)} ({security})", flush=True)
     if running.http_port is not None:
         host = running.settings.http_listen.rpartition(":")[0]
-        print(f"HTTP/JSON on http://{host}:{running.http_port}", flush=True)
+        scheme = "http" if tls is None else "https"
+        print(f"HTTP/JSON on {scheme}://{host}:{running.http_port}", flush=True)
     if running.bootstrap_key:
         project, key = running.bootstrap_key
         print("first start: created a project and a development API key (shown once)")
