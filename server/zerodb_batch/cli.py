@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from zerodb_batch import app as app_module
-from zerodb_batch import exporter, load_kinds, loader
+from zerodb_batch import channel, exporter, load_kinds, loader
 from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, SettingError, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
@@ -259,6 +259,7 @@ def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", required=True, help="project id to load into")
     parser.add_argument("--target", default="localhost:50051", help="server address")
     parser.add_argument("--api-key", help="API key (default: $ZERODB_API_KEY)")
+    channel.add_arguments(parser)
     parser.add_argument(
         "--load-id",
         help="name of the load (default: a hash of the file's content and the chunking). With "

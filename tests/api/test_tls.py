@@ -15,6 +15,8 @@ import requests
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.api.test_load_cli import load
+from tests.api.test_rlhf_cli import run_export
 from tests.plugins.serve import grpcurl
 from tests.plugins.server import Project, ServerThread, server_settings
 from tests.plugins.services import Backends
@@ -195,3 +197,28 @@ def test_grpcurl_and_curl_with_the_ca_file(tls_server: ServerThread, pki: Pki) -
     )  # fmt: skip
     assert curl.returncode == 0, curl.stderr
     assert '"openapi"' in curl.stdout
+
+
+def test_the_load_and_export_commands_speak_tls(
+    mtls_server: ServerThread, pki: Pki, tmp_path: Path
+) -> None:
+    """`zerodb-batch load` / `export` with --cacert, --cert and --key, against mutual TLS."""
+    project = Project(*mtls_server.new_key())
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"content": "over TLS"}\n')
+    tls = [
+        "--cacert",
+        str(pki.server_ca),
+        "--cert",
+        str(pki.client[0]),
+        "--key",
+        str(pki.client[1]),
+    ]
+    done = load(mtls_server, project, facts, *tls)
+    assert done.returncode == 0, done.stderr
+    without_cert = load(mtls_server, project, facts, "--cacert", str(pki.server_ca))
+    assert without_cert.returncode == 2
+    exported = run_export(mtls_server, project, *tls)
+    assert exported.returncode == 0, exported.stderr
+    half = run_export(mtls_server, project, "--cert", str(pki.client[0]))
+    assert half.returncode == 2 and "--cert and --key go together" in half.stderr
