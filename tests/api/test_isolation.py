@@ -70,6 +70,10 @@ def _interaction(n: Names) -> rlhf_pb2.Interaction:
     return rlhf_pb2.Interaction(id=n.interaction, prompt="p", response="r", session_id=n.session)
 
 
+def _vector(n: Names) -> vector_pb2.Vector:
+    return vector_pb2.Vector(id=n.memory, vector_embedding=[1.0, 0.0, 0.0], document="B's")
+
+
 def _query(n: Names, op: str = "query") -> table_pb2.TableOperation:
     return table_pb2.TableOperation(op=op, table=n.table)
 
@@ -106,15 +110,15 @@ REQUESTS: dict[str, Build] = {
     "MemoryService.StreamUpsertMemories": lambda p, n: _one(memory_pb2.StreamUpsertMemoriesRequest(
         project_id=p, load_id=n.load, offset=1, records=[_memory(n)])),
     "VectorService.BatchUpsertVectors": lambda p, n: _one(vector_pb2.BatchUpsertVectorsRequest(
-        project_id=p, namespace=n.namespace, request_id=n.request)),
+        project_id=p, namespace=n.namespace, request_id=n.request + "-v", vectors=[_vector(n)])),
     "VectorService.StreamUpsertVectors": lambda p, n: _one(vector_pb2.StreamUpsertVectorsRequest(
-        project_id=p, load_id=n.load, namespace=n.namespace)),
+        project_id=p, load_id=n.load, offset=1, namespace=n.namespace, vectors=[_vector(n)])),
     "VectorService.SearchVectors": lambda p, n: _one(vector_pb2.SearchVectorsRequest(
-        project_id=p, namespace=n.namespace, query_vector=[1.0, 0.0])),
+        project_id=p, namespace=n.namespace, query_vector=[1.0, 0.0, 0.0], limit=5)),
     "VectorService.BatchGetVectors": lambda p, n: _one(vector_pb2.BatchGetVectorsRequest(
         project_id=p, namespace=n.namespace, ids=[n.memory])),
     "VectorService.BatchDeleteVectors": lambda p, n: _one(vector_pb2.BatchDeleteVectorsRequest(
-        project_id=p, namespace=n.namespace, ids=[n.memory])),
+        project_id=p, namespace=n.namespace, ids=[n.memory], request_id=n.request + "-vd")),
     "VectorService.ListNamespaces": lambda p, n: _one(
         vector_pb2.ListNamespacesRequest(project_id=p)),
     "EventService.BatchPublishEvents": lambda p, n: _one(event_pb2.BatchPublishEventsRequest(
@@ -183,7 +187,7 @@ def _b_world(server: ServerThread, channel: grpc.Channel) -> World:
 
 def _setup(p: str, n: Names) -> list[tuple[str, Message]]:
     """B's objects: a table with a row, a memory, a load at offset 0, an event, an
-    interaction; the writes under B's request id."""
+    interaction, a vector; the writes under B's request id."""
     insert = table_pb2.TableOperation(op="insert", table=n.table, rows=[_struct({"a": 1})])
     return [
         ("TableService.CreateTable", table_pb2.CreateTableRequest(project_id=p, name=n.table)),
@@ -191,7 +195,7 @@ def _setup(p: str, n: Names) -> list[tuple[str, Message]]:
             project_id=p, request_id=n.request, operations=[insert])),
         *[(name, REQUESTS[name](p, n)[0]) for name in (
             "MemoryService.BatchUpsertMemories", "EventService.BatchPublishEvents",
-            "RlhfService.BatchCreateInteractions")],
+            "RlhfService.BatchCreateInteractions", "VectorService.BatchUpsertVectors")],
         ("MemoryService.StreamUpsertMemories", memory_pb2.StreamUpsertMemoriesRequest(
             project_id=p, load_id=n.load, offset=0,
             records=[memory_pb2.Memory(id=n.memory + "-load", content="loaded by B")])),
@@ -295,6 +299,7 @@ def _same_project(found: Any, a: Project, other: Project) -> Any:
 _B_SEES = (
     "MemoryService.BatchGetMemories", "MemoryService.ListMemories", "EventService.ListEvents",
     "RlhfService.ListInteractions", "RlhfService.ExportInteractions", "LoadService.GetLoad",
+    "VectorService.SearchVectors", "VectorService.BatchGetVectors", "VectorService.ListNamespaces",
 )  # fmt: skip
 
 
@@ -339,3 +344,9 @@ def test_b_is_as_b_left_it(channel: grpc.Channel, world: World) -> None:
                                           stream_ids=[n.stream_id])], b.auth)[0]
     )  # fmt: skip
     assert acked.acked == 1
+    vectors = vector_pb2.BatchGetVectorsResponse.FromString(
+        _call(channel, _method("VectorService.BatchGetVectors"),
+              [vector_pb2.BatchGetVectorsRequest(project_id=b.id, namespace=n.namespace,
+                                                 ids=[n.memory])], b.auth)[0]
+    )  # fmt: skip
+    assert [v.document for v in vectors.vectors] == ["B's"]
