@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.api.test_load_cli import load
 from tests.api.test_rlhf_cli import run_export
-from tests.plugins.serve import grpcurl
+from tests.plugins.serve import Serve, grpcurl, serve_env
 from tests.plugins.server import Project, ServerThread, server_settings
 from tests.plugins.services import Backends
 from zerodb.v1 import memory_pb2
@@ -222,3 +222,27 @@ def test_the_load_and_export_commands_speak_tls(
     assert exported.returncode == 0, exported.stderr
     half = run_export(mtls_server, project, "--cert", str(pki.client[0]))
     assert half.returncode == 2 and "--cert and --key go together" in half.stderr
+
+
+def test_serve_with_tls_settings(
+    database_url: str, backends: Backends, pki: Pki, tmp_path: Path
+) -> None:
+    """The real command with the README's settings: it says what it serves, and grpcurl with the
+    CA file and a client certificate gets through. (Loopback only: tests never listen wider.)"""
+    env = serve_env(
+        tmp_path, "127.0.0.1:0", ZERODB_HTTP_LISTEN="127.0.0.1:0",
+        ZERODB_DATABASE_URL=database_url, ZERODB_REDIS_URL=backends.redis_url,
+        ZERODB_TLS_CERT=str(pki.server_cert), ZERODB_TLS_KEY=str(pki.server_key),
+        ZERODB_TLS_CLIENT_CA=str(pki.client_ca),
+    )  # fmt: skip
+    serve = Serve(env)
+    try:
+        address = serve.wait_for(r"serving on (\S+) \(mutual TLS\)")[1]
+        assert serve.wait_for(r"HTTP/JSON on (\S+)")[1].startswith("https://127.0.0.1:")
+        client = ["-cert", str(pki.client[0]), "-key", str(pki.client[1])]
+        listed = grpcurl("-cacert", str(pki.server_ca), *client, address, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "zerodb.v1.EventService" in listed.stdout
+        assert grpcurl("-cacert", str(pki.server_ca), address, "list").returncode != 0
+    finally:
+        assert serve.stop() == 0
