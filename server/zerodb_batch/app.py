@@ -52,6 +52,7 @@ from zerodb_batch.storage.pool import Database, open_database
 from zerodb_batch.storage.probe import PostgresProbe
 from zerodb_batch.storage.vector_index import IndexBuilder, IndexPolicy
 from zerodb_batch.storage.vector_search import Tuning
+from zerodb_batch.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ async def start(settings: Settings) -> App:
         await observing.serve(sources(db, streams, relay_streams, monitor, events))
         builder = _index_builder(settings)
         server, health = await _build(settings, db, tokens, events, builder, observing.observer)
-        port = _bind(server, settings.listen)
+        port = _bind(server, settings.listen, settings.tls)
         door_target = _private_port(server) if settings.http_enabled else None
         await server.start()
         door = await _open_door(settings, door_target, server, observing)
@@ -293,21 +294,38 @@ async def _open_door(
         return None
     try:
         return await Door.start(
-            settings.http_listen, target, SERVICES, settings.max_message_bytes, observing.route
+            settings.http_listen,
+            target,
+            SERVICES,
+            settings.max_message_bytes,
+            observing.route,
+            settings.tls.server_context() if settings.tls else None,
         )
     except BaseException:
         await server.stop(0)
         raise
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> int:
+def _bind(server: grpc.aio.Server, listen: str, tls: TlsFiles | None) -> int:
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, _credentials(tls))
     except RuntimeError as e:
         raise StartupError(f"cannot listen on {listen}: {e} (is the port in use?)") from e
     if port == 0:
         raise StartupError(f"cannot listen on {listen}: the address is in use or invalid")
     return int(port)
+
+
+def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """TLS for the gRPC port; with a client CA, a client without a certificate it signed is
+    refused in the handshake, before any call."""
+    cert, key, client_ca = tls.pem()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def _sync_table_indexes(db: Database) -> None:

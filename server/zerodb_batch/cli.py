@@ -10,11 +10,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from zerodb_batch import app as app_module
-from zerodb_batch import exporter, load_kinds, loader
+from zerodb_batch import channel, exporter, load_kinds, loader
 from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, SettingError, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.observability.log_format)
     try:
         args.run(settings, args)
-    except (StartupError, EmbeddedError) as e:
+    except (StartupError, EmbeddedError, SettingError) as e:
         print(f"zerodb-batch: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -64,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     create = key_cmds.add_parser("create", help="make a key and print it (shown once)")
     create.add_argument("--project", help="project id (a new project when omitted)")
     create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=keys.SCOPES,
+        help=f"what the key may do; repeat for several (default: all of {', '.join(keys.SCOPES)})",
+    )
+    create.add_argument(
+        "--expires-in",
+        type=_duration,
+        metavar="DURATION",
+        help="the key stops working after this long: a number with s, m, h or d (30m, 1h, 90d); "
+        "default: never",
+    )
     create.set_defaults(run=_keys_create)
     listing = key_cmds.add_parser("list", help="list a project's keys (never the keys themselves)")
     listing.add_argument("--project", required=True)
@@ -109,10 +123,13 @@ async def _serve(settings: Settings, embedded: Embedded | None) -> None:
 
 
 def _announce(running: app_module.App) -> None:
-    print(f"zerodb-batch serving on {_address(running)}", flush=True)
+    tls = running.settings.tls
+    security = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
+    print(f"zerodb-batch serving on {_address(running)} ({security})", flush=True)
     if running.http_port is not None:
         host = running.settings.http_listen.rpartition(":")[0]
-        print(f"HTTP/JSON on http://{host}:{running.http_port}", flush=True)
+        scheme = "http" if tls is None else "https"
+        print(f"HTTP/JSON on {scheme}://{host}:{running.http_port}", flush=True)
     if running.bootstrap_key:
         project, key = running.bootstrap_key
         print("first start: created a project and a development API key (shown once)")
@@ -180,18 +197,40 @@ def _migrate(settings: Settings, _: argparse.Namespace) -> None:
 def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
     async def work(conn: Conn) -> tuple[str, str, str]:
         project = args.project or await keys.create_project(conn)
-        key_id, key = await keys.create_key(conn, project, args.name)
+        scopes = tuple(args.scope or keys.SCOPES)
+        key_id, key = await keys.create_key(conn, project, args.name, scopes, args.expires_in)
         return project, key_id, key
 
     project, key_id, key = _with_conn(settings, work)
     print(f"project_id: {project}\nkey_id: {key_id}\napi_key: {key}")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(raw: str) -> timedelta:
+    """`30m`, `1h`, `90d`: a positive count of seconds, minutes, hours or days."""
+    count, unit = raw[:-1], raw[-1:].lower()
+    if unit not in _UNITS or not count.isdigit() or int(count) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a duration: expected a positive whole number with s, m, h or d "
+            "(30m, 1h, 90d)"
+        )
+    return timedelta(seconds=int(count) * _UNITS[unit])
+
+
 def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
     found = _with_conn(settings, lambda conn: keys.list_keys(conn, args.project))
+    now = datetime.now(UTC)
     for k in found:
-        state = f"revoked {k.revoke_time:%Y-%m-%d %H:%M}" if k.revoke_time else "active"
-        print(f"{k.key_id}  {k.prefix}…  {state}  {k.name}")
+        if k.revoke_time:
+            state = f"revoked {k.revoke_time:%Y-%m-%d %H:%M}"
+        elif k.expire_time:
+            verb = "expired" if k.expire_time <= now else "expires"
+            state = f"{verb} {k.expire_time.astimezone(UTC):%Y-%m-%d %H:%M}Z"
+        else:
+            state = "active"
+        print(f"{k.key_id}  {k.prefix}…  {','.join(k.scopes)}  {state}  {k.name}")
 
 
 def _keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
@@ -220,6 +259,7 @@ def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", required=True, help="project id to load into")
     parser.add_argument("--target", default="localhost:50051", help="server address")
     parser.add_argument("--api-key", help="API key (default: $ZERODB_API_KEY)")
+    channel.add_arguments(parser)
     parser.add_argument(
         "--load-id",
         help="name of the load (default: a hash of the file's content and the chunking). With "

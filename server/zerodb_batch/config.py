@@ -10,6 +10,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
+from zerodb_batch.tls import TlsFileError, TlsFiles, is_loopback
+
 N = TypeVar("N", int, float)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -22,6 +24,10 @@ _OTLP_PROTOCOLS = ("GRPC", "HTTP/PROTOBUF")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _MAX_INT32 = 2**31 - 1  # gRPC's message length limits are C ints
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(?P<port>[0-9]{1,5})")
+
+
+TLS_CERT, TLS_KEY, TLS_CLIENT_CA = "ZERODB_TLS_CERT", "ZERODB_TLS_KEY", "ZERODB_TLS_CLIENT_CA"
+ALLOW_PLAINTEXT = "ZERODB_ALLOW_PLAINTEXT"
 
 
 class SettingError(ValueError):
@@ -64,6 +70,8 @@ class Settings:
     vector_index_threshold: int = 10_000  # vectors in a namespace before it gets an HNSW index
     vector_index_poll_seconds: float = 10.0  # how often the index builder looks for work
     vector_ef_search: int = 100  # HNSW candidates a search keeps (recall against speed)
+    tls: TlsFiles | None = None  # None: plaintext (loopback only, unless allow_plaintext)
+    allow_plaintext: bool = False  # plaintext on a non-loopback address, knowingly
     observability: Observability = field(default_factory=lambda: Observability())
 
     @classmethod
@@ -111,8 +119,11 @@ class Settings:
                 "ZERODB_VECTOR_INDEX_POLL_SECONDS", d.vector_index_poll_seconds, 0.1, 3600
             ),
             vector_ef_search=r.integer("ZERODB_VECTOR_EF_SEARCH", d.vector_ef_search, 1, 1000),
+            tls=r.tls(),
+            allow_plaintext=r.switch(ALLOW_PLAINTEXT, d.allow_plaintext),
             observability=Observability.read(r),
         )
+        settings.refuse_open_plaintext()
         if settings.pool_max < settings.pool_min:
             raise SettingError(
                 "ZERODB_DB_POOL_MAX",
@@ -138,7 +149,24 @@ class Settings:
 
     def with_http(self, listen: str) -> Settings:
         """These settings with the HTTP/JSON door at `listen` (`off` turns it off)."""
-        return replace(self, http_listen=listen.strip() or HTTP_OFF)
+        settings = replace(self, http_listen=listen.strip() or HTTP_OFF)
+        settings.refuse_open_plaintext("--http")
+        return settings
+
+    def refuse_open_plaintext(self, http_name: str = "ZERODB_HTTP_LISTEN") -> None:
+        """Without TLS, serve only on loopback addresses unless plaintext on a network is
+        allowed in so many words: keys and data would cross the network in the clear."""
+        if self.tls is not None or self.allow_plaintext:
+            return
+        listens = [("ZERODB_LISTEN", self.listen)]
+        if self.http_enabled:
+            listens.append((http_name, self.http_listen))
+        for name, listen in listens:
+            if not is_loopback(listen.rpartition(":")[0]):
+                raise SettingError(
+                    name, listen, f"a loopback address (127.0.0.1, ::1, localhost) when serving "
+                    f"plaintext: set {TLS_CERT} and {TLS_KEY}, or {ALLOW_PLAINTEXT}=on",
+                )  # fmt: skip
 
     def with_backends(self, database_url: str, redis_url: str) -> Settings:
         """These settings pointed at concrete servers (the embedded ones, once started)."""
@@ -282,6 +310,27 @@ class _Reader:
             _OTLP_PROTOCOLS,
         )
         return f"{name}_proto_{protocol.partition('/')[0].lower()}"
+
+    def tls(self) -> TlsFiles | None:
+        """The TLS files, all checked now (readable, a certificate matching its key); the
+        certificate and the key go together, and a client CA needs both."""
+        cert, key, ca = (self.text(n) for n in (TLS_CERT, TLS_KEY, TLS_CLIENT_CA))
+        if not (cert or key):
+            if ca:
+                raise SettingError(TLS_CLIENT_CA, ca, f"unset unless {TLS_CERT} and {TLS_KEY} "
+                                   "are set (mutual TLS is TLS first)")  # fmt: skip
+            return None
+        if not (cert and key):
+            given, missing = (TLS_CERT, TLS_KEY) if cert else (TLS_KEY, TLS_CERT)
+            raise SettingError(missing, "", f"a PEM file, since {given} is set (the "
+                               "certificate and its key go together)")  # fmt: skip
+        files = TlsFiles(Path(cert), Path(key), Path(ca) if ca else None)
+        try:
+            files.server_context()
+        except TlsFileError as e:
+            name, value = (TLS_CLIENT_CA, ca or "") if e.client_ca else (TLS_CERT, cert)
+            raise SettingError(name, value, str(e)) from None
+        return files
 
     def redis_url(self, name: str) -> str | None:
         raw = self._env.get(name, "").strip()

@@ -21,6 +21,7 @@ from google.protobuf import timestamp_pb2
 from tqdm import tqdm
 
 from zerodb.v1 import rlhf_pb2, rlhf_pb2_grpc
+from zerodb_batch import channel
 from zerodb_batch.config import ClientSettings
 from zerodb_batch.limits import EXPORT_FORMATS, FEEDBACK
 
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="file to write (default: standard output)")
     parser.add_argument("--target", default="localhost:50051", help="server address")
     parser.add_argument("--api-key", help="API key (default: $ZERODB_API_KEY)")
+    channel.add_arguments(parser)
     parser.add_argument("--feedback", choices=FEEDBACK, help="only this feedback")
     parser.add_argument("--model", help="only this model")
     parser.add_argument("--session-id", help="only this session")
@@ -115,9 +117,12 @@ def run_cli(args: argparse.Namespace, settings: ClientSettings) -> int:
     if not key:
         print("zerodb-batch: no API key: pass --api-key or set ZERODB_API_KEY", file=sys.stderr)
         return 2
+    if problem := channel.problem(args):
+        print(f"zerodb-batch: {problem}", file=sys.stderr)
+        return 2
     options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
-    with grpc.insecure_channel(args.target, options=options) as channel:
-        stub = rlhf_pb2_grpc.RlhfServiceStub(channel)
+    with channel.open_channel(args, options) as grpc_channel:
+        stub = rlhf_pb2_grpc.RlhfServiceStub(grpc_channel)
         calls = stub.ExportInteractions(request_of(args), metadata=(("x-api-key", key),))
         progress = tqdm(unit=" lines", disable=not sys.stderr.isatty(), file=sys.stderr)
         try:

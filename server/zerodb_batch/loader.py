@@ -31,6 +31,7 @@ from google.rpc import error_details_pb2, status_pb2
 from tqdm import tqdm
 
 from zerodb.v1 import load_pb2, load_pb2_grpc
+from zerodb_batch import channel
 from zerodb_batch.config import ClientSettings
 from zerodb_batch.limits import MAX_STREAM_CHUNK_RECORDS as MAX_CHUNK_RECORDS
 
@@ -357,9 +358,9 @@ def run_cli(args: Any, settings: ClientSettings, kind: Kind, fields: Mapping[str
     chunking = Chunking(args.chunk_size, args.chunk_bytes)
     load_id = args.load_id or default_load_id(args.file, chunking, kind, fields)
     print(f"load {load_id}: {args.file} -> {args.target}", file=sys.stderr)
-    with grpc.insecure_channel(args.target) as channel:
+    with channel.open_channel(args) as grpc_channel:
         loader = Loader(
-            channel,
+            grpc_channel,
             kind,
             args.project,
             args.api_key or settings.api_key or "",
@@ -389,7 +390,7 @@ def _check_args(args: Any, settings: ClientSettings) -> str | None:
         return f"--chunk-bytes must be from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES}"
     if not args.file.is_file():
         return f"no such file: {args.file}"
-    return None
+    return channel.problem(args)
 
 
 def summary(outcome: Outcome) -> str:

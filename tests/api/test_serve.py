@@ -168,12 +168,40 @@ def test_keys_cli_beside_a_running_serve(running: Running) -> None:
 
     listed = Serve(env, "keys", "list", "--project", running.project_id)
     assert listed.exit_code() == 0
-    assert listed.wait_for(rf"{key_id}\s+zdb_\S+\s+active\s+ci")
+    assert listed.wait_for(rf"{key_id}\s+zdb_\S+\s+read,write,admin\s+active\s+ci")
 
     revoked = Serve(env, "keys", "revoke", key_id)
     assert revoked.exit_code() == 0
     again = Serve(env, "keys", "revoke", key_id)
     assert again.exit_code() == 1 and "no active key" in "".join(again.stderr)
+
+
+def test_keys_cli_scopes_and_expiry(running: Running) -> None:
+    """`keys create --scope read --expires-in 1h`: the key reads, cannot write, and lists so."""
+    env = serve_env(running.data_dir, running.address)
+    created = Serve(
+        env, "keys", "create", "--project", running.project_id, "--scope", "read",
+        "--expires-in", "1h", "--name", "reader",
+    )  # fmt: skip
+    assert created.exit_code() == 0, "".join(created.stderr)
+    key_id = created.wait_for(r"key_id: (\S+)")[1]
+    reader = Running(running.data_dir)
+    reader.address, reader.project_id = running.address, running.project_id
+    reader.key = created.wait_for(r"api_key: (zdb_\S+)")[1]
+    assert reader.call("BatchGetMemories", {"ids": ["none"]})["not_found"] == ["none"]
+    refused = grpcurl(
+        "-plaintext", "-H", f"x-api-key: {reader.key}", "-d", "@", running.address,
+        "zerodb.v1.MemoryService/BatchUpsertMemories",
+        data=json.dumps({"project_id": running.project_id, **SEED_UPSERT}),
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "PermissionDenied" in refused.stderr and "'write' scope" in refused.stderr
+
+    listed = Serve(env, "keys", "list", "--project", running.project_id)
+    assert listed.exit_code() == 0
+    assert listed.wait_for(rf"{key_id}\s+zdb_\S+\s+read\s+expires \S+ \S+Z\s+reader")
+    bad = Serve(env, "keys", "create", "--project", running.project_id, "--expires-in", "soon")
+    assert bad.exit_code() == 2 and "not a duration" in "".join(bad.stderr)
 
 
 def test_restart_after_a_crash(data_dir: Path) -> None:

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -40,13 +41,18 @@ class ServerThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def new_key(self, project_id: str | None = None) -> tuple[str, str]:
+    def new_key(
+        self,
+        project_id: str | None = None,
+        scopes: tuple[str, ...] = keys.SCOPES,
+        expires_in: timedelta | None = None,
+    ) -> tuple[str, str]:
         """(project_id, key): a fresh project (or the given one) and a key for it."""
         project = project_id or f"p-{uuid.uuid4()}"
 
         async def make() -> tuple[str, str]:
             async with self.app.db.pool.connection() as conn:
-                _, key = await keys.create_key(conn, project)
+                _, key = await keys.create_key(conn, project, "", scopes, expires_in)
                 return project, key
 
         return self.run(make())

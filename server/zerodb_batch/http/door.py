@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -54,9 +55,10 @@ class Door:
         services: Iterable[ServiceDescriptor],
         max_message_bytes: int,
         metrics: Handler | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Door:
-        """Serve HTTP on `listen`, calling the gRPC server at `target` (and GET /metrics with
-        `metrics`, when given). StartupError if the address cannot be bound."""
+        """Serve HTTP on `listen` (HTTPS with `tls`), calling the gRPC server at `target` (and
+        GET /metrics with `metrics`, when given). StartupError if the address cannot be bound."""
         sock = bind(listen)
         port = int(sock.getsockname()[1])
         options = [
@@ -73,7 +75,7 @@ class Door:
             app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
         )
         await runner.setup()
-        site = web.SockSite(runner, sock)
+        site = web.SockSite(runner, sock, ssl_context=tls)
         await site.start()
         return cls(runner, site, channel, port)
 

@@ -24,6 +24,7 @@ from zerodb_batch.errors import InvalidArgument, Unimplemented, ZeroDBError
 from zerodb_batch.interceptors.auth import Access, Authenticator, api_key_from, check_project
 from zerodb_batch.observability.calls import Call, Observer, Site
 from zerodb_batch.observability.tracing import Tracing
+from zerodb_batch.storage.keys import Grant
 
 log = logging.getLogger("zerodb_batch.rpc")
 
@@ -135,20 +136,22 @@ class _Call:
         self.access = access
         self.site = site
 
-    async def _project(self, context: Ctx, outcome: _Outcome) -> str | None:
-        """The key's project, for a method that needs one (None for open methods)."""
+    async def _grant(self, context: Ctx, outcome: _Outcome) -> Grant | None:
+        """What the key grants, for a method that needs a key (None for open methods); refused
+        here already when the key lacks the method's scope."""
         self.access.refuse_if_closed()
         if not self.access.scoped:
             return None
-        project = await self.auth.project_of(api_key_from(context.invocation_metadata()))
-        outcome.call.project = project
-        return project
+        grant = await self.auth.grant_of(api_key_from(context.invocation_metadata()))
+        outcome.call.project = grant.project_id
+        self.access.check_scope(grant)
+        return grant
 
     def wrap_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(request: Any, context: Ctx) -> Any:
             async with _Outcome(self.site, context) as outcome:
-                project = await self._project(context, outcome)
-                request = self._accept(request, project)
+                grant = await self._grant(context, outcome)
+                request = self._accept(request, grant)
                 return await behaviour(request, context)
 
         return run
@@ -158,16 +161,16 @@ class _Call:
     ) -> Callable[..., Awaitable[Any]]:
         async def run(requests: AsyncIterator[Any], context: Ctx) -> Any:
             async with _Outcome(self.site, context) as outcome:
-                project = await self._project(context, outcome)
-                return await behaviour(await self._accept_stream(requests, project), context)
+                grant = await self._grant(context, outcome)
+                return await behaviour(await self._accept_stream(requests, grant), context)
 
         return run
 
     def wrap_stream_out(self, behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: Ctx) -> AsyncIterator[Any]:
             async with _Outcome(self.site, context) as outcome:
-                project = await self._project(context, outcome)
-                responses = behaviour(self._accept(request, project), context)
+                grant = await self._grant(context, outcome)
+                responses = behaviour(self._accept(request, grant), context)
                 if not inspect.isasyncgen(responses):
                     # A coroutine that writes its responses itself (context.write), as the
                     # health service's Watch does.
@@ -186,26 +189,27 @@ class _Call:
 
         return run
 
-    def _accept(self, request: Any, project: str | None) -> Any:
+    def _accept(self, request: Any, grant: Grant | None) -> Any:
         if self.access.scoped or isinstance(request, _Undecodable):
             request = _checked_message(request, self.method)
-        if project is not None:
-            check_project(project, request)
+        if grant is not None:
+            check_project(grant.project_id, request)
+            self.access.check_scope(grant, request)
         return request
 
     async def _accept_each(
-        self, requests: AsyncIterator[Any], project: str | None
+        self, requests: AsyncIterator[Any], grant: Grant | None
     ) -> AsyncIterator[Any]:
         """Every message of a client stream is checked as a unary request is."""
         async for request in requests:
-            yield self._accept(request, project)
+            yield self._accept(request, grant)
 
     async def _accept_stream(
-        self, requests: AsyncIterator[Any], project: str | None
+        self, requests: AsyncIterator[Any], grant: Grant | None
     ) -> AsyncIterator[Any]:
         """The client stream, its first message checked before the handler runs (so a handler
         that ends before reading cannot skip the project check), the rest as they are read."""
-        accepted = self._accept_each(requests, project)
+        accepted = self._accept_each(requests, grant)
         try:
             first = await anext(accepted)
         except StopAsyncIteration:

@@ -1,4 +1,5 @@
-"""Projects and API keys. Keys look like `zdb_<random>`; only their SHA-256 is stored."""
+"""Projects and API keys. Keys look like `zdb_<random>`; only their SHA-256 is stored. A key holds
+scopes (`read`, `write`, `admin`) and may expire."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from psycopg.rows import class_row
 
@@ -14,6 +15,9 @@ from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
 KEY_PREFIX = "zdb_"
+# What a key may be allowed to do; each RPC needs one of them (interceptors/auth.py). A key made
+# without naming scopes gets all three, as every key had before scopes existed.
+SCOPES = ("read", "write", "admin")
 
 
 def hash_key(key: str) -> bytes:
@@ -27,6 +31,20 @@ class KeyInfo:
     name: str
     create_time: datetime
     revoke_time: datetime | None
+    scopes: list[str]
+    expire_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an active (unrevoked) key grants: its project and scopes, until `expire_time`."""
+
+    project_id: str
+    scopes: list[str]
+    expire_time: datetime | None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expire_time is not None and self.expire_time <= (now or datetime.now(UTC))
 
 
 async def create_project(conn: Conn, project_id: str | None = None, name: str = "") -> str:
@@ -42,8 +60,16 @@ async def count_projects(conn: Conn) -> int:
     return int(row[0]) if row else 0  # type: ignore[call-overload]
 
 
-async def create_key(conn: Conn, project_id: str, name: str = "") -> tuple[str, str]:
+async def create_key(
+    conn: Conn,
+    project_id: str,
+    name: str = "",
+    scopes: tuple[str, ...] = SCOPES,
+    expires_in: timedelta | None = None,
+) -> tuple[str, str]:
     """Make a new key for the project; returns (key_id, key). The key is shown only this once."""
+    if not scopes or not set(scopes) <= set(SCOPES):
+        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}, not {scopes!r}")
     await create_project(conn, project_id)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = str(uuid.uuid4())
@@ -55,16 +81,18 @@ async def create_key(conn: Conn, project_id: str, name: str = "") -> tuple[str, 
             "key_hash": hash_key(key),
             "prefix": key[:12],
             "name": name,
+            "scopes": sorted(set(scopes), key=SCOPES.index),
+            "expire_time": datetime.now(UTC) + expires_in if expires_in is not None else None,
         },
     )
     return key_id, key
 
 
-async def project_for_key(conn: Conn, key: str) -> str | None:
-    """The project of an active key, or None for an unknown or revoked key."""
-    cur = await conn.execute(Q["key_project"], {"key_hash": hash_key(key)})
-    row = await cur.fetchone()
-    return str(row[0]) if row else None
+async def grant_of(conn: Conn, key: str) -> Grant | None:
+    """What an unrevoked key grants (expired or not), or None for an unknown or revoked key."""
+    async with conn.cursor(row_factory=class_row(Grant)) as cur:
+        await cur.execute(Q["key_grant"], {"key_hash": hash_key(key)})
+        return await cur.fetchone()
 
 
 async def list_keys(conn: Conn, project_id: str) -> list[KeyInfo]:
