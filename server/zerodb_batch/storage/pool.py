@@ -112,31 +112,35 @@ class Database:
         self.pool = pool
         self._down = False
         self._waits: set[asyncio.Timeout] = set()  # of the calls waiting for a connection
+        self._checking: asyncio.Task[None] | None = None
 
     async def reachable(self, up: bool) -> None:
         """Told whether PostgreSQL answers. When it answers again, the pool's idle connections
-        (broken by the outage) are checked and replaced now rather than by the next calls."""
+        (broken by the outage) are checked and replaced at once rather than by the next calls,
+        in the background: a check may take as long as a slow server makes it."""
         was_down, self._down = self._down, not up
         if not up:
             for wait in self._waits:
                 wait.reschedule(-1)  # already past: the wait ends with TimeoutError at once
-        elif was_down:
-            await self.pool.check()
+        elif was_down and (self._checking is None or self._checking.done()):
+            self._checking = asyncio.create_task(self.pool.check())
 
     async def getconn(self) -> Conn:
         """A connection from the pool (give it back with `putconn`), or Unavailable at once
         while PostgreSQL is known to be down."""
         if self._down:
             raise _unreachable()
+        wait = asyncio.timeout(None)  # set off by reachable(False) only
+        self._waits.add(wait)
         try:
-            async with asyncio.timeout(None) as wait:
-                self._waits.add(wait)
-                try:
-                    return await self.pool.getconn()
-                finally:
-                    self._waits.discard(wait)
-        except TimeoutError:  # only reachable(False) sets this timeout off
+            async with wait:
+                return await self.pool.getconn()
+        except TimeoutError:
+            if not wait.expired():
+                raise
             raise _unreachable() from None
+        finally:
+            self._waits.discard(wait)
 
     async def putconn(self, conn: Conn) -> None:
         await self.pool.putconn(conn)
@@ -183,6 +187,8 @@ class Database:
         return HeldConnection(self)
 
     async def close(self) -> None:
+        if self._checking is not None:  # not cancelled: a check holds connections meanwhile
+            await asyncio.wait({self._checking}, timeout=5)
         await self.pool.close()
 
 
