@@ -4,7 +4,8 @@ and the next call works.
 
 No code of ours measures time here: grpc cancels the handler's task when the deadline passes,
 and psycopg answers a cancelled task by cancelling its query in the server. These tests hold
-that for each kind of call (unary read, unary write, client stream, parallel reads)."""
+that for each kind of call (unary read, unary write, client stream, server stream, parallel
+reads, a publish to the outbox)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from tests.api.test_memory_upsert import SEED
 from tests.plugins.checks import details, wait_for
 from tests.plugins.server import Project, ServerThread
 from tests.plugins.tables import batch, create_table, insert_rows
-from zerodb.v1 import load_pb2, memory_pb2, table_pb2
+from zerodb.v1 import event_pb2, load_pb2, memory_pb2, rlhf_pb2, table_pb2
+from zerodb.v1.event_pb2_grpc import EventServiceStub
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
+from zerodb.v1.rlhf_pb2_grpc import RlhfServiceStub
 from zerodb.v1.table_pb2_grpc import TableServiceStub
 
 DEADLINE = 1.0  # the client's; the lock is held far longer
@@ -155,3 +158,37 @@ def test_parallel_reads_behind_a_lock_are_cancelled_at_the_deadline(
         expire(lambda: table_service.BatchQuery(request, metadata=project.auth, timeout=DEADLINE))
         settled(server, db, lock)
     assert batch(table_service, project, body).succeeded == 6
+
+
+def test_a_server_stream_behind_a_lock_is_cancelled_at_the_deadline(
+    rlhf: RlhfServiceStub, project: Project, server: ServerThread, database_url: str, db: DB
+) -> None:
+    interactions = [rlhf_pb2.Interaction(prompt="p", response="r")]
+    rlhf.BatchCreateInteractions(
+        rlhf_pb2.BatchCreateInteractionsRequest(project_id=project.id, interactions=interactions),
+        metadata=project.auth,
+    )
+    request = rlhf_pb2.ExportInteractionsRequest(project_id=project.id)
+    lock = "LOCK TABLE interactions IN ACCESS EXCLUSIVE MODE"
+    with locked(database_url, lock):
+        expire(
+            lambda: list(rlhf.ExportInteractions(request, metadata=project.auth, timeout=DEADLINE))
+        )
+        settled(server, db, lock)
+    assert len(list(rlhf.ExportInteractions(request, metadata=project.auth))) == 1
+
+
+def test_a_publish_behind_a_lock_writes_nothing_at_the_deadline(
+    channel: grpc.Channel, project: Project, server: ServerThread, database_url: str, db: DB
+) -> None:
+    events = EventServiceStub(channel)
+    publish = event_pb2.BatchPublishEventsRequest(
+        project_id=project.id, events=[event_pb2.Event(topic="t.held")], request_id="held-1"
+    )
+    lock = "LOCK TABLE events IN ACCESS EXCLUSIVE MODE"
+    with locked(database_url, lock):
+        expire(lambda: events.BatchPublishEvents(publish, metadata=project.auth, timeout=DEADLINE))
+        settled(server, db, lock)
+    stored = db.execute("SELECT count(*) FROM events WHERE project_id = %s", (project.id,))
+    assert stored.fetchone() == (0,)
+    assert events.BatchPublishEvents(publish, metadata=project.auth).published == 1
