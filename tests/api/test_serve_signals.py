@@ -113,7 +113,26 @@ def leftovers(data_dir: Path) -> list[psutil.Process]:
     ]  # fmt: skip
 
 
-def test_sigterm_during_a_burst_drains_and_refuses(data_dir: Path) -> None:
+@dataclass
+class Stopped:
+    """A burst against a `serve` that was sent a signal: when, and when it had exited."""
+
+    address: str
+    project: str
+    auth: tuple[tuple[str, str]]
+    outcomes: list[Outcome]
+    signalled: float
+    exited: float
+
+    def codes(self) -> Counter[grpc.StatusCode]:
+        codes = Counter(o.code for o in self.outcomes)
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+        return codes
+
+
+def signalled_in_a_burst(data_dir: Path, sig: signal.Signals, code: int) -> Stopped:
+    """Start serve and a burst; once 100 batches are acknowledged send `sig`; the burst goes on
+    until calls have been made after the process ended (exit status `code`)."""
     address = f"127.0.0.1:{free_port()}"
     serve = started(data_dir, address)
     project = serve.wait_for(r"project_id: (\S+)")[1]
@@ -122,24 +141,27 @@ def test_sigterm_during_a_burst_drains_and_refuses(data_dir: Path) -> None:
     try:
         wait_for(lambda: burst.ok() >= 100, "a burst under way")
         signalled = time.monotonic()
-        serve.proc.send_signal(signal.SIGTERM)
-        assert serve.exit_code() == 0
+        assert serve.stop(sig) == code
         exited = time.monotonic()
         wait_for(lambda: any(o.started > exited for o in burst.outcomes), "calls after the exit")
     finally:
         burst.finish()
-    codes = Counter(o.code for o in burst.outcomes)
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
-    in_flight = [o for o in burst.outcomes if o.started < signalled < o.ended]
-    draining = [o for o in burst.outcomes if signalled < o.started and o.ended < exited]
+    return Stopped(address, project, auth, burst.outcomes, signalled, exited)
+
+
+def test_sigterm_during_a_burst_drains_and_refuses(data_dir: Path) -> None:
+    run = signalled_in_a_burst(data_dir, signal.SIGTERM, 0)
+    codes, signalled, exited = run.codes(), run.signalled, run.exited
+    in_flight = [o for o in run.outcomes if o.started < signalled < o.ended]
+    draining = [o for o in run.outcomes if signalled < o.started and o.ended < exited]
     assert all(o.code is grpc.StatusCode.OK for o in in_flight), "a call in flight was cut off"
 
-    serve = started(data_dir, address)  # to read what the first one wrote
+    serve = started(data_dir, run.address)  # to read what the first one wrote
     try:
-        found = stored(address, project, auth)
+        found = stored(run.address, run.project, run.auth)
     finally:
         assert serve.stop() == 0
-    for o in burst.outcomes:
+    for o in run.outcomes:
         expected = RECORDS if o.code is grpc.StatusCode.OK else 0  # refused: nothing written
         assert found[o.client, o.call] == expected, o
     assert sum(found.values()) == RECORDS * codes[grpc.StatusCode.OK]
@@ -154,20 +176,8 @@ def test_sigterm_during_a_burst_drains_and_refuses(data_dir: Path) -> None:
 
 
 def test_sigkill_during_a_burst_then_the_next_start_recovers(data_dir: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    serve = started(data_dir, address)
-    project = serve.wait_for(r"project_id: (\S+)")[1]
-    auth = (("x-api-key", serve.wait_for(r"api_key: (zdb_\S+)")[1]),)
-    burst = Burst(address, project, auth)
-    try:
-        wait_for(lambda: burst.ok() >= 100, "a burst under way")
-        killed = time.monotonic()
-        assert serve.stop(signal.SIGKILL) == -signal.SIGKILL
-        wait_for(lambda: any(o.started > killed for o in burst.outcomes), "calls after the kill")
-    finally:
-        burst.finish()
-    codes = Counter(o.code for o in burst.outcomes)
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    run = signalled_in_a_burst(data_dir, signal.SIGKILL, -signal.SIGKILL)
+    codes, address, project, auth = run.codes(), run.address, run.project, run.auth
 
     serve = started(data_dir, address)  # adopts the PostgreSQL and Valkey left running
     try:
@@ -178,7 +188,7 @@ def test_sigkill_during_a_burst_then_the_next_start_recovers(data_dir: Path) -> 
     finally:
         assert serve.stop() == 0
     cut = 0
-    for o in burst.outcomes:
+    for o in run.outcomes:
         if o.code is grpc.StatusCode.OK:
             assert found[o.client, o.call] == RECORDS, o  # acknowledged: all there
         else:
