@@ -13,13 +13,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
 
 from tests.plugins.checks import wait_for
 from tests.plugins.serve import Serve, free_port, serve_env
-from zerodb.v1 import memory_pb2
+from zerodb.v1 import load_pb2, memory_pb2
+from zerodb.v1.load_pb2_grpc import LoadServiceStub
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 
 CLIENTS, RECORDS = 6, 20
@@ -33,6 +35,10 @@ class Outcome:
     started: float
     ended: float
     code: grpc.StatusCode
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return str(self.client), str(self.call)
 
 
 @dataclass
@@ -80,9 +86,10 @@ class Burst:
             thread.join(60)
 
 
-def stored(address: str, project: str, auth: tuple[tuple[str, str]]) -> Counter[tuple[int, int]]:
-    """How many records of each (client, call) the table holds."""
-    found: Counter[tuple[int, int]] = Counter()
+def stored(address: str, project: str, auth: tuple[tuple[str, str]]) -> Counter[tuple[str, str]]:
+    """How many records of each (client, call) the table holds (the first two parts of their
+    contents: a load's records count under (load id, chunk offset))."""
+    found: Counter[tuple[str, str]] = Counter()
     with grpc.insecure_channel(address) as channel:
         stub, token = MemoryServiceStub(channel), ""
         while True:
@@ -95,7 +102,7 @@ def stored(address: str, project: str, auth: tuple[tuple[str, str]]) -> Counter[
             )
             for memory in page.memories:
                 client, call, _ = memory.content.split("/")
-                found[int(client), int(call)] += 1
+                found[client, call] += 1
             if not (token := page.next_page_token):
                 return found
 
@@ -163,7 +170,7 @@ def test_sigterm_during_a_burst_drains_and_refuses(data_dir: Path) -> None:
         assert serve.stop() == 0
     for o in run.outcomes:
         expected = RECORDS if o.code is grpc.StatusCode.OK else 0  # refused: nothing written
-        assert found[o.client, o.call] == expected, o
+        assert found[o.key] == expected, o
     assert sum(found.values()) == RECORDS * codes[grpc.StatusCode.OK]
     print(
         f"\nSIGTERM: {codes[grpc.StatusCode.OK]} batches acknowledged and stored, "
@@ -190,13 +197,76 @@ def test_sigkill_during_a_burst_then_the_next_start_recovers(data_dir: Path) -> 
     cut = 0
     for o in run.outcomes:
         if o.code is grpc.StatusCode.OK:
-            assert found[o.client, o.call] == RECORDS, o  # acknowledged: all there
+            assert found[o.key] == RECORDS, o  # acknowledged: all there
         else:
-            assert found[o.client, o.call] in (0, RECORDS), o  # never half-written
-            cut += found[o.client, o.call] == RECORDS
+            assert found[o.key] in (0, RECORDS), o  # never half-written
+            cut += found[o.key] == RECORDS
     print(
         f"\nSIGKILL: {codes[grpc.StatusCode.OK]} batches acknowledged, all stored after the "
         f"restart; {codes[grpc.StatusCode.UNAVAILABLE]} failed UNAVAILABLE, of which {cut} "
         "had committed just before the kill (whole); none half-written"
     )
     assert leftovers(data_dir) == []
+
+
+def chunks(project: str, load_id: str, gate: threading.Event, after: int, pause: float) -> Any:
+    """Chunks 0, 1, ...: after `after` of them, wait for `gate`, then one every `pause` seconds
+    until 10 are sent."""
+    for offset in range(10):
+        if offset == after:
+            gate.wait(60)
+        if offset >= after:
+            time.sleep(pause)
+        records = [memory_pb2.Memory(content=f"{load_id}/{offset}/{i}") for i in range(RECORDS)]
+        yield memory_pb2.StreamUpsertMemoriesRequest(
+            project_id=project, load_id=load_id, offset=offset, records=records
+        )
+
+
+def test_sigterm_lets_a_stream_finish_within_the_grace_and_cuts_one_past_it(
+    data_dir: Path,
+) -> None:
+    """With a 3 s grace: a stream that ends 1 s after the signal completes; one that would need
+    10 s is cut off UNAVAILABLE, and what it committed is what GetLoad says."""
+    address = f"127.0.0.1:{free_port()}"
+    serve = Serve(serve_env(data_dir, address, ZERODB_DRAIN_SECONDS="3"))
+    serve.wait_for(r"zerodb-batch serving on")
+    project = serve.wait_for(r"project_id: (\S+)")[1]
+    auth = (("x-api-key", serve.wait_for(r"api_key: (zdb_\S+)")[1]),)
+    signalled = threading.Event()
+    with grpc.insecure_channel(address) as channel:
+        stub = MemoryServiceStub(channel)
+        short = stub.StreamUpsertMemories.future(
+            chunks(project, "short", signalled, 2, 0.1), metadata=auth, timeout=60
+        )
+        long = stub.StreamUpsertMemories.future(
+            chunks(project, "long", signalled, 2, 1.0), metadata=auth, timeout=60
+        )
+        get = memory_pb2.ListMemoriesRequest(project_id=project, page_size=1000)
+        wait_for(lambda: len(stub.ListMemories(get, metadata=auth).memories) >= 4 * RECORDS,
+                 "both streams under way")  # fmt: skip
+        serve.proc.send_signal(signal.SIGTERM)
+        signalled.set()
+        done = short.result(60)
+        cut = long.exception(60)
+    assert serve.exit_code() == 0
+    assert (done.load.state, done.load.inserted) == (load_pb2.LOAD_STATE_DONE, 10 * RECORDS)
+    assert isinstance(cut, grpc.RpcError)
+    assert cut.code() is grpc.StatusCode.UNAVAILABLE, cut
+
+    serve = started(data_dir, address)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            got = LoadServiceStub(channel).GetLoad(
+                load_pb2.GetLoadRequest(project_id=project, load_id="long"), metadata=auth
+            )
+        found = stored(address, project, auth)
+    finally:
+        assert serve.stop() == 0
+    committed = got.load.chunks_committed
+    assert 2 <= committed < 10
+    assert {k: n for k, n in found.items() if k[0] == "long"} == {
+        ("long", str(offset)): RECORDS for offset in range(committed)
+    }  # the chunks GetLoad counts, whole, and nothing more
+    assert sum(n for k, n in found.items() if k[0] == "short") == 10 * RECORDS
+    print(f"\nSIGTERM, grace 3 s: the long stream was cut after {committed} of 10 chunks")
