@@ -182,6 +182,7 @@ async def start(settings: Settings) -> App:
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
     app.door = door
     app.tasks.append(asyncio.create_task(relay.run()))
+    monitor.subscribe(functools.partial(_fail_fast, db))
     monitor.subscribe(functools.partial(_follow, health))
     app.tasks.append(asyncio.create_task(monitor.run()))
     app.tasks.append(asyncio.create_task(_sync_table_indexes(db)))
@@ -205,6 +206,12 @@ def _monitor(database_url: str, redis_url: str, settings: Settings) -> Dependenc
     redis = Streams.open(redis_url, settings.event_stream_maxlen, 1, socket_timeout=PROBE_TIMEOUT)
     closers = (postgres.close, redis.close)
     return DependencyMonitor(postgres, redis.ping, settings.health_probe_seconds, closers)
+
+
+async def _fail_fast(db: Database, state: DependencyState) -> None:
+    """While PostgreSQL is down, calls answer UNAVAILABLE at once rather than at the pool
+    timeout; when it is back, the pool replaces its broken connections at once."""
+    await db.reachable(state.postgres_up)
 
 
 async def _follow(health: health_aio.HealthServicer, state: DependencyState) -> None:

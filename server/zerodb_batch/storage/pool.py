@@ -3,6 +3,7 @@ driver errors turned into our errors at this border."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,6 +84,10 @@ async def translate_errors() -> AsyncIterator[None]:
         raise Unavailable("PostgreSQL is unavailable; retry the call") from e
 
 
+def _unreachable() -> Unavailable:
+    return Unavailable("PostgreSQL is unreachable; retry the call")
+
+
 @asynccontextmanager
 async def single_connection(url: str) -> AsyncIterator[Conn]:
     """One connection of its own (autocommit), for a command that runs a few statements."""
@@ -93,21 +98,71 @@ async def single_connection(url: str) -> AsyncIterator[Conn]:
 
 
 class Database:
-    """Pooled connections for the API layer, which never sees the driver or the pool itself."""
+    """Pooled connections for the API layer, which never sees the driver or the pool itself.
+
+    While PostgreSQL is known to be unreachable (`reachable(False)`, from the dependency
+    monitor), asking for a connection fails at once with UNAVAILABLE, and calls already waiting
+    for one stop waiting: otherwise each would wait out the pool timeout (10 s by default) for
+    a connection that cannot come. A call's deadline needs nothing here: grpc cancels the
+    handler's task when it passes, and psycopg answers a cancelled task by cancelling its query
+    in the server (the transaction then rolls back and the connection returns to the pool).
+    """
 
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
         self.pool = pool
+        self._down = False
+        self._waits: set[asyncio.Timeout] = set()  # of the calls waiting for a connection
+        self._checking: asyncio.Task[None] | None = None
+
+    async def reachable(self, up: bool) -> None:
+        """Told whether PostgreSQL answers. When it answers again, the pool's idle connections
+        (broken by the outage) are checked and replaced at once rather than by the next calls,
+        in the background: a check may take as long as a slow server makes it."""
+        was_down, self._down = self._down, not up
+        if not up:
+            for wait in self._waits:
+                wait.reschedule(-1)  # already past: the wait ends with TimeoutError at once
+        elif was_down and (self._checking is None or self._checking.done()):
+            self._checking = asyncio.create_task(self.pool.check())
+
+    async def getconn(self) -> Conn:
+        """A connection from the pool (give it back with `putconn`), or Unavailable at once
+        while PostgreSQL is known to be down."""
+        if self._down:
+            raise _unreachable()
+        wait = asyncio.timeout(None)  # set off by reachable(False) only
+        self._waits.add(wait)
+        try:
+            async with wait:
+                return await self.pool.getconn()
+        except TimeoutError:
+            if not wait.expired():
+                raise
+            raise _unreachable() from None
+        finally:
+            self._waits.discard(wait)
+
+    async def putconn(self, conn: Conn) -> None:
+        await self.pool.putconn(conn)
+
+    @asynccontextmanager
+    async def _borrowed(self) -> AsyncIterator[Conn]:
+        conn = await self.getconn()
+        try:
+            yield conn
+        finally:
+            await self.pool.putconn(conn)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
         """A connection in autocommit mode, for reads and statements that commit alone."""
-        async with translate_errors(), self.pool.connection() as conn:
+        async with translate_errors(), self._borrowed() as conn:
             yield conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         """A connection inside one transaction."""
-        async with translate_errors(), self.pool.connection() as conn, conn.transaction():
+        async with translate_errors(), self._borrowed() as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
@@ -117,7 +172,7 @@ class Database:
         fetched."""
         async with (
             translate_errors(),
-            self.pool.connection() as conn,
+            self._borrowed() as conn,
             conn.pipeline(),
             conn.transaction(),
         ):
@@ -129,9 +184,11 @@ class Database:
 
     def held(self) -> HeldConnection:
         """One connection for a run of consecutive transactions (see HeldConnection)."""
-        return HeldConnection(self.pool)
+        return HeldConnection(self)
 
     async def close(self) -> None:
+        if self._checking is not None:  # not cancelled: a check holds connections meanwhile
+            await asyncio.wait({self._checking}, timeout=5)
         await self.pool.close()
 
 
@@ -144,15 +201,15 @@ class HeldConnection:
     connection goes back at once (the pool checks or replaces it).
     """
 
-    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
         self._conn: Conn | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         async with translate_errors():
             if self._conn is None:
-                self._conn = await self._pool.getconn()
+                self._conn = await self._db.getconn()
             try:
                 async with self._conn.transaction():
                     yield self._conn
@@ -163,4 +220,4 @@ class HeldConnection:
     async def release(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await self._pool.putconn(conn)
+            await self._db.putconn(conn)

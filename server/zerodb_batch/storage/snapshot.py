@@ -21,7 +21,6 @@ from typing import Final, LiteralString, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 
 from zerodb_batch.storage.pool import Conn, Database, translate_errors
 
@@ -34,12 +33,11 @@ _BEGIN: Final = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 async def shared_snapshot(db: Database, concurrency: int) -> AsyncIterator[SharedSnapshot]:
     """A snapshot of the database for reads run by `SharedSnapshot.run`, at most `concurrency`
     at a time; driver errors are translated (Unavailable)."""
-    pool = db.pool
-    async with translate_errors(), pool.connection() as exporter:
+    async with db.connection() as exporter:
         await exporter.execute(_BEGIN)
         cur = await exporter.execute("SELECT pg_export_snapshot()")
         (snapshot_id,) = await cur.fetchone()  # type: ignore[misc]
-        readers = SharedSnapshot(pool, str(snapshot_id), concurrency)
+        readers = SharedSnapshot(db, str(snapshot_id), concurrency)
         try:
             yield readers
         finally:
@@ -53,7 +51,7 @@ async def snapshot_reads(db: Database) -> AsyncIterator[Conn]:
     see one state of the database, as those of a shared snapshot do. In pipeline mode: a read
     goes out without waiting for the answer to the one before (BEGIN travels with the first),
     and an answer is awaited only when it is fetched."""
-    async with translate_errors(), db.pool.connection() as conn:
+    async with db.connection() as conn:
         try:
             async with conn.pipeline():
                 await conn.execute(_BEGIN)
@@ -68,10 +66,10 @@ async def snapshot_reads(db: Database) -> AsyncIterator[Conn]:
 class SharedSnapshot:
     """Runs reads on reader connections that import one exported snapshot."""
 
-    def __init__(self, pool: AsyncConnectionPool[Conn], snapshot_id: str, concurrency: int) -> None:
+    def __init__(self, db: Database, snapshot_id: str, concurrency: int) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be 1 or more")
-        self._pool = pool
+        self._db = db  # getconn / putconn, failing fast while PostgreSQL is down
         self._import = sql.SQL("{}; SET TRANSACTION SNAPSHOT {}").format(
             sql.SQL(_BEGIN), sql.Literal(snapshot_id)
         )
@@ -119,7 +117,7 @@ class SharedSnapshot:
     async def _open(self) -> None:
         """Adds a new reader, or the error that prevented it, to the free queue."""
         try:
-            conn = await self._pool.getconn()
+            conn = await self._db.getconn()
         except Exception as e:
             self._readers -= 1
             self._free.put_nowait(e)
@@ -128,7 +126,7 @@ class SharedSnapshot:
             await conn.execute(self._import)
         except BaseException as e:
             self._readers -= 1
-            await self._pool.putconn(conn)
+            await self._db.putconn(conn)
             if not isinstance(e, Exception):
                 raise
             self._free.put_nowait(e)
@@ -145,7 +143,7 @@ class SharedSnapshot:
         # A connection that cannot end its transaction is the pool's to check or replace.
         with contextlib.suppress(psycopg.Error):
             await conn.execute(command)
-        await self._pool.putconn(conn)
+        await self._db.putconn(conn)
 
     async def close(self) -> None:
         """End every reader's transaction and give the connections back."""
