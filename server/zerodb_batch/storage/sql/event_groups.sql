@@ -1,16 +1,10 @@
 -- name: event_group_register
--- The first subscriber of a group fixes its filter and start; later ones read them back.
-WITH made AS (
-    INSERT INTO event_groups (project_id, group_name, topics, start_ms, start_seq)
-    VALUES (%(project_id)s, %(group)s, %(topics)s, %(start_ms)s, %(start_seq)s)
-    ON CONFLICT DO NOTHING
-    RETURNING topics, start_ms, start_seq
-)
-SELECT topics, start_ms, start_seq FROM made
-UNION ALL
-SELECT topics, start_ms, start_seq FROM event_groups
-WHERE project_id = %(project_id)s AND group_name = %(group)s
-LIMIT 1;
+-- The first subscriber of a group fixes its filter and start; later ones read them back. (A no-op
+-- update rather than DO NOTHING: it returns the row that a concurrent first subscriber made.)
+INSERT INTO event_groups AS g (project_id, group_name, topics, start_ms, start_seq)
+VALUES (%(project_id)s, %(group)s, %(topics)s, %(start_ms)s, %(start_seq)s)
+ON CONFLICT (project_id, group_name) DO UPDATE SET topics = g.topics
+RETURNING topics, start_ms, start_seq;
 
 -- name: event_group_track
 -- Events about to go out from PostgreSQL are pending to this consumer before they are sent: if
