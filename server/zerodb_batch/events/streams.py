@@ -101,6 +101,24 @@ for i = 1, #all, 2 do
 end
 return false
 """
+# The group's position below which it has acknowledged everything: its last delivered id, or just
+# before its oldest pending entry ({id, 1}: one seq less). None while a gap is being delivered.
+_SAFE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, lid
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+  end
+  if name == ARGV[1] then last = lid end
+end
+if not last then return false end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+if pending[1] > 0 then return {pending[2], 1} end
+return {last, 0}
+"""
 # Appends events unless the stream lost some that PostgreSQL marks relayed: its last entry must
 # be at least seq ARGV[1] (a Redis restarted without its data, or without the tail of its file,
 # is found here, atomically with the append, however fast it came back). Entries at or below the
@@ -188,6 +206,7 @@ class Streams:
         self._read_new: Any = client.register_script(_READ_NEW)
         self._gap_advance: Any = client.register_script(_GAP_ADVANCE)
         self._gap_take: Any = client.register_script(_GAP_TAKE)
+        self._safe: Any = client.register_script(_SAFE)
 
     @classmethod
     def open(
@@ -336,6 +355,17 @@ class Streams:
         args = [gap.after, after, gap.before, consumer]
         async with _translate():
             await self._gap_advance(keys=[key], args=args)
+
+    async def acknowledged_up_to(self, project_id: str, group: str) -> Position | None:
+        """A position at or below which the group has acknowledged every event (None while a
+        gap is being delivered, or if the group is gone)."""
+        keys = [stream_key(project_id), gaps_key(project_id, group)]
+        async with _translate(), _group_errors(group):
+            found = await self._safe(keys=keys, args=[group])
+        position = Position.parse(str(found[0])) if found else None
+        if position is None or position.seq < int(found[1]):
+            return None
+        return Position(position.ms, position.seq - int(found[1]))
 
     async def take_gap(
         self, project_id: str, group: str, consumer: str, idle_ms: int

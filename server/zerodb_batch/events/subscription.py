@@ -24,6 +24,9 @@ BATCH = 100  # entries per read: what one subscription holds in memory
 REPLAY_PAGE = 100  # events per PostgreSQL read when filling a gap (payloads reach 64 KiB)
 CLAIM_EVERY = 1.0  # seconds between sweeps for stuck entries (shorter for short redelivery)
 FULL_WAIT = 0.5  # seconds between checks while a consumer is at its max_unacked
+# Seconds between saves of a group's acknowledged position to PostgreSQL: what a group that
+# Redis lost gets again is at most what was acknowledged in the last interval (plus the unacked).
+CHECKPOINT_EVERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class GroupReader:
         self._cursor = "-"  # of the sweep through the group's pending entries
         self._next_claim = 0.0
         self._tracked = True  # this consumer may hold events pending in PostgreSQL
+        self._next_checkpoint = 0.0
+        self._checkpointed = 0  # seq of the last position saved
 
     async def run(self) -> AsyncIterator[Item]:
         o = self._o
@@ -249,6 +254,19 @@ class GroupReader:
         if gap is not None:
             async for event in self._replay(gap):
                 yield event
+        if time.monotonic() >= self._next_checkpoint:
+            self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Save how far the group has acknowledged everything, where Redis losing the group
+        would make it again."""
+        o = self._o
+        acknowledged = await self._streams.acknowledged_up_to(o.project_id, o.group)
+        if acknowledged is not None and acknowledged.seq > self._checkpointed:
+            async with self._db.connection() as conn:
+                await event_groups.advance(conn, o.project_id, o.group, acknowledged)
+            self._checkpointed = acknowledged.seq
 
     async def _deliver_new(
         self, before: Position, entries: Sequence[Entry]

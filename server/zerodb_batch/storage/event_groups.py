@@ -43,6 +43,17 @@ async def register(
     return row
 
 
+async def advance(conn: Conn, project_id: str, group: str, acknowledged: Position) -> None:
+    """The group has acknowledged every event up to `acknowledged`: where to make it again."""
+    params = {
+        "project_id": project_id,
+        "group": group,
+        "start_ms": acknowledged.ms,
+        "start_seq": acknowledged.seq,
+    }
+    await conn.execute(Q["event_group_advance"], params)
+
+
 async def track(conn: Conn, project_id: str, group: str, consumer: str, seqs: list[int]) -> None:
     """The events `seqs` are pending to `consumer` from now (before they are sent)."""
     if seqs:

@@ -6,6 +6,12 @@ VALUES (%(project_id)s, %(group)s, %(topics)s, %(start_ms)s, %(start_seq)s)
 ON CONFLICT (project_id, group_name) DO UPDATE SET topics = g.topics
 RETURNING topics, start_ms, start_seq;
 
+-- name: event_group_advance
+-- The group has acknowledged everything up to this position: a group Redis loses is made again
+-- here rather than at its first start (never moved back).
+UPDATE event_groups SET start_ms = %(start_ms)s, start_seq = %(start_seq)s
+WHERE project_id = %(project_id)s AND group_name = %(group)s AND start_seq < %(start_seq)s;
+
 -- name: event_group_track
 -- Events about to go out from PostgreSQL are pending to this consumer before they are sent: if
 -- it dies without acknowledging them, another takes them over after its idle time.
