@@ -203,3 +203,22 @@ def test_a_group_redis_lost_is_made_again_after_what_it_acknowledged(
             assert [e.id for e in again.events(3)] == [*ids[20:], *more]
         finally:
             again.cancel()
+
+
+def test_a_quiet_stream_redis_lost_is_restored_by_the_relay_poll(
+    own_database: str,
+    scratch_valkey: EmbeddedValkey,  # noqa: F811 (the fixture)
+) -> None:
+    """Nobody publishes after Redis came back empty on the same socket (the client's reconnect
+    hides the restart): the relay loop sees a new run_id at its next poll and refills the
+    stream from PostgreSQL."""
+    redis_url = scratch_valkey.start()
+    with (
+        own_server(own_database, redis_url) as running,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        stub, project = EventServiceStub(channel), Project(*running.new_key())
+        ids = list(publish(stub, project, make_events(25)).ids)
+        assert stream_ids(redis_url, project.id) == ids
+        restart_without_data(scratch_valkey)
+        wait_for(lambda: stream_ids(redis_url, project.id) == ids, "the stream refilled")
