@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from zerodb.v1 import event_pb2, event_pb2_grpc
 from zerodb_batch import limits
 from zerodb_batch.api import Ctx, results
-from zerodb_batch.domain.event import StoredEvent, parse_events
+from zerodb_batch.domain.event import Position, StoredEvent, parse_events
 from zerodb_batch.domain.event_requests import (
     POSITION_SHAPE,
     Options,
@@ -28,7 +28,7 @@ from zerodb_batch.events.relay import Relay
 from zerodb_batch.events.streams import Streams
 from zerodb_batch.events.subscription import Heartbeat, Item, subscribe
 from zerodb_batch.observability import calls
-from zerodb_batch.storage import outbox
+from zerodb_batch.storage import event_groups, outbox
 from zerodb_batch.storage.idempotency import write_once
 from zerodb_batch.storage.pool import Conn, Database
 
@@ -134,9 +134,12 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
     ) -> event_pb2.AckEventsResponse:
         check_batch_size("stream_ids", len(request.stream_ids), limits.MAX_ACK_IDS)
         check_ack(request)
-        acked = await self._streams.ack(
-            request.project_id, request.consumer_group, list(request.stream_ids)
-        )
+        project, group, ids = request.project_id, request.consumer_group, list(request.stream_ids)
+        acked = await self._streams.ack(project, group, ids)
+        # Events delivered from PostgreSQL (the stream no longer held them) are pending there.
+        seqs = [p.seq for p in map(Position.parse, ids) if p is not None]
+        async with self._db.connection() as conn:
+            acked += await event_groups.ack(conn, project, group, seqs)
         return event_pb2.AckEventsResponse(acked=acked)
 
     async def ListEvents(

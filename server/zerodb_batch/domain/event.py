@@ -126,6 +126,10 @@ class TopicFilter:
         checker.raise_if_any("invalid topic filter: use an exact topic or a `prefix.*` pattern")
         return cls(frozenset(exact), tuple(prefixes))
 
+    def canonical(self) -> list[str]:
+        """The filter as sorted, unique filter texts (`agent.*` as typed); [] for every topic."""
+        return sorted({*self.exact, *(p + "*" for p in self.prefixes)})
+
     def matches(self, topic: str) -> bool:
         if not self.exact and not self.prefixes:
             return True

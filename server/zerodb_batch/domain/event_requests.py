@@ -14,7 +14,7 @@ from zerodb_batch.domain.page_token import page_size
 from zerodb_batch.domain.rules import check_name
 from zerodb_batch.domain.timestamps import optional_datetime
 from zerodb_batch.domain.validate import Checker
-from zerodb_batch.errors import BatchTooLarge
+from zerodb_batch.errors import BatchTooLarge, FailedPrecondition
 
 Start = Position | datetime | None  # after a stream id, from a time, or (None) new events only
 POSITION_SHAPE = (int,)  # a ListEvents page ends at the seq of its last event
@@ -134,3 +134,17 @@ def check_ack(request: event_pb2.AckEventsRequest) -> None:
         if Position.parse(stream_id) is None:
             checker.add(f"stream_ids[{i}]", "not a stream entry id such as 1718000000000-1")
     checker.raise_if_any("AckEvents request is invalid")
+
+
+def check_group_filter(group: str, fixed: list[str], asked: list[str]) -> None:
+    """A consumer's topic filter must be its group's (fixed by the group's first subscriber): a
+    consumer with another one would acknowledge, unseen, events the rest of the group wants."""
+    if fixed != asked:
+        shown = ", ".join(fixed) or "every topic"
+        wanted = ", ".join(asked) or "every topic"
+        raise FailedPrecondition(
+            f"consumer group {group!r} reads topics [{shown}]; this consumer asked for"
+            f" [{wanted}]: subscribe with the group's topics, or use another group",
+            reason="GROUP_TOPICS_DIFFER",
+            metadata={"consumer_group": group, "group_topics": shown, "topics": wanted},
+        )

@@ -7,9 +7,13 @@ they poll. One relayer per project at a time holds the project's relay row (`FOR
 loops use `SKIP LOCKED` and move on to other projects), so a project's events reach the stream
 in order and no two servers append the same events; the row's relayed_seq says how far they got.
 
-Redis can lose what PostgreSQL marks relayed (a restart that lost the tail of its append-only
-file). Each poll asks Redis for its run id; a new one means it restarted, and every project's
-stream is checked against its mark and the missing entries appended again.
+Redis can lose what PostgreSQL marks relayed (a restart without its data, or without the tail of
+its append-only file). Every append checks, atomically with it, that the stream still ends at the
+project's mark; a stream that does not is refilled from PostgreSQL before anything newer goes in,
+so newer events never land above a hole, however fast Redis came back (a restart that the
+client's one retry hides). A publisher that finds such a stream leaves its events to the loop.
+Each poll also asks Redis for its run id: a new one means it restarted, and every project's
+stream is checked against its mark, so that projects nobody publishes to are refilled too.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from redis.asyncio.connection import AbstractConnection
 
 from zerodb_batch.domain.event import StoredEvent
 from zerodb_batch.errors import Unavailable
-from zerodb_batch.events.streams import SOCKET_TIMEOUT, RedisDown, Streams
+from zerodb_batch.events.streams import SOCKET_TIMEOUT, RedisDown, StreamBehind, Streams
 from zerodb_batch.observability.metrics import Metrics
 from zerodb_batch.storage import outbox
-from zerodb_batch.storage.pool import Database
+from zerodb_batch.storage.pool import Conn, Database
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,9 @@ class Relay:
                     return True
             except outbox.RelayBusy:
                 pass  # another relayer held the project past the lock timeout
+            except StreamBehind as e:
+                # Redis lost events: refilling the stream is the loop's work, not a publisher's.
+                log.warning("events of project %s left for the relay: %s", project_id, e)
             except Unavailable as e:
                 # Committed is committed: the loops relay these events once Redis is back.
                 self._failed("publisher", "unavailable")
@@ -132,13 +139,15 @@ class Relay:
         first, last = own[0].seq, own[-1].seq
         async with self._db.transaction() as conn:
             relayed = await outbox.lock_and_mark_own(conn, project_id, first, last, TIMEOUTS)
+            # StreamBehind raised here rolls the mark back.
             if relayed == first - 1:
-                await self._streams.send(redis_conn, packed)
+                await self._streams.send(redis_conn, project_id, packed)
                 self._sent("publisher", packed.count)
             elif first <= relayed < last:  # a relay loop took part of the batch already
-                rest = self._streams.prepare(project_id, [e for e in own if e.seq > relayed])
-                await self._streams.send(redis_conn, rest)
-                self._sent("publisher", rest.count)
+                rest = [e for e in own if e.seq > relayed]
+                packed = self._streams.prepare(project_id, rest, after=relayed)
+                await self._streams.send(redis_conn, project_id, packed)
+                self._sent("publisher", packed.count)
         return relayed >= first - 1
 
     async def _relay_once(
@@ -149,8 +158,15 @@ class Relay:
             batch = await outbox.claim(conn, project_id, relayed, up_to, CLAIM_LIMIT)
             if batch:
                 # Appended before the mark commits: a crash in between appends them again,
-                # which the stream refuses as duplicates (at least once, never lost).
-                await self._streams.send(redis_conn, self._streams.prepare(project_id, batch))
+                # which the append skips as already there (at least once, never lost).
+                packed = self._streams.prepare(project_id, batch, after=relayed)
+                try:
+                    await self._streams.send(redis_conn, project_id, packed)
+                except StreamBehind as e:
+                    if wait:  # a publisher: refilling is the loop's work
+                        raise
+                    await self._refill(redis_conn, conn, project_id, e.top, relayed)
+                    await self._streams.send(redis_conn, project_id, packed)
                 await outbox.mark_relayed(conn, project_id, batch[-1].seq)
         if batch:
             self._sent("publisher" if wait else "loop", len(batch))
@@ -158,18 +174,29 @@ class Relay:
 
     async def restore(self, project_id: str) -> int:
         """Append again what the stream lost of the events marked relayed (a Redis restart that
-        lost the tail of its append-only file); returns how many. Entry ids are the events' own,
-        so appending again is safe; older than the retention is left to PostgreSQL replay."""
+        lost the tail of its append-only file); returns how many."""
         async with self._streams.connection() as redis_conn, self._db.transaction() as conn:
             relayed = await outbox.lock_relay(conn, project_id, wait=False, timeouts=TIMEOUTS)
-            after = max(await self._streams.top(project_id), relayed - self._maxlen)
-            restored = 0
-            while after < relayed:
-                batch = await outbox.claim(conn, project_id, after, relayed, CLAIM_LIMIT)
-                if not batch:
-                    break
-                await self._streams.send(redis_conn, self._streams.prepare(project_id, batch))
-                restored, after = restored + len(batch), batch[-1].seq
+            top = await self._streams.top(project_id)
+            return await self._refill(redis_conn, conn, project_id, top, relayed)
+
+    async def _refill(
+        self, redis_conn: AbstractConnection, conn: Conn, project_id: str, top: int, relayed: int
+    ) -> int:
+        """Under the project's relay lock: append the events after `top` (the stream's last
+        entry) up to the mark `relayed`; returns how many. Entry ids are the events' own, so this
+        is safe to repeat. Older than the retention is left out: readers find the gap (their
+        position against the first entry) and read those from PostgreSQL."""
+        after, restored = max(top, relayed - self._maxlen), 0
+        while after < relayed:
+            batch = await outbox.claim(conn, project_id, after, relayed, CLAIM_LIMIT)
+            if not batch:
+                break
+            packed = self._streams.prepare(project_id, batch, after=0)
+            restored += await self._streams.send(redis_conn, project_id, packed)
+            after = batch[-1].seq
+        if restored:
+            log.warning("re-appended %d events Redis lost from %s", restored, project_id)
         return restored
 
     async def run(self) -> None:
@@ -246,11 +273,9 @@ class Relay:
 
     async def _restore_one(self, project_id: str) -> bool:
         try:
-            restored = await self.restore(project_id)
+            await self.restore(project_id)
         except outbox.RelayBusy:
             return False
-        if restored:
-            log.warning("re-appended %d events Redis lost from %s", restored, project_id)
         return True
 
     async def _guarded(self, project_id: str, work: Awaitable[bool]) -> bool:

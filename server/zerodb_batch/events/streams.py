@@ -45,7 +45,11 @@ _DOWN = (ConnectionError, BusyLoadingError, TimeoutError, OSError)
 _TRANSIENT = (ReadOnlyError, MasterDownError, ClusterDownError, TryAgainError)
 _EVENT_FIELDS = frozenset(("event_id", "topic", "payload"))
 # XREADGROUP `>` together with the group's last delivered id before it, atomically: the reader
-# learns whether entries between that id and the first one it got were trimmed away.
+# learns whether entries between that id and the first one it got were trimmed away. Each such
+# gap is also written down in the group's gap hash (KEYS[2]: after seq -> `before|consumer|ms`)
+# in the same step, so that a reader that dies before delivering it leaves it to another rather
+# than losing it: the group's position in Redis has already moved past it. (Seqs are compared as
+# Lua numbers: exact below 2^53.)
 _READ_NEW = """
 local last = '0-0'
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -56,9 +60,95 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   end
   if name == ARGV[1] then last = lid end
 end
-return {last, redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
-                        'STREAMS', KEYS[1], '>')}
+local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+                         'STREAMS', KEYS[1], '>')
+if reply then
+  local now = redis.call('TIME')
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  local prev = string.match(last, '%-(%d+)$')
+  for _, entry in ipairs(reply[1][2]) do
+    local seq = string.match(entry[1], '%-(%d+)$')
+    if tonumber(seq) > tonumber(prev) + 1 then
+      redis.call('HSET', KEYS[2], prev, seq .. '|' .. ARGV[2] .. '|' .. ms)
+    end
+    prev = seq
+  end
+end
+return {last, reply}
 """
+# A reader moves its gap forward as it delivers it (`after` ARGV[1] -> ARGV[2]); the field goes
+# once the gap is done. The time it writes says the reader is alive.
+_GAP_ADVANCE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) + 1 < tonumber(ARGV[3]) then
+  local now = redis.call('TIME')
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. '|' .. ARGV[4] .. '|' .. ms)
+end
+return 1
+"""
+# A gap whose reader has not moved it for `idle` ms (it died) is taken over by this consumer.
+_GAP_TAKE = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local before, _, at = string.match(all[i + 1], '^(%d+)|(.*)|(%d+)$')
+  if before and ms - tonumber(at) > tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], all[i], before .. '|' .. ARGV[1] .. '|' .. ms)
+    return {all[i], before}
+  end
+end
+return false
+"""
+# The group's position below which it has acknowledged everything: its last delivered id, or just
+# before its oldest pending entry ({id, 1}: one seq less). None while a gap is being delivered.
+_SAFE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, lid
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+  end
+  if name == ARGV[1] then last = lid end
+end
+if not last then return false end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+if pending[1] > 0 then return {pending[2], 1} end
+return {last, 0}
+"""
+# Appends events unless the stream lost some that PostgreSQL marks relayed: its last entry must
+# be at least seq ARGV[1] (a Redis restarted without its data, or without the tail of its file,
+# is found here, atomically with the append, however fast it came back). Entries at or below the
+# last are already there (a relayer that did not commit its mark) and are skipped. ARGV[2] is the
+# MAXLEN; then five values an event: entry id, event_id, topic, payload, published_at.
+# Returns {appended, top}, appended -1 when the stream is behind (nothing appended).
+_APPEND = """
+local top = 0
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then top = tonumber(string.match(last[1][1], '%-(%d+)$')) end
+if top < tonumber(ARGV[1]) then return {-1, top} end
+local n = 0
+for i = 3, #ARGV, 5 do
+  if tonumber(string.match(ARGV[i], '%-(%d+)$')) > top then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i], 'event_id', ARGV[i + 1],
+               'topic', ARGV[i + 2], 'payload', ARGV[i + 3], 'published_at', ARGV[i + 4])
+    n = n + 1
+  end
+end
+return {n, top}
+"""
+
+
+class StreamBehind(Exception):
+    """The stream lacks events PostgreSQL marks relayed: Redis lost them. Nothing was appended;
+    the stream must be refilled from `top` first."""
+
+    def __init__(self, project_id: str, top: int) -> None:
+        super().__init__(f"the stream of {project_id} lost the events after seq {top}")
+        self.top = top
 
 
 class RedisDown(Unavailable):
@@ -76,6 +166,19 @@ def trace_commands(provider: TracerProvider) -> None:
 def stream_key(project_id: str) -> str:
     """`zerodb:{<project>}:events`: the hash tag keeps a project's keys in one cluster slot."""
     return f"zerodb:{{{project_id}}}:events"
+
+
+def gaps_key(project_id: str, group: str) -> str:
+    """The gaps a group's readers are delivering from PostgreSQL (in the stream's slot)."""
+    return f"zerodb:{{{project_id}}}:gaps:{group}"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Events a group skipped because the stream lacked them: after < seq < before."""
+
+    after: int
+    before: int
 
 
 @dataclass(frozen=True)
@@ -101,6 +204,9 @@ class Streams:
         self._client = client
         self._maxlen = maxlen
         self._read_new: Any = client.register_script(_READ_NEW)
+        self._gap_advance: Any = client.register_script(_GAP_ADVANCE)
+        self._gap_take: Any = client.register_script(_GAP_TAKE)
+        self._safe: Any = client.register_script(_SAFE)
 
     @classmethod
     def open(
@@ -134,15 +240,18 @@ class Streams:
         async with _translate():
             await self._client.ping()
 
-    def prepare(self, project_id: str, events: Sequence[StoredEvent]) -> Packed:
-        """The XADDs of `events` (each with its own id, trimming to about `maxlen`), packed."""
-        key, maxlen = stream_key(project_id), str(self._maxlen)
-        commands = [
-            ("XADD", key, "MAXLEN", "~", maxlen, str(e.position), *_fields(e)) for e in events
-        ]
+    def prepare(
+        self, project_id: str, events: Sequence[StoredEvent], after: int | None = None
+    ) -> Packed:
+        """The append of `events` (each with its own id, trimming to about `maxlen`), packed: one
+        EVAL of _APPEND, which refuses if the stream's last entry is below seq `after` (default:
+        the seq before the first event; 0 to append whatever the stream holds)."""
+        after = events[0].seq - 1 if after is None else after
+        args = [a for e in events for a in (str(e.position), *_fields(e)[1::2])]
+        command = ("EVAL", _APPEND, "1", stream_key(project_id), str(after), str(self._maxlen))
         # hiredis packs in C: redis-py's asyncio pipeline packs in Python, which cost more CPU
         # than the XADDs themselves (measured: ~14k against ~33k events/s).
-        return Packed(b"".join(hiredis.pack_command(cast(Any, c)) for c in commands), len(events))
+        return Packed(hiredis.pack_command(cast(Any, (*command, *args))), len(events))
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AbstractConnection]:
@@ -155,24 +264,26 @@ class Streams:
         finally:
             await pool.release(conn)
 
-    async def send(self, conn: AbstractConnection, packed: Packed) -> None:
-        """Send the XADDs in one write (a pipeline) and check every reply.
-
-        An id at or below the stream's last one means the event is already there (a relay that
-        committed its mark late, or not at all): Redis refuses it, and that counts as appended.
+    async def send(self, conn: AbstractConnection, project_id: str, packed: Packed) -> int:
+        """Send the append and check its reply; returns how many entries it added (events at or
+        below the stream's last entry are already there: a relayer that committed its mark late,
+        or not at all). Raises StreamBehind, having appended nothing, if the stream lost events.
         """
         span = tracing.span("XADD", **{"db.system": "redis", "zerodb.events": packed.count})
         async with _translate():
             try:
                 with span:
                     await conn.send_packed_command(packed.data)
-                    replies = [await _reply(conn) for _ in range(packed.count)]
+                    reply = await _reply(conn)
             except BaseException:
-                await conn.disconnect()  # replies may be left unread on it
+                await conn.disconnect()  # the reply may be left unread on it
                 raise
-        for reply in replies:
-            if isinstance(reply, ResponseError) and _refusal(reply) != "STALE_ID":
-                raise Unavailable(f"Redis refused an event: {reply}")
+        if isinstance(reply, ResponseError):
+            raise Unavailable(f"Redis refused an event: {reply}")
+        appended, top = cast(list[int], reply)
+        if appended < 0:
+            raise StreamBehind(project_id, int(top))
+        return int(appended)
 
     async def top(self, project_id: str) -> int:
         """The seq of the stream's last entry (0 when it has none)."""
@@ -228,13 +339,43 @@ class Streams:
         self, project_id: str, group: str, consumer: str, count: int
     ) -> tuple[Position, list[Entry]]:
         """Entries new to the group (`>`), and the group's last delivered id before them: an
-        entry whose seq jumps past it means the stream lost the events between (trimmed)."""
+        entry whose seq jumps past it means the stream lost the events between (trimmed). Such
+        a gap is written down in the group's gap hash at once; see `advance_gap`."""
+        keys = [stream_key(project_id), gaps_key(project_id, group)]
         async with _translate(), _group_errors(group):
-            last, reply = await self._read_new(
-                keys=[stream_key(project_id)], args=[group, consumer, count]
-            )
+            last, reply = await self._read_new(keys=keys, args=[group, consumer, count])
         found = [_entry(eid, _pairs(fields)) for _, items in reply or () for eid, fields in items]
         return Position.parse(str(last)) or Position(0, 0), found
+
+    async def advance_gap(
+        self, project_id: str, group: str, consumer: str, gap: Gap, after: int
+    ) -> None:
+        """`consumer` delivered the gap's events up to seq `after` (all of them: the gap goes)."""
+        key = gaps_key(project_id, group)
+        args = [gap.after, after, gap.before, consumer]
+        async with _translate():
+            await self._gap_advance(keys=[key], args=args)
+
+    async def acknowledged_up_to(self, project_id: str, group: str) -> Position | None:
+        """A position at or below which the group has acknowledged every event (None while a
+        gap is being delivered, or if the group is gone)."""
+        keys = [stream_key(project_id), gaps_key(project_id, group)]
+        async with _translate(), _group_errors(group):
+            found = await self._safe(keys=keys, args=[group])
+        position = Position.parse(str(found[0])) if found else None
+        if position is None or position.seq < int(found[1]):
+            return None
+        return Position(position.ms, position.seq - int(found[1]))
+
+    async def take_gap(
+        self, project_id: str, group: str, consumer: str, idle_ms: int
+    ) -> Gap | None:
+        """A gap of the group that its reader left idle past `idle_ms` (it died), now ours."""
+        async with _translate():
+            taken = await self._gap_take(
+                keys=[gaps_key(project_id, group)], args=[consumer, idle_ms]
+            )
+        return Gap(int(taken[0]), int(taken[1])) if taken else None
 
     async def wait_after(self, project_id: str, after: Position, block_ms: int) -> None:
         """Return once the stream holds an entry after `after`, or after `block_ms`."""
@@ -337,24 +478,20 @@ def _entry(entry_id: str, fields: dict[str, str] | None) -> Entry:
     return Entry(position, event)
 
 
-def _refusal(error: ResponseError) -> Literal["BUSYGROUP", "NOGROUP", "STALE_ID"] | None:
+def _refusal(error: ResponseError) -> Literal["BUSYGROUP", "NOGROUP"] | None:
     """Which of the refusals we expect `error` is. redis-py has no exception class for these,
     so they are told apart by the reply's text, here and nowhere else:
     - BUSYGROUP: XGROUP CREATE of a group that exists ("BUSYGROUP Consumer Group name already
       exists");
     - NOGROUP: a group command on a missing group or stream ("NOGROUP No such key 'k' or
       consumer group 'g' ..."), or XINFO GROUPS (our read script) on a missing stream
-      ("ERR no such key", which redis-py gives without its "ERR ");
-    - STALE_ID: XADD of an id at or below the stream's last ("ERR The ID specified in XADD is
-      equal or smaller than the target stream top item").
+      ("ERR no such key", which redis-py gives without its "ERR ").
     """
     text = str(error)
     if text.startswith("BUSYGROUP"):
         return "BUSYGROUP"
     if text.startswith("NOGROUP") or "no such key" in text:
         return "NOGROUP"
-    if "equal or smaller than the target stream top item" in text:
-        return "STALE_ID"
     return None
 
 
