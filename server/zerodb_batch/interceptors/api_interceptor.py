@@ -244,7 +244,7 @@ class _Outcome:
         code = self._code(exc)
         self._log(code, exc)
         if isinstance(exc, ZeroDBError):
-            status = rpc_status.to_status(exc.to_status())
+            status = rpc_status.to_status(exc.to_trailer_status())
             await self.context.abort(status.code, status.details, status.trailing_metadata)
         if exc is not None and code is grpc.StatusCode.INTERNAL:
             await self.context.abort(
