@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "zerodb.ainative.studio"
@@ -66,7 +67,12 @@ class ZeroDBError(Exception):
         details = [_pack(info)]
         if self.violations:
             details.append(_pack(_bad_request(self.violations)))
+        details.extend(_pack(d) for d in self.extra_details())
         return status_pb2.Status(code=self.code, message=self.message, details=details)
+
+    def extra_details(self) -> list[Message]:
+        """Details beyond ErrorInfo and BadRequest (RetryInfo, for one)."""
+        return []
 
     def to_trailer_status(self) -> status_pb2.Status:
         """`to_status()` sized for a call's trailers (MAX_TRAILER_STATUS_BYTES): long
@@ -101,11 +107,12 @@ def _trimmed(
         }
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
     details = [_pack(info)] + ([_pack(_bad_request(shown))] if shown else [])
+    details.extend(_pack(d) for d in error.extra_details())
     message = _cut(error.message, MAX_ERROR_MESSAGE_CHARS)
     return status_pb2.Status(code=error.code, message=message, details=details)
 
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -194,6 +201,20 @@ class FailedPrecondition(ZeroDBError):
 class ResourceExhausted(ZeroDBError):
     code = code_pb2.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
+
+
+class Overloaded(ResourceExhausted):
+    """Too many calls (at once on this server, or per second for a project): retry after
+    `retry_after` seconds, sent as `google.rpc.RetryInfo`."""
+
+    def __init__(self, message: str, *, reason: str, retry_after: float, **metadata: object):
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+
+    def extra_details(self) -> list[Message]:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, round(self.retry_after * 1000)))
+        return [error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
 class Unavailable(ZeroDBError):

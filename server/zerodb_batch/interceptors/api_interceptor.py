@@ -10,6 +10,7 @@ It is also where grpc's status enum first appears: our errors carry `google.rpc`
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import uuid
@@ -22,6 +23,7 @@ from grpc_status import rpc_status
 from zerodb_batch.domain.enums import check_enums
 from zerodb_batch.errors import InvalidArgument, Unimplemented, ZeroDBError
 from zerodb_batch.interceptors.auth import Access, Authenticator, api_key_from, check_project
+from zerodb_batch.interceptors.overload import Admission
 from zerodb_batch.observability.calls import Call, Observer, Site
 from zerodb_batch.observability.tracing import Tracing
 
@@ -36,9 +38,16 @@ _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 class ApiInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates calls, maps errors to `google.rpc.Status`, observes and logs every call."""
 
-    def __init__(self, authenticator: Authenticator, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        observer: Observer | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self._auth = authenticator
         self._observer = observer or Observer(None, Tracing(None))
+        # Unlimited unless told: tests and tools that build an interceptor need no cap.
+        self._admission = admission or Admission(max_calls=2**31)
 
     async def intercept_service(
         self,
@@ -50,7 +59,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             return None
         access = Access.of(details.method, handler.request_streaming, handler.response_streaming)
         site = self._observer.site(details.method)
-        call = _Call(details.method, self._auth, access, site)
+        call = _Call(details.method, self._auth, access, site, self._admission)
         decode = _lenient(handler.request_deserializer, site)
         encode = _measured(handler.response_serializer, site)
         if handler.request_streaming and not handler.response_streaming:
@@ -129,27 +138,37 @@ def _checked_message(request: Any, method: str) -> Any:
 class _Call:
     """Wrappers for one method; each invocation gets its own timing and request id."""
 
-    def __init__(self, method: str, auth: Authenticator, access: Access, site: Site) -> None:
+    def __init__(
+        self, method: str, auth: Authenticator, access: Access, site: Site, admission: Admission
+    ) -> None:
         self.method = method
         self.auth = auth
         self.access = access
         self.site = site
+        self.admission = admission
 
     async def _project(self, context: Ctx, outcome: _Outcome) -> str | None:
-        """The key's project, for a method that needs one (None for open methods)."""
+        """The key's project, for a method that needs one (None for open methods), once the
+        project is within its rate."""
         self.access.refuse_if_closed()
         if not self.access.scoped:
             return None
         project = await self.auth.project_of(api_key_from(context.invocation_metadata()))
         outcome.call.project = project
+        await self.admission.check_rate(project)
         return project
+
+    def _slot(self) -> contextlib.AbstractContextManager[None]:
+        """One of the server's concurrent-call slots; open methods (health) take none."""
+        return self.admission.slot() if self.access.scoped else contextlib.nullcontext()
 
     def wrap_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(request: Any, context: Ctx) -> Any:
             async with _Outcome(self.site, context) as outcome:
-                project = await self._project(context, outcome)
-                request = self._accept(request, project)
-                return await behaviour(request, context)
+                with self._slot():
+                    project = await self._project(context, outcome)
+                    request = self._accept(request, project)
+                    return await behaviour(request, context)
 
         return run
 
@@ -158,8 +177,9 @@ class _Call:
     ) -> Callable[..., Awaitable[Any]]:
         async def run(requests: AsyncIterator[Any], context: Ctx) -> Any:
             async with _Outcome(self.site, context) as outcome:
-                project = await self._project(context, outcome)
-                return await behaviour(await self._accept_stream(requests, project), context)
+                with self._slot():
+                    project = await self._project(context, outcome)
+                    return await behaviour(await self._accept_stream(requests, project), context)
 
         return run
 
