@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from tests.plugins.checks import details, wait_for
 from tests.plugins.events import own_server
+from tests.plugins.http import door_of, error_of
 from tests.plugins.server import Project
 from tests.plugins.services import Backends
 from zerodb.v1 import memory_pb2, memory_pb2_grpc
@@ -135,3 +136,16 @@ def test_the_rate_limit_fails_open_when_redis_is_unreachable(
         project = Project(*server.new_key())
         for _ in range(5):
             list_memories(channel, project)
+
+
+def test_over_http_a_refusal_is_429_with_retry_after(database_url: str, backends: Backends) -> None:
+    with own_server(database_url, backends.redis_url, project_calls_per_second=1) as server:
+        door = door_of(server, Project(*server.new_key()))
+        replies = [door.get("/memory") for _ in range(6)]
+        refused = [r for r in replies if r.status_code != 200]
+        assert refused, "six calls at one a second: some are refused"
+        for reply in refused:
+            error = error_of(reply, 429, "RESOURCE_EXHAUSTED")
+            assert error["by_type"]["ErrorInfo"]["reason"] == "RATE_LIMITED"
+            assert "RetryInfo" in error["by_type"]
+            assert reply.headers["Retry-After"] == "1"
