@@ -31,7 +31,7 @@ def retry_delay(err: grpc.RpcError) -> float:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return info.retry_delay.ToMilliseconds() / 1000
+            return float(info.retry_delay.ToMilliseconds()) / 1000
     pytest.fail("no RetryInfo in the status")
 
 
