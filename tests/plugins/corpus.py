@@ -40,6 +40,10 @@ _WORDS = (
 )  # fmt: skip
 
 
+# Short words that pass most rules (names, tags, contents, ids).
+_PLAIN = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12)
+
+
 def json_values(max_leaves: int = 6) -> st.SearchStrategy[Any]:
     """JSON values as a Struct holds them: small random trees, plus very deep and very wide."""
     leaf = st.one_of(
@@ -57,11 +61,15 @@ def json_values(max_leaves: int = 6) -> st.SearchStrategy[Any]:
         ),
         max_leaves=max_leaves,
     )
+    # Plain trees four times in seven: values that pass validation reach SQL.
     return st.one_of(
+        tree,
+        tree,
+        tree,
         tree,
         st.integers(0, 45).map(_deep),  # the decoder stops near 30 levels, our rules at 20
         st.integers(0, 3000).map(lambda n: {f"k{i}": i for i in range(n)}),  # wide
-        st.integers(0, 200_000).map(lambda n: "x" * n),  # past the 64 KiB field limits
+        st.integers(0, 70_000).map(lambda n: "x" * n),  # past the 64 KiB field limits
     )
 
 
@@ -78,7 +86,7 @@ def text_for(field: FieldDescriptor, project_id: str) -> st.SearchStrategy[str]:
     name = field.name
     if name == "project_id":
         return st.sampled_from((project_id,) * 9 + ("other-project",))
-    shaped = [st.text(max_size=40), st.sampled_from(_WORDS)]
+    shaped = [_PLAIN, _PLAIN, st.text(max_size=40), st.sampled_from(_WORDS)]
     if name.endswith("page_token"):
         shaped.append(st.binary(max_size=120).map(lambda b: base64.urlsafe_b64encode(b).decode()))
     if name.endswith("id") or name.endswith("ids"):
@@ -97,12 +105,16 @@ def scalar(field: FieldDescriptor, project_id: str) -> st.SearchStrategy[Any]:
         return st.booleans()
     if kind in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
         width = 32 if kind == F.TYPE_FLOAT else 64
-        return st.floats(allow_nan=True, allow_infinity=True, width=width)
+        anything = st.floats(allow_nan=True, allow_infinity=True, width=width)
+        return st.floats(-1, 1, width=width) | anything  # half in the ranges scores take
     if kind == F.TYPE_ENUM:
         defined = [v.number for v in field.enum_type.values]
-        return st.sampled_from(defined) | st.integers(-(2**31), 2**31 - 1)
+        return (
+            st.sampled_from(defined) | st.sampled_from(defined) | st.integers(-(2**31), 2**31 - 1)
+        )
     low, high = _INT_EDGES[kind]
-    return st.sampled_from((low, high, 0, -1 if low else 1)) | st.integers(low, high)
+    edges = st.sampled_from((low, high, 0, -1 if low else 1)) | st.integers(low, high)
+    return st.integers(0, 20) | edges
 
 
 @st.composite
@@ -172,7 +184,17 @@ def _put_map_entry(target: Any, entry: Any, key: FieldDescriptor, value: FieldDe
 def _counts(item: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
     """Mostly a few items; sometimes past every batch limit (1000 is the largest)."""
     few = st.lists(item, max_size=4)
-    return few | st.builds(lambda one, n: [one] * n, item, st.sampled_from((501, 1001)))
+    return few | few | few | st.builds(_copies, item, st.sampled_from((501, 1001)))
+
+
+def _copies(one: Any, n: int) -> list[Any]:
+    """`n` copies of `one`, or of an empty one if it is large: a list past a batch limit needs
+    no large items, and 1001 copies of a 70 KB Struct would only cost memory."""
+    if hasattr(one, "ByteSize") and one.ByteSize() > 2048:
+        one = type(one)()
+    elif isinstance(one, str | bytes) and len(one) > 2048:
+        one = one[:16]
+    return [one] * n
 
 
 # --- byte-level damage -----------------------------------------------------------------------
