@@ -63,6 +63,9 @@ class Settings:
     query_concurrency: int = 4  # reads of one parallel BatchQuery at a time (1 to pool_max - 1)
     max_concurrent_calls: int = 200  # calls a server runs at once; more: RESOURCE_EXHAUSTED
     project_calls_per_second: int = 0  # per project, across servers (in Redis); 0: no limit
+    vector_index_threshold: int = 10_000  # vectors in a namespace before it gets an HNSW index
+    vector_index_poll_seconds: float = 10.0  # how often the index builder looks for work
+    vector_ef_search: int = 100  # HNSW candidates a search keeps (recall against speed)
     observability: Observability = field(default_factory=lambda: Observability())
 
     @classmethod
@@ -109,6 +112,13 @@ class Settings:
             project_calls_per_second=r.integer(
                 "ZERODB_PROJECT_CALLS_PER_SECOND", d.project_calls_per_second, 0, 10_000_000
             ),
+            vector_index_threshold=r.integer(
+                "ZERODB_VECTOR_INDEX_THRESHOLD", d.vector_index_threshold, 1, 1_000_000_000
+            ),
+            vector_index_poll_seconds=r.number(
+                "ZERODB_VECTOR_INDEX_POLL_SECONDS", d.vector_index_poll_seconds, 0.1, 3600
+            ),
+            vector_ef_search=r.integer("ZERODB_VECTOR_EF_SEARCH", d.vector_ef_search, 1, 1000),
             observability=Observability.read(r),
         )
         if settings.pool_max < settings.pool_min:
