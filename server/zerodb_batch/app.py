@@ -38,11 +38,13 @@ from zerodb_batch.api.vector_service import VectorServicer
 from zerodb_batch.config import Settings
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.errors import StartupError
+from zerodb_batch.events.rate_limit import ProjectRateLimit
 from zerodb_batch.events.relay import Relay
 from zerodb_batch.events.streams import Streams
 from zerodb_batch.http.door import Door
 from zerodb_batch.interceptors.api_interceptor import ApiInterceptor
 from zerodb_batch.interceptors.auth import Authenticator
+from zerodb_batch.interceptors.overload import Admission
 from zerodb_batch.monitor import PROBE_TIMEOUT, DependencyMonitor, DependencyState
 from zerodb_batch.observability.calls import Observer
 from zerodb_batch.observe import Observing, sources
@@ -86,6 +88,7 @@ class App:
     door: Door | None = None  # the HTTP/JSON door, when on
     monitor: DependencyMonitor | None = None
     observing: Observing | None = None
+    admission: Admission | None = None
     stopped: bool = False
 
     @property
@@ -119,6 +122,8 @@ class App:
             await self.observing.close()
         for streams in self.streams:
             await streams.close()
+        if self.admission is not None:
+            await self.admission.close()
         if self.monitor is not None:
             await self.monitor.close()
         await self.db.close()
@@ -158,12 +163,15 @@ async def start(settings: Settings) -> App:
         maxlen,
         observing.metrics,
     )
+    admission = _admission(settings)
     try:
         bootstrap, tokens = await _prepare(db)
         events = EventServicer(db, tokens, streams, relay, settings.max_subscriptions)
         await observing.serve(sources(db, streams, relay_streams, monitor, events))
         builder = _index_builder(settings)
-        server, health = await _build(settings, db, tokens, events, builder, observing.observer)
+        server, health = await _build(
+            settings, db, tokens, events, builder, observing.observer, admission
+        )
         port = _bind(server, settings.listen, settings.tls)
         door_target = _private_port(server) if settings.http_enabled else None
         await server.start()
@@ -172,11 +180,13 @@ async def start(settings: Settings) -> App:
         await observing.close()
         await streams.close()
         await relay_streams.close()
+        await admission.close()
         await monitor.close()
         await db.close()
         raise
     app = App(settings, db, server, health, port, bootstrap, streams=(streams, relay_streams))
     app.events, app.monitor, app.observing = events, monitor, observing
+    app.admission = admission
     if observing.sampler is not None:
         app.tasks.append(asyncio.create_task(observing.sampler.run()))
     app.tasks.append(asyncio.create_task(_expire_requests(db, settings.idempotency_ttl_hours)))
@@ -188,6 +198,14 @@ async def start(settings: Settings) -> App:
     app.tasks.append(asyncio.create_task(_sync_table_indexes(db)))
     app.tasks.append(asyncio.create_task(builder.run()))
     return app
+
+
+def _admission(settings: Settings) -> Admission:
+    """The cap of concurrent calls and, when set, each project's calls per second in Redis."""
+    rate = None
+    if settings.project_calls_per_second and settings.redis_url:
+        rate = ProjectRateLimit(settings.redis_url, settings.project_calls_per_second)
+    return Admission(settings.max_concurrent_calls, rate)
 
 
 def _index_builder(settings: Settings) -> IndexBuilder:
@@ -257,9 +275,11 @@ async def _build(
     event_service: EventServicer,
     builder: IndexBuilder,
     observer: Observer,
+    admission: Admission,
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    authenticator = Authenticator(db, settings.auth_cache_seconds)
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(Authenticator(db, settings.auth_cache_seconds), observer)],
+        interceptors=[ApiInterceptor(authenticator, observer, admission)],
         options=[
             ("grpc.so_reuseport", 0),  # a port in use is an error, not silent sharing
             ("grpc.max_receive_message_length", settings.max_message_bytes),

@@ -67,6 +67,8 @@ class Settings:
     event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
     health_probe_seconds: float = 1.0  # how often PostgreSQL and Redis are probed for health
     query_concurrency: int = 4  # reads of one parallel BatchQuery at a time (1 to pool_max - 1)
+    max_concurrent_calls: int = 200  # calls a server runs at once; more: RESOURCE_EXHAUSTED
+    project_calls_per_second: int = 0  # per project, across servers (in Redis); 0: no limit
     vector_index_threshold: int = 10_000  # vectors in a namespace before it gets an HNSW index
     vector_index_poll_seconds: float = 10.0  # how often the index builder looks for work
     vector_ef_search: int = 100  # HNSW candidates a search keeps (recall against speed)
@@ -112,6 +114,12 @@ class Settings:
                 "ZERODB_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1, 60
             ),
             query_concurrency=r.integer("ZERODB_QUERY_CONCURRENCY", 0, 1, 999),
+            max_concurrent_calls=r.integer(
+                "ZERODB_MAX_CONCURRENT_CALLS", d.max_concurrent_calls, 1, 100_000
+            ),
+            project_calls_per_second=r.integer(
+                "ZERODB_PROJECT_CALLS_PER_SECOND", d.project_calls_per_second, 0, 10_000_000
+            ),
             vector_index_threshold=r.integer(
                 "ZERODB_VECTOR_INDEX_THRESHOLD", d.vector_index_threshold, 1, 1_000_000_000
             ),

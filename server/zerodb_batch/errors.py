@@ -11,10 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "zerodb.ainative.studio"
+
+# An error's status travels in the call's trailers, and grpc clients drop trailers past 8 KiB
+# (their soft metadata limit; 16 KiB is the hard one), turning the answer into a bare
+# RESOURCE_EXHAUSTED without details. The status is kept under this many bytes (base64 adds a
+# third), its message under MAX_ERROR_MESSAGE_CHARS, and each detail text under
+# MAX_ERROR_TEXT_CHARS; violations past the budget are counted, not listed.
+MAX_TRAILER_STATUS_BYTES = 4096
+MAX_ERROR_MESSAGE_CHARS = 512
+MAX_ERROR_TEXT_CHARS = 200
 
 Code = int  # a google.rpc.Code value
 
@@ -57,10 +67,52 @@ class ZeroDBError(Exception):
         details = [_pack(info)]
         if self.violations:
             details.append(_pack(_bad_request(self.violations)))
+        details.extend(_pack(d) for d in self.extra_details())
         return status_pb2.Status(code=self.code, message=self.message, details=details)
 
+    def extra_details(self) -> list[Message]:
+        """Details beyond ErrorInfo and BadRequest (RetryInfo, for one)."""
+        return []
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+    def to_trailer_status(self) -> status_pb2.Status:
+        """`to_status()` sized for a call's trailers (MAX_TRAILER_STATUS_BYTES): long
+        texts are cut, and violations that do not fit are left out and counted in ErrorInfo's
+        metadata (`violations_total`, `violations_shown`). Any error (even 1000 bad update
+        paths or a 100 KB id quoted back) thus reaches the client with its details."""
+        status = self.to_status()
+        if status.ByteSize() <= MAX_TRAILER_STATUS_BYTES:
+            return status
+        metadata = {k: _cut(v) for k, v in self.metadata.items()}
+        shown: list[Violation] = []
+        for v in self.violations:
+            shown.append(Violation(_cut(v.field), _cut(v.description), _cut(v.reason)))
+            if _trimmed(self, metadata, shown).ByteSize() > MAX_TRAILER_STATUS_BYTES:
+                shown.pop()
+                break
+        return _trimmed(self, metadata, shown)
+
+
+def _cut(text: str, limit: int = MAX_ERROR_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _trimmed(
+    error: ZeroDBError, metadata: dict[str, str], shown: list[Violation]
+) -> status_pb2.Status:
+    if len(shown) < len(error.violations):
+        metadata = {
+            **metadata,
+            "violations_total": str(len(error.violations)),
+            "violations_shown": str(len(shown)),
+        }
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
+    details = [_pack(info)] + ([_pack(_bad_request(shown))] if shown else [])
+    details.extend(_pack(d) for d in error.extra_details())
+    message = _cut(error.message, MAX_ERROR_MESSAGE_CHARS)
+    return status_pb2.Status(code=error.code, message=message, details=details)
+
+
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -149,6 +201,20 @@ class FailedPrecondition(ZeroDBError):
 class ResourceExhausted(ZeroDBError):
     code = code_pb2.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
+
+
+class Overloaded(ResourceExhausted):
+    """Too many calls (at once on this server, or per second for a project): retry after
+    `retry_after` seconds, sent as `google.rpc.RetryInfo`."""
+
+    def __init__(self, message: str, *, reason: str, retry_after: float, **metadata: object):
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+
+    def extra_details(self) -> list[Message]:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, round(self.retry_after * 1000)))
+        return [error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
 class Unavailable(ZeroDBError):

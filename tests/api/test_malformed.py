@@ -200,3 +200,20 @@ def test_an_rpc_not_built_is_unimplemented_with_its_reason(server: ServerThread)
         server.run(alone.stop(0))
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
     assert details(caught.value)[0].reason == "NOT_IMPLEMENTED"
+
+
+def test_an_error_too_large_for_the_trailers_keeps_its_details(
+    memories: memory_pb2_grpc.MemoryServiceStub, project: Project
+) -> None:
+    """1000 bad update paths, each quoted back: grpc clients drop trailers past 8 KiB (a bare
+    RESOURCE_EXHAUSTED), so the status is cut to fit and counts what it leaves out."""
+    request = memory_pb2.BatchUpdateMemoriesRequest(
+        project_id=project.id, updates=[{"id": "x", "content": "c"}]
+    )
+    request.update_mask.paths.extend(["no.such.path" + "z" * 200] * 1000)
+    with pytest.raises(grpc.RpcError) as caught:
+        memories.BatchUpdateMemories(request, metadata=project.auth)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    info, bad = details(caught.value)
+    assert 0 < len(bad.field_violations) < int(info.metadata["violations_total"])
+    assert info.metadata["violations_shown"] == str(len(bad.field_violations))

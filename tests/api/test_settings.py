@@ -39,6 +39,8 @@ BAD = [
     ("ZERODB_METRICS_LISTEN", "9100", "host:port with a port from 0 to 65535"),
     ("ZERODB_METRICS_SAMPLE_SECONDS", "0", "a number of seconds from 0.1 to 3600"),
     ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent", "an existing directory the server may write in"),
+    ("ZERODB_MAX_CONCURRENT_CALLS", "0", "an integer from 1 to 100000"),
+    ("ZERODB_PROJECT_CALLS_PER_SECOND", "-1", "an integer from 0 to 10000000"),
 ]
 
 

@@ -1,8 +1,9 @@
 """Redis Streams: each project's stream, appending events, reading, consumer groups, acks.
 
-The only module that imports redis. A Redis that cannot be reached (refused, reset, timed out,
-still loading its data) becomes `Unavailable`, which callers either report (subscribers) or
-absorb (publishers: the events are safe in PostgreSQL and the relay appends them later).
+With rate_limit.py (calls per project), the only module that imports redis. A Redis that cannot
+be reached (refused, reset, timed out, still loading its data) becomes `Unavailable`, which
+callers either report (subscribers) or absorb (publishers: the events are safe in PostgreSQL
+and the relay appends them later).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from zerodb_batch.errors import StartupError
 from zerodb_batch.http import docs, ndjson, sse
 from zerodb_batch.http.calls import CallOptions, Route
-from zerodb_batch.http.problems import HttpProblem, respond, rpc_error_body
+from zerodb_batch.http.problems import HttpProblem, respond, retry_headers, rpc_error_body
 from zerodb_batch.http.rules import bindings
 
 log = logging.getLogger("zerodb_batch.http")
@@ -164,7 +164,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _problem(request, problem)
     except grpc.aio.AioRpcError as e:
         status, body = rpc_error_body(e)
-        return respond(status, body, _id_header(request))
+        return respond(status, body, {**_id_header(request), **retry_headers(e)})
     except web.HTTPException as e:
         if e.status < 400:
             raise

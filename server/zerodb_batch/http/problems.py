@@ -8,6 +8,7 @@ unknown route) use the same body with an HTTP status of their own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -93,12 +94,27 @@ def rpc_error_body(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, Any]]:
     """The HTTP status and body for a failed call, with the details its trailers carry."""
     code = error.code()
     http_status = HTTP_STATUS.get(code, 500)
-    details: list[Any] = []
+    status = _status_of(error)
+    details = [_detail(d) for d in status.details] if status else []
+    return http_status, envelope(http_status, code.name, error.details() or "", details)
+
+
+def retry_headers(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """`Retry-After` (whole seconds, rounded up: HTTP takes no fractions) for a refusal whose
+    status carries `google.rpc.RetryInfo` (overload: RESOURCE_EXHAUSTED)."""
+    info = error_details_pb2.RetryInfo()
+    status = _status_of(error)
+    if status is None or not any(packed.Unpack(info) for packed in status.details):
+        return {}
+    seconds = math.ceil(info.retry_delay.ToTimedelta().total_seconds())
+    return {"Retry-After": str(max(1, seconds))}
+
+
+def _status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     for key, value in error.trailing_metadata() or ():
         if key == _DETAILS_KEY and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            details = [_detail(d) for d in status.details]
-    return http_status, envelope(http_status, code.name, error.details() or "", details)
+            return status_pb2.Status.FromString(value)
+    return None
 
 
 def _detail(packed: Any) -> Any:

@@ -10,6 +10,7 @@ It is also where grpc's status enum first appears: our errors carry `google.rpc`
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import uuid
@@ -22,6 +23,7 @@ from grpc_status import rpc_status
 from zerodb_batch.domain.enums import check_enums
 from zerodb_batch.errors import InvalidArgument, Unimplemented, ZeroDBError
 from zerodb_batch.interceptors.auth import Access, Authenticator, api_key_from, check_project
+from zerodb_batch.interceptors.overload import Admission
 from zerodb_batch.observability.calls import Call, Observer, Site
 from zerodb_batch.observability.tracing import Tracing
 from zerodb_batch.storage.keys import Grant
@@ -37,9 +39,16 @@ _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 class ApiInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates calls, maps errors to `google.rpc.Status`, observes and logs every call."""
 
-    def __init__(self, authenticator: Authenticator, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        observer: Observer | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self._auth = authenticator
         self._observer = observer or Observer(None, Tracing(None))
+        # Unlimited unless told: tests and tools that build an interceptor need no cap.
+        self._admission = admission or Admission(max_calls=2**31)
 
     async def intercept_service(
         self,
@@ -51,7 +60,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             return None
         access = Access.of(details.method, handler.request_streaming, handler.response_streaming)
         site = self._observer.site(details.method)
-        call = _Call(details.method, self._auth, access, site)
+        call = _Call(details.method, self._auth, access, site, self._admission)
         decode = _lenient(handler.request_deserializer, site)
         encode = _measured(handler.response_serializer, site)
         if handler.request_streaming and not handler.response_streaming:
@@ -130,29 +139,38 @@ def _checked_message(request: Any, method: str) -> Any:
 class _Call:
     """Wrappers for one method; each invocation gets its own timing and request id."""
 
-    def __init__(self, method: str, auth: Authenticator, access: Access, site: Site) -> None:
+    def __init__(
+        self, method: str, auth: Authenticator, access: Access, site: Site, admission: Admission
+    ) -> None:
         self.method = method
         self.auth = auth
         self.access = access
         self.site = site
+        self.admission = admission
 
     async def _grant(self, context: Ctx, outcome: _Outcome) -> Grant | None:
         """What the key grants, for a method that needs a key (None for open methods); refused
-        here already when the key lacks the method's scope."""
+        here already when the key lacks the method's scope, or its project is past its rate."""
         self.access.refuse_if_closed()
         if not self.access.scoped:
             return None
         grant = await self.auth.grant_of(api_key_from(context.invocation_metadata()))
         outcome.call.project = grant.project_id
         self.access.check_scope(grant)
+        await self.admission.check_rate(grant.project_id)
         return grant
+
+    def _slot(self) -> contextlib.AbstractContextManager[None]:
+        """One of the server's concurrent-call slots; open methods (health) take none."""
+        return self.admission.slot() if self.access.scoped else contextlib.nullcontext()
 
     def wrap_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(request: Any, context: Ctx) -> Any:
             async with _Outcome(self.site, context) as outcome:
-                grant = await self._grant(context, outcome)
-                request = self._accept(request, grant)
-                return await behaviour(request, context)
+                with self._slot():
+                    grant = await self._grant(context, outcome)
+                    request = self._accept(request, grant)
+                    return await behaviour(request, context)
 
         return run
 
@@ -161,8 +179,9 @@ class _Call:
     ) -> Callable[..., Awaitable[Any]]:
         async def run(requests: AsyncIterator[Any], context: Ctx) -> Any:
             async with _Outcome(self.site, context) as outcome:
-                grant = await self._grant(context, outcome)
-                return await behaviour(await self._accept_stream(requests, grant), context)
+                with self._slot():
+                    grant = await self._grant(context, outcome)
+                    return await behaviour(await self._accept_stream(requests, grant), context)
 
         return run
 
@@ -248,7 +267,7 @@ class _Outcome:
         code = self._code(exc)
         self._log(code, exc)
         if isinstance(exc, ZeroDBError):
-            status = rpc_status.to_status(exc.to_status())
+            status = rpc_status.to_status(exc.to_trailer_status())
             await self.context.abort(status.code, status.details, status.trailing_metadata)
         if exc is not None and code is grpc.StatusCode.INTERNAL:
             await self.context.abort(
