@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from zerodb_batch import limits
-from zerodb_batch.domain import struct_json
+from zerodb_batch.domain import json_text, struct_json
 from zerodb_batch.domain.validate import Checker
 
 Values = tuple[Any, ...]
@@ -232,23 +232,33 @@ def check_name(checker: Checker, name: str, value: str, max_chars: int) -> None:
 
 
 class JsonObject(Rule):
-    """A `google.protobuf.Struct`, stored as JSON text of at most `max_bytes`."""
+    """A `google.protobuf.Struct`, stored as JSON text of at most `max_bytes`. With `text`, the
+    record may send the object instead as JSON text in that field (one of the two, not both)."""
 
-    def __init__(self, name: str, max_bytes: int) -> None:
+    def __init__(self, name: str, max_bytes: int, *, text: str | None = None) -> None:
         super().__init__(name)
-        self.max_bytes = max_bytes
+        self.max_bytes, self.text = max_bytes, text
 
     def check(self, c: Checker, record: Any) -> object:
+        # getattr: other messages check their field with this rule (a memory update has no text)
+        if self.text and (sent := getattr(record, self.text, "")):
+            if record.HasField(self.name):
+                c.add(self.text, f"set {self.name} or {self.text}, not both", "CONFLICTING_FIELDS")
+            return c.json_text(self.text, sent, self.max_bytes)
         return c.json_object(self.name, getattr(record, self.name), self.max_bytes)
 
     def read(self, v: str) -> str:
         return ""  # the conversion is the costly part: only once the cheap checks passed
 
     def late(self, v: str) -> str:
-        return f"fast_json(r.{self.name}, {self.max_bytes // 4})"
+        struct = f"fast_json(r.{self.name}, {self.max_bytes // 4})"
+        if not self.text:
+            return struct
+        text = f"fast_json_text(r.{self.text}, {self.max_bytes // 4})"
+        return f"(None if r.HasField({self.name!r}) else {text}) if r.{self.text} else {struct}"
 
     def constants(self, v: str) -> dict[str, object]:
-        return {"fast_json": struct_json.fast_text}
+        return {"fast_json": struct_json.fast_text, "fast_json_text": json_text.fast_text}
 
 
 class Document(JsonObject):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from google.protobuf import struct_pb2
 
 from zerodb_batch import limits
-from zerodb_batch.domain import struct_json
+from zerodb_batch.domain import json_text, struct_json
 from zerodb_batch.errors import BatchTooLarge, InvalidArgument, Violation
 
 
@@ -87,6 +87,16 @@ class Checker:
             self.add(field, f"at most {max_bytes} bytes as JSON", "TOO_LONG")
         elif struct_json.has_nul(text):
             self.add(field, "must not contain NUL characters", "INVALID_CHARACTER")
+        return text
+
+    def json_text(self, field: str, text: str, max_bytes: int) -> str:
+        """An object sent as JSON text ('{}' when empty), held to json_object's limits."""
+        if not text:
+            return "{}"
+        if len(text) * 4 > max_bytes and len(text.encode()) > max_bytes:
+            self.add(field, f"at most {max_bytes} bytes of JSON text", "TOO_LONG")
+        elif (found := json_text.problem(text)) is not None:
+            self.add(field, *found)
         return text
 
     def raise_if_any(self, message: str) -> None:

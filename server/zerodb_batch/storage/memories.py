@@ -132,8 +132,8 @@ class MemoryCopyRows(CopyLines):
         self, index: int, mid: str, content: str, memory_type: str, importance: float,
         tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
     ) -> None:  # fmt: skip
-        # memory_type is one of a fixed set; metadata is JSON text, so its only possible special
-        # character is the backslash of a JSON escape.
+        # memory_type is one of a fixed set; metadata is JSON text, compact when made from a
+        # Struct, as the client wrote it when sent as metadata_json (newlines and all).
         # One scan of every text value at once: almost every record has nothing to escape.
         plain = f"{mid}{content}{metadata}{session_id}{agent_id}{entity_id}"
         if "\\" in plain or "\t" in plain or "\n" in plain or "\r" in plain:
