@@ -61,6 +61,9 @@ class Settings:
     event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
     health_probe_seconds: float = 1.0  # how often PostgreSQL and Redis are probed for health
     query_concurrency: int = 4  # reads of one parallel BatchQuery at a time (1 to pool_max - 1)
+    workers: int = 1  # server processes sharing the gRPC port (`serve --workers`)
+    # Set by `serve --workers` for its workers only: bind the gRPC port with SO_REUSEPORT.
+    reuse_port: bool = False
     observability: Observability = field(default_factory=lambda: Observability())
 
     @classmethod
@@ -101,6 +104,7 @@ class Settings:
                 "ZERODB_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1, 60
             ),
             query_concurrency=r.integer("ZERODB_QUERY_CONCURRENCY", 0, 1, 999),
+            workers=r.integer("ZERODB_WORKERS", d.workers, 1, 256),
             observability=Observability.read(r),
         )
         if settings.pool_max < settings.pool_min:
