@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import free_port
-from bench.memory_stream import Memory
+from bench.harness import Rss, free_port
 from bench.vector_data import Matrix
 
 
 @contextlib.contextmanager
-def chroma_server() -> Iterator[tuple[int, Memory]]:
+def chroma_server() -> Iterator[tuple[int, Rss]]:
     """`chroma run` on loopback in a temp dir: (port, its resident memory sampler)."""
     try:
         import chromadb  # noqa: F401 - the bench extra: pip install -e '.[bench]'
@@ -35,7 +34,7 @@ def chroma_server() -> Iterator[tuple[int, Memory]]:
         )
         try:
             _wait_ready(port)
-            yield port, Memory(proc.pid)
+            yield port, Rss(proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)

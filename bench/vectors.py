@@ -4,10 +4,10 @@ Three ways to the same clustered vectors (bench/vector_data.py) and the same que
   raw:    one binary COPY into the vectors table through psycopg, then CREATE INDEX USING hnsw
           (the partial per-namespace index our builder makes, m 16, ef_construction 64) in the
           foreground; a query is one plain SELECT ... ORDER BY <=> LIMIT 10.
-  ours:   the storage path of StreamUpsertVectors: COPY chunks of 1000, a transaction each,
-          while the background IndexBuilder runs as in the server (it waits for the load to go
-          quiet, then builds CONCURRENTLY); searchable = the namespace's index is ready. Queries
-          go through vector_search.search (a cached namespace lookup, the merged query).
+  ours:   our server (`zerodb-batch serve`, its own process): StreamUpsertVectors in chunks of
+          1000 built from the arrays by the client, while the server's background index builder
+          waits for the load to go quiet, then builds CONCURRENTLY; searchable = ListNamespaces
+          says the index is READY. Queries are SearchVectors calls over the channel.
   chroma: chromadb's HTTP server (`chroma run`) and HttpClient, batches of its maximum size.
 Loads run one after the other; queries in rounds that alternate the paths (the machine is
 shared, so medians of alternating rounds are the comparable figures). recall@10 is against
@@ -24,26 +24,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from bench.harness import backends
+from bench.harness import Service, backends, service
 from bench.vector_chroma import ChromaSide, chroma_server
 from bench.vector_data import Matrix, clustered, clustered_blocks, nearest, recall
 from bench.vector_filters import compare_filters
-from zerodb_batch.storage import vectors
+from zerodb.v1 import vector_pb2, vector_pb2_grpc
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Conn
-from zerodb_batch.storage.vector_index import IndexBuilder, IndexPolicy
+from zerodb_batch.storage.vector_index import IndexPolicy
 from zerodb_batch.storage.vector_search import NamespaceCache, Search, Tuning, search
 
 K = 10
@@ -133,67 +133,65 @@ class RawPath:
 
 
 class OursPath:
-    """Our storage path on an event loop of its own (kept between calls)."""
+    """Our server: StreamUpsertVectors and SearchVectors over a real channel. A connection of
+    its own to the same database serves the ef_search sweep and the filter comparison, which
+    tune what the RPC does not expose."""
 
-    name = "ours COPY chunks + builder"
+    name = "ours StreamUpsertVectors"
 
-    def __init__(self, url: str, ds: DataSet) -> None:
-        self.url, self.ds = url, ds
+    def __init__(self, svc: Service, ds: DataSet) -> None:
+        self.svc, self.ds = svc, ds
+        self.project = svc.project_id
+        self.auth = (("x-api-key", svc.api_key),)
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        self.channel = grpc.insecure_channel(svc.address, options=options)
+        self.stub = vector_pb2_grpc.VectorServiceStub(self.channel)
         self.runner = asyncio.Runner()
+        url = svc.database_url
         self.conn: Conn = self.runner.run(psycopg.AsyncConnection.connect(url, autocommit=True))
-        self.namespaces = NamespaceCache()  # as the servicer keeps one
+        self.namespaces = NamespaceCache()
 
     def load(self) -> None:
-        self.runner.run(self._load_until_indexed())
+        """Stream the vectors, then wait for the server's builder to make the index ready."""
+        self.stub.StreamUpsertVectors(self._chunks(), metadata=self.auth)
+        for _ in range(36_000):  # an hour at most
+            if self._state() == vector_pb2.VECTOR_INDEX_STATE_READY:
+                return
+            time.sleep(0.1)
 
-    async def _load_until_indexed(self) -> None:
-        # The server's policy; a namespace below its threshold is indexed all the same here.
-        policy = replace(POLICY, threshold=min(POLICY.threshold, len(self.ds.data)))
-        builder = IndexBuilder(self.url, policy)
-        task = asyncio.create_task(builder.run())
-        try:
-            await ours_load(self.url, "ours", self.ds.namespace, self.ds)
-            builder.wake()  # as the load engine does when a stream ends
-            for _ in range(36_000):  # an hour at most
-                if await self._state() == "ready":
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _chunks(self) -> Iterator[vector_pb2.StreamUpsertVectorsRequest]:
+        ds = self.ds
+        for offset, start in enumerate(range(0, len(ds.data), CHUNK)):
+            items = []
+            for i in range(start, min(start + CHUNK, len(ds.data))):
+                item = vector_pb2.Vector(id=f"v{i}", vector_embedding=ds.data[i].tolist())
+                item.metadata.update(ds.metadata(i))
+                items.append(item)
+            yield vector_pb2.StreamUpsertVectorsRequest(
+                project_id=self.project, load_id=f"bench-{ds.namespace}", offset=offset,
+                namespace=ds.namespace, vectors=items,
+            )  # fmt: skip
 
-    async def _state(self) -> object:
-        cur = await self.conn.execute(
-            "SELECT index_state FROM vector_namespaces WHERE project_id = %s AND namespace = %s",
-            ("ours", self.ds.namespace),
+    def _state(self) -> int:
+        request = vector_pb2.ListNamespacesRequest(project_id=self.project)
+        reply = self.stub.ListNamespaces(request, metadata=self.auth)
+        return next(n.index_state for n in reply.namespaces if n.namespace == self.ds.namespace)
+
+    def ask(self, q: np.ndarray) -> list[str]:
+        request = vector_pb2.SearchVectorsRequest(
+            project_id=self.project, namespace=self.ds.namespace, query_vector=q.tolist(), top_k=K
         )
-        return (await cur.fetchone() or (None,))[0]
+        return [m.vector.id for m in self.stub.SearchVectors(request, metadata=self.auth).results]
 
-    def ask(self, q: np.ndarray, tuning: Tuning | None = None) -> list[str]:
+    def ask_tuned(self, q: np.ndarray, tuning: Tuning) -> list[str]:
         spec = Search(self.ds.namespace, q, K)
-        ask = search(self.conn, "ours", spec, tuning or Tuning(), self.namespaces)
-        found = self.runner.run(ask)
+        found = self.runner.run(search(self.conn, self.project, spec, tuning, self.namespaces))
         return [m.id for m in found]
 
     def close(self) -> None:
+        self.channel.close()
         self.runner.run(self.conn.close())
         self.runner.close()
-
-
-async def ours_load(
-    url: str, project: str, namespace: str, ds: DataSet, chunk: int = CHUNK
-) -> None:
-    """What StreamUpsertVectors' writer does per chunk (to be replaced by the RPC through a real
-    server once the servicer exists)."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute("SET synchronous_commit = off")  # as the stream's chunk commits
-        for start in range(0, len(ds.data), chunk):
-            rows = vectors.VectorColumns()
-            for i in range(start, min(start + chunk, len(ds.data))):
-                rows.add(i, namespace, f"v{i}", ds.data[i], json.dumps(ds.metadata(i)))
-            async with conn.transaction():
-                await vectors.copy_insert(conn, project, rows)
 
 
 class ChromaPath:
@@ -224,9 +222,12 @@ def rate(ds: DataSet, ask: Callable[[np.ndarray], list[str]]) -> tuple[float, fl
     return len(ds.queries) / (time.perf_counter() - start), recall(found, ds.truth)
 
 
-def race(url: str, ds: DataSet, chroma: bool) -> OursPath:
+def race(svc: Service, ds: DataSet, chroma: bool) -> OursPath:
     """Load and query every path; print the table; returns ours, still loaded."""
-    paths: list[RawPath | OursPath | ChromaPath] = [RawPath(url, ds), OursPath(url, ds)]
+    paths: list[RawPath | OursPath | ChromaPath] = [
+        RawPath(svc.database_url, ds),
+        OursPath(svc, ds),
+    ]
     paths += [ChromaPath(ds)] if chroma else []
     n = len(ds.data)
     print(f"\n{n:,} clustered vectors of dim {ds.dim}, {len(ds.queries)} queries, top_k {K}")
@@ -276,24 +277,29 @@ def others(url: str, n: int, dim: int) -> float:
 
 
 def run(opts: argparse.Namespace) -> None:
-    with backends() as (url, _redis):
+    with backends() as (url, redis_url):
         asyncio.run(_migrate(url))
         print(f"PostgreSQL {url}\nindex policy {POLICY}")
         sets = [DataSet.make(opts.n384, 384), DataSet.make(opts.n1536, 1536)]
-        ours = [race(url, ds, opts.chroma) for ds in sets]
-        ds, first = sets[0], ours[0]
-        seconds = others(url, opts.others, ds.dim)
-        print(f"\nAnother project gets {opts.others:,} vectors of dim {ds.dim} ({seconds:.0f} s).")
-        print(f"Our search on the {len(ds.data):,} x {ds.dim} namespace meanwhile:")
-        for ef in (40, 64, 100, 200):
-            tuning = Tuning(ef_search=ef)
-            q, r = rate(ds, lambda v, t=tuning: first.ask(v, t))  # type: ignore[misc]
-            print(f"  ef_search {ef:>3}: {q:6.0f} q/s   recall@10 {r:.3f}")
-        print("\nFiltered searches there (metadata equality), top_k 10:")
-        filtered = compare_filters(first.conn, "ours", ds.namespace, ds.data, ds.queries)
-        print("\n".join(first.runner.run(filtered)))
-        for path in ours:
-            path.close()
+        with service(url, redis_url) as svc:
+            run_with(opts, svc, url, sets)
+
+
+def run_with(opts: argparse.Namespace, svc: Service, url: str, sets: list[DataSet]) -> None:
+    ours = [race(svc, ds, opts.chroma) for ds in sets]
+    ds, first = sets[0], ours[0]
+    seconds = others(url, opts.others, ds.dim)
+    print(f"\nAnother project gets {opts.others:,} vectors of dim {ds.dim} ({seconds:.0f} s).")
+    print(f"Our search on the {len(ds.data):,} x {ds.dim} namespace meanwhile:")
+    for ef in (40, 64, 100, 200):
+        tuning = Tuning(ef_search=ef)
+        q, r = rate(ds, lambda v, t=tuning: first.ask_tuned(v, t))  # type: ignore[misc]
+        print(f"  ef_search {ef:>3}: {q:6.0f} q/s   recall@10 {r:.3f}")
+    print("\nFiltered searches there (metadata equality), top_k 10:")
+    filtered = compare_filters(first.conn, first.project, ds.namespace, ds.data, ds.queries)
+    print("\n".join(first.runner.run(filtered)))
+    for path in ours:
+        path.close()
 
 
 async def _migrate(url: str) -> None:

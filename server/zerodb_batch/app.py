@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +34,7 @@ from zerodb_batch.api.memory_service import MemoryServicer
 from zerodb_batch.api.reflection import enable_reflection
 from zerodb_batch.api.rlhf_service import RlhfServicer
 from zerodb_batch.api.table_service import TableServicer
+from zerodb_batch.api.vector_service import VectorServicer
 from zerodb_batch.config import Settings
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.errors import StartupError
@@ -50,6 +50,8 @@ from zerodb_batch.storage import idempotency, keys, shared_secrets, tables
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Conn, Database, open_database
 from zerodb_batch.storage.probe import PostgresProbe
+from zerodb_batch.storage.vector_index import IndexBuilder, IndexPolicy
+from zerodb_batch.storage.vector_search import Tuning
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,8 @@ async def start(settings: Settings) -> App:
         bootstrap, tokens = await _prepare(db)
         events = EventServicer(db, tokens, streams, relay, settings.max_subscriptions)
         await observing.serve(sources(db, streams, relay_streams, monitor, events))
-        server, health = await _build(settings, db, tokens, events, observing.observer)
+        builder = _index_builder(settings)
+        server, health = await _build(settings, db, tokens, events, builder, observing.observer)
         port = _bind(server, settings.listen)
         door_target = _private_port(server) if settings.http_enabled else None
         await server.start()
@@ -181,7 +184,17 @@ async def start(settings: Settings) -> App:
     monitor.subscribe(functools.partial(_follow, health))
     app.tasks.append(asyncio.create_task(monitor.run()))
     app.tasks.append(asyncio.create_task(_sync_table_indexes(db)))
+    app.tasks.append(asyncio.create_task(builder.run()))
     return app
+
+
+def _index_builder(settings: Settings) -> IndexBuilder:
+    """The background HNSW index builder (one builds at a time across processes)."""
+    policy = IndexPolicy(
+        threshold=settings.vector_index_threshold,
+        poll_seconds=settings.vector_index_poll_seconds,
+    )
+    return IndexBuilder(settings.database_url or "", policy)
 
 
 def _monitor(database_url: str, redis_url: str, settings: Settings) -> DependencyMonitor:
@@ -240,6 +253,7 @@ async def _build(
     db: Database,
     tokens: PageTokens,
     event_service: EventServicer,
+    builder: IndexBuilder,
     observer: Observer,
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     server = grpc.aio.server(
@@ -259,7 +273,7 @@ async def _build(
         TableServicer(db, tokens, settings.query_concurrency, settings.max_message_bytes), server
     )
     vector_pb2_grpc.add_VectorServiceServicer_to_server(
-        _unbuilt(vector_pb2_grpc.VectorServiceServicer), server
+        VectorServicer(db, tokens, builder, Tuning(ef_search=settings.vector_ef_search)), server
     )
     rlhf_pb2_grpc.add_RlhfServiceServicer_to_server(RlhfServicer(db, tokens), server)
     health = health_aio.HealthServicer()
@@ -270,13 +284,6 @@ async def _build(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
     return server, health
-
-
-def _unbuilt(base: Any) -> Any:
-    """A service not built yet: the generated base servicer, whose every RPC raises
-    NotImplementedError (UNIMPLEMENTED, reason NOT_IMPLEMENTED). Its type stubs call it
-    abstract, which it is not at run time."""
-    return base()
 
 
 def _private_port(server: grpc.aio.Server) -> str:

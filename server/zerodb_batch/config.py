@@ -61,6 +61,9 @@ class Settings:
     event_relay_redis_connections: int = 16  # the publishers' and relay's own Redis connections
     health_probe_seconds: float = 1.0  # how often PostgreSQL and Redis are probed for health
     query_concurrency: int = 4  # reads of one parallel BatchQuery at a time (1 to pool_max - 1)
+    vector_index_threshold: int = 10_000  # vectors in a namespace before it gets an HNSW index
+    vector_index_poll_seconds: float = 10.0  # how often the index builder looks for work
+    vector_ef_search: int = 100  # HNSW candidates a search keeps (recall against speed)
     workers: int = 1  # server processes sharing the gRPC port (`serve --workers`)
     # Set by `serve --workers` for its workers only: bind the gRPC port with SO_REUSEPORT.
     reuse_port: bool = False
@@ -104,6 +107,13 @@ class Settings:
                 "ZERODB_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1, 60
             ),
             query_concurrency=r.integer("ZERODB_QUERY_CONCURRENCY", 0, 1, 999),
+            vector_index_threshold=r.integer(
+                "ZERODB_VECTOR_INDEX_THRESHOLD", d.vector_index_threshold, 1, 1_000_000_000
+            ),
+            vector_index_poll_seconds=r.number(
+                "ZERODB_VECTOR_INDEX_POLL_SECONDS", d.vector_index_poll_seconds, 0.1, 3600
+            ),
+            vector_ef_search=r.integer("ZERODB_VECTOR_EF_SEARCH", d.vector_ef_search, 1, 1000),
             workers=r.integer("ZERODB_WORKERS", d.workers, 1, 256),
             observability=Observability.read(r),
         )

@@ -17,6 +17,11 @@ MAX_HNSW_VECTOR_DIM: Final = 2000
 DEFAULT_TOP_K: Final = 10
 MAX_TOP_K: Final = 1000
 DEFAULT_VECTOR_NAMESPACE: Final = "default"
+MAX_NAMESPACE_CHARS: Final = 128
+MAX_DOCUMENT_BYTES: Final = 64 * 1024  # a vector's source text
+MAX_SEARCH_LIMIT: Final = 100  # SearchVectors' earlier `limit`; `top_k` goes to MAX_TOP_K
+MAX_VECTOR_IDS: Final = 1000  # BatchGetVectors, BatchDeleteVectors
+DEFAULT_NAMESPACES_PAGE_SIZE: Final = 100
 
 MAX_ID_CHARS: Final = 128  # ids, session/agent/entity ids, request ids, load ids
 MAX_CONTENT_BYTES: Final = 64 * 1024

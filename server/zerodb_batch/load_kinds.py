@@ -13,7 +13,7 @@ import orjson
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from zerodb.v1 import memory_pb2, rlhf_pb2, table_pb2
+from zerodb.v1 import memory_pb2, rlhf_pb2, table_pb2, vector_pb2
 from zerodb_batch.loader import BadLine, Kind
 
 M = TypeVar("M", bound=Message)
@@ -161,6 +161,45 @@ ROWS = Kind(
 )
 
 
+_VECTOR_TEXT = ("id", "vector_id", "namespace", "document")
+_VECTOR_KEYS = frozenset((*_VECTOR_TEXT, "vector_embedding", "metadata", "vector_metadata"))
+
+
+def parse_vector(text: str) -> vector_pb2.Vector:
+    """One JSON object with the upsert's keys (the live API's `vector_id` / `vector_metadata`
+    too); the embedding a list of numbers."""
+    obj = json_object(text)
+    known_only(obj, _VECTOR_KEYS)
+    vector = fill(vector_pb2.Vector(), obj, _VECTOR_TEXT, ())
+    if obj.get("vector_metadata") is not None:
+        vector.vector_metadata.update(typed(obj, "vector_metadata", dict, "a JSON object"))
+    embedding = (
+        typed(obj, "vector_embedding", list, "a list of numbers")
+        if ("vector_embedding" in obj)
+        else []
+    )
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in embedding):
+        raise BadLine("vector_embedding must be a list of numbers")
+    vector.vector_embedding.extend(embedding)
+    return vector
+
+
+VECTORS = Kind(
+    name="vectors",
+    method="/zerodb.v1.VectorService/StreamUpsertVectors",
+    request_type=vector_pb2.StreamUpsertVectorsRequest,
+    response_type=vector_pb2.StreamUpsertVectorsResponse,
+    records_field="vectors",
+    parse_line=parse_vector,
+)
+
+
+def _namespace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--namespace", default="", help="namespace of the vectors whose line names none (default)"
+    )
+
+
 def _table_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("table", help="the existing table to insert into")
 
@@ -182,5 +221,12 @@ COMMANDS = (
         "stream a JSON-lines file of table rows (each line one row's JSON object) into TABLE",
         add_arguments=_table_argument,
         fields=lambda args: {"table": args.table},
+    ),
+    LoadCommand(
+        VECTORS,
+        "stream a JSON-lines file of vectors (id, vector_embedding, namespace, metadata, "
+        "document; or vector_id, vector_metadata)",
+        add_arguments=_namespace_argument,
+        fields=lambda args: {"namespace": args.namespace},
     ),
 )

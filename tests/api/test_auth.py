@@ -77,14 +77,3 @@ def test_health_and_reflection_need_no_key(channel: grpc.Channel) -> None:
 
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def test_unbuilt_rpc_is_unimplemented(channel: grpc.Channel, project: Project) -> None:
-    from zerodb.v1 import vector_pb2, vector_pb2_grpc
-
-    stub = vector_pb2_grpc.VectorServiceStub(channel)
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.ListNamespaces(
-            vector_pb2.ListNamespacesRequest(project_id=project.id), metadata=project.auth
-        )
-    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-import pytest
 
 from tests.api.test_memory_stream import chunk
-from tests.plugins.checks import Outage, details, succeeds, wait_for
+from tests.plugins.checks import Outage, unavailable_then_recovers
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
@@ -26,16 +25,7 @@ def test_each_rpc_is_unavailable_then_recovers(
         assert memories.StreamUpsertMemories(iter([chunk(project, 0)]), metadata=project.auth)
         # (the call above also put the key in the server's auth cache)
 
-        down.allow(False)
-        for name, call in calls.items():
-            with pytest.raises(grpc.RpcError) as caught:
-                call()
-            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, name
-            assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE", name
-
-        down.allow(True)  # the same server serves again, without a restart, once its pool
-        for call in calls.values():  # has reconnected: clients retry UNAVAILABLE meanwhile
-            wait_for(lambda call=call: succeeds(call), "the server to serve again")
+        unavailable_then_recovers(down, calls)
 
 
 def _calls(

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-import pytest
 
 from tests.api.test_rlhf_stream import chunk
-from tests.plugins.checks import Outage, details, succeeds, wait_for
+from tests.plugins.checks import Outage, unavailable_then_recovers
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import rlhf_pb2
 from zerodb.v1.rlhf_pb2_grpc import RlhfServiceStub
@@ -25,16 +24,7 @@ def test_each_rpc_is_unavailable_then_recovers(
         for call in calls.values():  # each works (and the key is in the server's auth cache)
             call()
 
-        down.allow(False)
-        for name, call in calls.items():
-            with pytest.raises(grpc.RpcError) as caught:
-                call()
-            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, name
-            assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE", name
-
-        down.allow(True)  # clients retry UNAVAILABLE until the pool has reconnected
-        for call in calls.values():
-            wait_for(lambda call=call: succeeds(call), "the server to serve again")
+        unavailable_then_recovers(down, calls)
 
 
 def _calls(stub: RlhfServiceStub, project: Project) -> dict[str, Callable[[], object]]:

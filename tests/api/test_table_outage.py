@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-import pytest
 
 from tests.api.test_table_stream import chunk
-from tests.plugins.checks import Outage, details, succeeds, wait_for
+from tests.plugins.checks import Outage, unavailable_then_recovers
 from tests.plugins.server import Project, ServerThread
 from tests.plugins.tables import batch, create_table
 from zerodb.v1 import table_pb2
@@ -27,16 +26,7 @@ def test_each_rpc_is_unavailable_then_recovers(
         create_table(stub, project, "rows", "chunk")  # (also puts the key in the auth cache)
         calls = _calls(stub, project)
 
-        down.allow(False)
-        for name, call in calls.items():
-            with pytest.raises(grpc.RpcError) as caught:
-                call()
-            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, name
-            assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE", name
-
-        down.allow(True)
-        for call in calls.values():
-            wait_for(lambda call=call: succeeds(call), "the server to serve again")
+        unavailable_then_recovers(down, calls)
 
 
 def _calls(stub: TableServiceStub, project: Project) -> dict[str, Callable[[], object]]:

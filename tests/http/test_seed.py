@@ -3,7 +3,7 @@
 seed/batch-operations.txt is ZeroDB's batch-operations page as published. Each curl command runs
 with the real curl binary and the `requests` example with the real package, changed only where
 a user changes them: the host (the test server's door), the `{project_id}` placeholder and the
-API key. The batch query, vector and RLHF commands answer 501 until those services are built.
+API key.
 """
 
 from __future__ import annotations
@@ -96,19 +96,17 @@ def test_batch_query(door: Door) -> None:
 
 
 def test_vector_upsert(door: Door) -> None:
-    """Needs VectorService (501 until it is built)."""
     reply = run_curl(door, "Batch Vector Upsert")
     assert reply["inserted"] + reply["updated"] == 1 and reply["ids"] == ["vec-001"]
 
 
 def test_rlhf_interactions(door: Door) -> None:
-    """Needs RlhfService (501 until it is built)."""
     reply = run_curl(door, "Batch RLHF Interactions")
     assert reply["created"] == 2
 
 
 def test_rlhf_takes_a_bare_array(door: Door) -> None:
-    """ZeroDB's API reference sends the interactions as a bare JSON array (501 until built)."""
+    """ZeroDB's API reference sends the interactions as a bare JSON array."""
     reply = door.post("/rlhf/interactions/batch", [{"prompt": "p", "response": "r"}])
     assert reply.status_code == 200, reply.text
     assert reply.json()["created"] == 1
@@ -128,7 +126,7 @@ def test_python_example(door: Door) -> None:
 
 @pytest.mark.parametrize("spelling", ["vector_id", "id"])
 def test_vector_route_takes_both_spellings(door: Door, spelling: str) -> None:
-    """The live API's `vector_id`/`vector_metadata` (501 until VectorService is built)."""
+    """The live API's `vector_id`/`vector_metadata`."""
     vector = {spelling: "v-1", "vector_embedding": [0.5] * 384, "vector_metadata": {"k": 1}}
     reply = door.post("/vectors/upsert-batch", {"vectors": [vector]})
     assert reply.status_code == 200, reply.text

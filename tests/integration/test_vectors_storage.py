@@ -112,7 +112,7 @@ def test_upsert_replaces_the_vector_metadata_and_document(
                 }
             before = await vectors.get(conn, project_id, "docs", ["v0"])
             second = columns(new[:1], metadata=[{"kind": "replaced"}])
-            second.add(1, "docs", "v9", new[1])
+            second.add(1, "v9", "docs", new[1])
             async with conn.transaction():
                 assert await vectors.upsert(conn, project_id, second) == {
                     ("docs", "v0"): False,
@@ -202,7 +202,7 @@ def test_namespaces_list_in_keyset_pages_with_dimension_count_and_index_state(
         rows = VectorColumns()
         for n, name in enumerate(["b", "a", "d", "c", "e"]):
             for k in range(n + 1):
-                rows.add(len(rows), name, f"id{k}", np.ones(n + 2, np.float32))
+                rows.add(len(rows), f"id{k}", name, np.ones(n + 2, np.float32))
         async with await connect(shared_vector_database) as conn:
             async with conn.transaction():
                 await vectors.upsert(conn, project_id, rows)

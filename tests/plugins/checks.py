@@ -120,3 +120,18 @@ def succeeds(call: Callable[[], object]) -> bool:
             raise
         return False
     return True
+
+
+def unavailable_then_recovers(down: Outage, calls: dict[str, Callable[[], object]]) -> None:
+    """With the database unreachable every call is UNAVAILABLE (reason DEPENDENCY_UNAVAILABLE);
+    once it is back, the same server serves each again without a restart (a client retries
+    UNAVAILABLE meanwhile, while the pool reconnects)."""
+    down.allow(False)
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, name
+        assert details(caught.value)[0].reason == "DEPENDENCY_UNAVAILABLE", name
+    down.allow(True)
+    for call in calls.values():
+        wait_for(lambda call=call: succeeds(call), "the server to serve again")  # type: ignore[misc]

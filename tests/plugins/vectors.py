@@ -68,7 +68,7 @@ def columns(
     rows = VectorColumns()
     for n, embedding in enumerate(vectors):
         meta = metadata[n] if metadata else {"n": n}
-        rows.add(n, namespace, f"{prefix}{n}", np.asarray(embedding, np.float32), json.dumps(meta))
+        rows.add(n, f"{prefix}{n}", namespace, np.asarray(embedding, np.float32), json.dumps(meta))
     return rows
 
 

@@ -29,7 +29,7 @@ from zerodb.v1 import common_pb2 as zerodb_dot_v1_dot_common__pb2
 from zerodb.v1 import load_pb2 as zerodb_dot_v1_dot_load__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16zerodb/v1/vector.proto\x12\tzerodb.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16zerodb/v1/common.proto\x1a\x14zerodb/v1/load.proto\"\xa5\x02\n\x06Vector\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10vector_embedding\x18\x02 \x03(\x02\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x64ocument\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tvector_id\x18\x08 \x01(\t\x12\x30\n\x0fvector_metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"\x93\x01\n\x19\x42\x61tchUpsertVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\"\n\x07vectors\x18\x02 \x03(\x0b\x32\x11.zerodb.v1.Vector\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x17\n\x0fpartial_success\x18\x05 \x01(\x08\"\x84\x01\n\x1a\x42\x61tchUpsertVectorsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12&\n\x07results\x18\x04 \x03(\x0b\x32\x15.zerodb.v1.ItemResult\x12\x0b\n\x03ids\x18\x05 \x03(\t\"\xa1\x01\n\x1aStreamUpsertVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07load_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\"\n\x07vectors\x18\x04 \x03(\x0b\x32\x11.zerodb.v1.Vector\x12\x17\n\x0fpartial_success\x18\x05 \x01(\x08\x12\x11\n\tnamespace\x18\x06 \x01(\t\"\x9a\x01\n\x1bStreamUpsertVectorsResponse\x12\x1d\n\x04load\x18\x01 \x01(\x0b\x32\x0f.zerodb.v1.Load\x12*\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x18.zerodb.v1.RecordFailure\x12\x18\n\x10\x63hunks_committed\x18\x03 \x01(\x03\x12\x16\n\x0e\x63hunks_skipped\x18\x04 \x01(\x03\"\x8e\x02\n\x14SearchVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x14\n\x0cquery_vector\x18\x02 \x03(\x02\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x16\n\tthreshold\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x30\n\x0fmetadata_filter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12include_embeddings\x18\x07 \x01(\x08\x12\r\n\x05top_k\x18\x08 \x01(\x05\x12\'\n\x06metric\x18\t \x01(\x0e\x32\x17.zerodb.v1.VectorMetricB\x0c\n\n_threshold\"V\n\x0bVectorMatch\x12!\n\x06vector\x18\x01 \x01(\x0b\x32\x11.zerodb.v1.Vector\x12\x12\n\nsimilarity\x18\x02 \x01(\x01\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\"@\n\x15SearchVectorsResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.zerodb.v1.VectorMatch\"L\n\x16\x42\x61tchGetVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x03(\t\"P\n\x17\x42\x61tchGetVectorsResponse\x12\"\n\x07vectors\x18\x01 \x03(\x0b\x32\x11.zerodb.v1.Vector\x12\x11\n\tnot_found\x18\x02 \x03(\t\"c\n\x19\x42\x61tchDeleteVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"h\n\x1a\x42\x61tchDeleteVectorsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x12\x11\n\tnot_found\x18\x02 \x01(\x05\x12&\n\x07results\x18\x03 \x03(\x0b\x32\x15.zerodb.v1.ItemResult\"\x7f\n\x0fVectorNamespace\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0cvector_count\x18\x02 \x01(\x03\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x30\n\x0bindex_state\x18\x04 \x01(\x0e\x32\x1b.zerodb.v1.VectorIndexState\"R\n\x15ListNamespacesRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x16ListNamespacesResponse\x12.\n\nnamespaces\x18\x01 \x03(\x0b\x32\x1a.zerodb.v1.VectorNamespace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*~\n\x0cVectorMetric\x12\x1d\n\x19VECTOR_METRIC_UNSPECIFIED\x10\x00\x12\x18\n\x14VECTOR_METRIC_COSINE\x10\x01\x12\x14\n\x10VECTOR_METRIC_L2\x10\x02\x12\x1f\n\x1bVECTOR_METRIC_INNER_PRODUCT\x10\x03*\x92\x01\n\x10VectorIndexState\x12\"\n\x1eVECTOR_INDEX_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VECTOR_INDEX_STATE_NONE\x10\x01\x12\x1f\n\x1bVECTOR_INDEX_STATE_BUILDING\x10\x02\x12\x1c\n\x18VECTOR_INDEX_STATE_READY\x10\x03\x32\xeb\x07\n\rVectorService\x12\xa9\x01\n\x12\x42\x61tchUpsertVectors\x12$.zerodb.v1.BatchUpsertVectorsRequest\x1a%.zerodb.v1.BatchUpsertVectorsResponse\"F\x82\xd3\xe4\x93\x02@\";/api/v1/projects/{project_id}/database/vectors/upsert-batch:\x01*\x12\xaf\x01\n\x13StreamUpsertVectors\x12%.zerodb.v1.StreamUpsertVectorsRequest\x1a&.zerodb.v1.StreamUpsertVectorsResponse\"G\x82\xd3\xe4\x93\x02\x41\"</api/v1/projects/{project_id}/database/vectors/stream/upsert:\x01*(\x01\x12\x94\x01\n\rSearchVectors\x12\x1f.zerodb.v1.SearchVectorsRequest\x1a .zerodb.v1.SearchVectorsResponse\"@\x82\xd3\xe4\x93\x02:\"5/api/v1/projects/{project_id}/database/vectors/search:\x01*\x12\x9d\x01\n\x0f\x42\x61tchGetVectors\x12!.zerodb.v1.BatchGetVectorsRequest\x1a\".zerodb.v1.BatchGetVectorsResponse\"C\x82\xd3\xe4\x93\x02=\"8/api/v1/projects/{project_id}/database/vectors/get-batch:\x01*\x12\xa9\x01\n\x12\x42\x61tchDeleteVectors\x12$.zerodb.v1.BatchDeleteVectorsRequest\x1a%.zerodb.v1.BatchDeleteVectorsResponse\"F\x82\xd3\xe4\x93\x02@\";/api/v1/projects/{project_id}/database/vectors/delete-batch:\x01*\x12\x98\x01\n\x0eListNamespaces\x12 .zerodb.v1.ListNamespacesRequest\x1a!.zerodb.v1.ListNamespacesResponse\"A\x82\xd3\xe4\x93\x02;\x12\x39/api/v1/projects/{project_id}/database/vectors/namespacesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16zerodb/v1/vector.proto\x12\tzerodb.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16zerodb/v1/common.proto\x1a\x14zerodb/v1/load.proto\"\xa5\x02\n\x06Vector\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10vector_embedding\x18\x02 \x03(\x02\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x64ocument\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tvector_id\x18\x08 \x01(\t\x12\x30\n\x0fvector_metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"\xbf\x01\n\x19\x42\x61tchUpsertVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\"\n\x07vectors\x18\x02 \x03(\x0b\x32\x11.zerodb.v1.Vector\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x17\n\x0fpartial_success\x18\x05 \x01(\x08\x12*\n\x0bresult_view\x18\x06 \x01(\x0e\x32\x15.zerodb.v1.ResultView\"\x84\x01\n\x1a\x42\x61tchUpsertVectorsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12&\n\x07results\x18\x04 \x03(\x0b\x32\x15.zerodb.v1.ItemResult\x12\x0b\n\x03ids\x18\x05 \x03(\t\"\xa1\x01\n\x1aStreamUpsertVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07load_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\"\n\x07vectors\x18\x04 \x03(\x0b\x32\x11.zerodb.v1.Vector\x12\x17\n\x0fpartial_success\x18\x05 \x01(\x08\x12\x11\n\tnamespace\x18\x06 \x01(\t\"\x9a\x01\n\x1bStreamUpsertVectorsResponse\x12\x1d\n\x04load\x18\x01 \x01(\x0b\x32\x0f.zerodb.v1.Load\x12*\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x18.zerodb.v1.RecordFailure\x12\x18\n\x10\x63hunks_committed\x18\x03 \x01(\x03\x12\x16\n\x0e\x63hunks_skipped\x18\x04 \x01(\x03\"\x8e\x02\n\x14SearchVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x14\n\x0cquery_vector\x18\x02 \x03(\x02\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x16\n\tthreshold\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x30\n\x0fmetadata_filter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12include_embeddings\x18\x07 \x01(\x08\x12\r\n\x05top_k\x18\x08 \x01(\x05\x12\'\n\x06metric\x18\t \x01(\x0e\x32\x17.zerodb.v1.VectorMetricB\x0c\n\n_threshold\"V\n\x0bVectorMatch\x12!\n\x06vector\x18\x01 \x01(\x0b\x32\x11.zerodb.v1.Vector\x12\x12\n\nsimilarity\x18\x02 \x01(\x01\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\"@\n\x15SearchVectorsResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.zerodb.v1.VectorMatch\"L\n\x16\x42\x61tchGetVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x03(\t\"P\n\x17\x42\x61tchGetVectorsResponse\x12\"\n\x07vectors\x18\x01 \x03(\x0b\x32\x11.zerodb.v1.Vector\x12\x11\n\tnot_found\x18\x02 \x03(\t\"\x8f\x01\n\x19\x42\x61tchDeleteVectorsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x0bresult_view\x18\x05 \x01(\x0e\x32\x15.zerodb.v1.ResultView\"h\n\x1a\x42\x61tchDeleteVectorsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x12\x11\n\tnot_found\x18\x02 \x01(\x05\x12&\n\x07results\x18\x03 \x03(\x0b\x32\x15.zerodb.v1.ItemResult\"\x7f\n\x0fVectorNamespace\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0cvector_count\x18\x02 \x01(\x03\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x30\n\x0bindex_state\x18\x04 \x01(\x0e\x32\x1b.zerodb.v1.VectorIndexState\"R\n\x15ListNamespacesRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x16ListNamespacesResponse\x12.\n\nnamespaces\x18\x01 \x03(\x0b\x32\x1a.zerodb.v1.VectorNamespace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*~\n\x0cVectorMetric\x12\x1d\n\x19VECTOR_METRIC_UNSPECIFIED\x10\x00\x12\x18\n\x14VECTOR_METRIC_COSINE\x10\x01\x12\x14\n\x10VECTOR_METRIC_L2\x10\x02\x12\x1f\n\x1bVECTOR_METRIC_INNER_PRODUCT\x10\x03*\x92\x01\n\x10VectorIndexState\x12\"\n\x1eVECTOR_INDEX_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VECTOR_INDEX_STATE_NONE\x10\x01\x12\x1f\n\x1bVECTOR_INDEX_STATE_BUILDING\x10\x02\x12\x1c\n\x18VECTOR_INDEX_STATE_READY\x10\x03\x32\xeb\x07\n\rVectorService\x12\xa9\x01\n\x12\x42\x61tchUpsertVectors\x12$.zerodb.v1.BatchUpsertVectorsRequest\x1a%.zerodb.v1.BatchUpsertVectorsResponse\"F\x82\xd3\xe4\x93\x02@\";/api/v1/projects/{project_id}/database/vectors/upsert-batch:\x01*\x12\xaf\x01\n\x13StreamUpsertVectors\x12%.zerodb.v1.StreamUpsertVectorsRequest\x1a&.zerodb.v1.StreamUpsertVectorsResponse\"G\x82\xd3\xe4\x93\x02\x41\"</api/v1/projects/{project_id}/database/vectors/stream/upsert:\x01*(\x01\x12\x94\x01\n\rSearchVectors\x12\x1f.zerodb.v1.SearchVectorsRequest\x1a .zerodb.v1.SearchVectorsResponse\"@\x82\xd3\xe4\x93\x02:\"5/api/v1/projects/{project_id}/database/vectors/search:\x01*\x12\x9d\x01\n\x0f\x42\x61tchGetVectors\x12!.zerodb.v1.BatchGetVectorsRequest\x1a\".zerodb.v1.BatchGetVectorsResponse\"C\x82\xd3\xe4\x93\x02=\"8/api/v1/projects/{project_id}/database/vectors/get-batch:\x01*\x12\xa9\x01\n\x12\x42\x61tchDeleteVectors\x12$.zerodb.v1.BatchDeleteVectorsRequest\x1a%.zerodb.v1.BatchDeleteVectorsResponse\"F\x82\xd3\xe4\x93\x02@\";/api/v1/projects/{project_id}/database/vectors/delete-batch:\x01*\x12\x98\x01\n\x0eListNamespaces\x12 .zerodb.v1.ListNamespacesRequest\x1a!.zerodb.v1.ListNamespacesResponse\"A\x82\xd3\xe4\x93\x02;\x12\x39/api/v1/projects/{project_id}/database/vectors/namespacesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,40 +48,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VECTORSERVICE'].methods_by_name['BatchDeleteVectors']._serialized_options = b'\202\323\344\223\002@\";/api/v1/projects/{project_id}/database/vectors/delete-batch:\001*'
   _globals['_VECTORSERVICE'].methods_by_name['ListNamespaces']._loaded_options = None
   _globals['_VECTORSERVICE'].methods_by_name['ListNamespaces']._serialized_options = b'\202\323\344\223\002;\0229/api/v1/projects/{project_id}/database/vectors/namespaces'
-  _globals['_VECTORMETRIC']._serialized_start=2184
-  _globals['_VECTORMETRIC']._serialized_end=2310
-  _globals['_VECTORINDEXSTATE']._serialized_start=2313
-  _globals['_VECTORINDEXSTATE']._serialized_end=2459
+  _globals['_VECTORMETRIC']._serialized_start=2273
+  _globals['_VECTORMETRIC']._serialized_end=2399
+  _globals['_VECTORINDEXSTATE']._serialized_start=2402
+  _globals['_VECTORINDEXSTATE']._serialized_end=2548
   _globals['_VECTOR']._serialized_start=177
   _globals['_VECTOR']._serialized_end=470
   _globals['_BATCHUPSERTVECTORSREQUEST']._serialized_start=473
-  _globals['_BATCHUPSERTVECTORSREQUEST']._serialized_end=620
-  _globals['_BATCHUPSERTVECTORSRESPONSE']._serialized_start=623
-  _globals['_BATCHUPSERTVECTORSRESPONSE']._serialized_end=755
-  _globals['_STREAMUPSERTVECTORSREQUEST']._serialized_start=758
-  _globals['_STREAMUPSERTVECTORSREQUEST']._serialized_end=919
-  _globals['_STREAMUPSERTVECTORSRESPONSE']._serialized_start=922
-  _globals['_STREAMUPSERTVECTORSRESPONSE']._serialized_end=1076
-  _globals['_SEARCHVECTORSREQUEST']._serialized_start=1079
-  _globals['_SEARCHVECTORSREQUEST']._serialized_end=1349
-  _globals['_VECTORMATCH']._serialized_start=1351
-  _globals['_VECTORMATCH']._serialized_end=1437
-  _globals['_SEARCHVECTORSRESPONSE']._serialized_start=1439
-  _globals['_SEARCHVECTORSRESPONSE']._serialized_end=1503
-  _globals['_BATCHGETVECTORSREQUEST']._serialized_start=1505
-  _globals['_BATCHGETVECTORSREQUEST']._serialized_end=1581
-  _globals['_BATCHGETVECTORSRESPONSE']._serialized_start=1583
-  _globals['_BATCHGETVECTORSRESPONSE']._serialized_end=1663
-  _globals['_BATCHDELETEVECTORSREQUEST']._serialized_start=1665
-  _globals['_BATCHDELETEVECTORSREQUEST']._serialized_end=1764
-  _globals['_BATCHDELETEVECTORSRESPONSE']._serialized_start=1766
-  _globals['_BATCHDELETEVECTORSRESPONSE']._serialized_end=1870
-  _globals['_VECTORNAMESPACE']._serialized_start=1872
-  _globals['_VECTORNAMESPACE']._serialized_end=1999
-  _globals['_LISTNAMESPACESREQUEST']._serialized_start=2001
-  _globals['_LISTNAMESPACESREQUEST']._serialized_end=2083
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=2085
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=2182
-  _globals['_VECTORSERVICE']._serialized_start=2462
-  _globals['_VECTORSERVICE']._serialized_end=3465
+  _globals['_BATCHUPSERTVECTORSREQUEST']._serialized_end=664
+  _globals['_BATCHUPSERTVECTORSRESPONSE']._serialized_start=667
+  _globals['_BATCHUPSERTVECTORSRESPONSE']._serialized_end=799
+  _globals['_STREAMUPSERTVECTORSREQUEST']._serialized_start=802
+  _globals['_STREAMUPSERTVECTORSREQUEST']._serialized_end=963
+  _globals['_STREAMUPSERTVECTORSRESPONSE']._serialized_start=966
+  _globals['_STREAMUPSERTVECTORSRESPONSE']._serialized_end=1120
+  _globals['_SEARCHVECTORSREQUEST']._serialized_start=1123
+  _globals['_SEARCHVECTORSREQUEST']._serialized_end=1393
+  _globals['_VECTORMATCH']._serialized_start=1395
+  _globals['_VECTORMATCH']._serialized_end=1481
+  _globals['_SEARCHVECTORSRESPONSE']._serialized_start=1483
+  _globals['_SEARCHVECTORSRESPONSE']._serialized_end=1547
+  _globals['_BATCHGETVECTORSREQUEST']._serialized_start=1549
+  _globals['_BATCHGETVECTORSREQUEST']._serialized_end=1625
+  _globals['_BATCHGETVECTORSRESPONSE']._serialized_start=1627
+  _globals['_BATCHGETVECTORSRESPONSE']._serialized_end=1707
+  _globals['_BATCHDELETEVECTORSREQUEST']._serialized_start=1710
+  _globals['_BATCHDELETEVECTORSREQUEST']._serialized_end=1853
+  _globals['_BATCHDELETEVECTORSRESPONSE']._serialized_start=1855
+  _globals['_BATCHDELETEVECTORSRESPONSE']._serialized_end=1959
+  _globals['_VECTORNAMESPACE']._serialized_start=1961
+  _globals['_VECTORNAMESPACE']._serialized_end=2088
+  _globals['_LISTNAMESPACESREQUEST']._serialized_start=2090
+  _globals['_LISTNAMESPACESREQUEST']._serialized_end=2172
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=2174
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=2271
+  _globals['_VECTORSERVICE']._serialized_start=2551
+  _globals['_VECTORSERVICE']._serialized_end=3554
 # @@protoc_insertion_point(module_scope)

@@ -178,6 +178,7 @@ class BatchUpsertVectorsRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
+    RESULT_VIEW_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to write to; must be the API key's project."""
     namespace: _builtins.str
@@ -188,9 +189,11 @@ class BatchUpsertVectorsRequest(_message.Message):
     """
     partial_success: _builtins.bool
     """Write the valid vectors and report invalid ones in `results` instead of failing the call."""
+    result_view: _common_pb2.ResultView.ValueType
+    """How much of the per-item results to answer with (default: all of them)."""
     @_builtins.property
     def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vector]:
-        """1 to the server's cap (default 1000) vectors; the whole request must fit in 64 MiB."""
+        """1 or more vectors; the whole request must fit in the message size limit (64 MiB by default)."""
 
     def __init__(
         self,
@@ -200,10 +203,11 @@ class BatchUpsertVectorsRequest(_message.Message):
         namespace: _builtins.str = ...,
         request_id: _builtins.str = ...,
         partial_success: _builtins.bool = ...,
+        result_view: _common_pb2.ResultView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "partial_success", b"partial_success", "project_id", b"project_id", "request_id", b"request_id", "vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "partial_success", b"partial_success", "project_id", b"project_id", "request_id", b"request_id", "result_view", b"result_view", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,12 +538,15 @@ class BatchDeleteVectorsRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESULT_VIEW_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to delete from."""
     namespace: _builtins.str
     """The namespace of the ids. Empty means `default`."""
     request_id: _builtins.str
     """Optional idempotency key, as in `BatchUpsertVectorsRequest`."""
+    result_view: _common_pb2.ResultView.ValueType
+    """How much of the per-item results to answer with (default: all of them)."""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """1 to 1000 ids."""
@@ -551,10 +558,11 @@ class BatchDeleteVectorsRequest(_message.Message):
         namespace: _builtins.str = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        result_view: _common_pb2.ResultView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "namespace", b"namespace", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "namespace", b"namespace", "project_id", b"project_id", "request_id", b"request_id", "result_view", b"result_view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -108,9 +108,9 @@ class VectorServiceServicer:
     """
 
     def BatchUpsertVectors(self, request, context):
-        """Inserts or replaces vectors in one transaction. There is no fixed count limit in the API: a
-        request is bounded by the server's configurable cap (default 1000 vectors) and by the 64 MiB
-        message size limit (1000 vectors of 1536 dimensions are about 6 MiB).
+        """Inserts or replaces vectors in one transaction. There is no count limit: a request is bounded
+        by the server's message size limit (64 MiB by default; over it is RESOURCE_EXHAUSTED naming
+        the limit). 1000 vectors of 1536 dimensions are about 6 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

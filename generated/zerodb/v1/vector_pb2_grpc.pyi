@@ -53,9 +53,9 @@ class VectorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VectorServiceAsyncStub: ...
     BatchUpsertVectors: _grpc.UnaryUnaryMultiCallable[_vector_pb2.BatchUpsertVectorsRequest, _vector_pb2.BatchUpsertVectorsResponse]
-    """Inserts or replaces vectors in one transaction. There is no fixed count limit in the API: a
-    request is bounded by the server's configurable cap (default 1000 vectors) and by the 64 MiB
-    message size limit (1000 vectors of 1536 dimensions are about 6 MiB).
+    """Inserts or replaces vectors in one transaction. There is no count limit: a request is bounded
+    by the server's message size limit (64 MiB by default; over it is RESOURCE_EXHAUSTED naming
+    the limit). 1000 vectors of 1536 dimensions are about 6 MiB.
     """
     StreamUpsertVectors: _grpc.StreamUnaryMultiCallable[_vector_pb2.StreamUpsertVectorsRequest, _vector_pb2.StreamUpsertVectorsResponse]
     """Bulk load: a client stream of chunks of vectors, each committed with the load's progress.
@@ -100,9 +100,9 @@ class VectorServiceAsyncStub(VectorServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     BatchUpsertVectors: _aio.UnaryUnaryMultiCallable[_vector_pb2.BatchUpsertVectorsRequest, _vector_pb2.BatchUpsertVectorsResponse]  # type: ignore[assignment]
-    """Inserts or replaces vectors in one transaction. There is no fixed count limit in the API: a
-    request is bounded by the server's configurable cap (default 1000 vectors) and by the 64 MiB
-    message size limit (1000 vectors of 1536 dimensions are about 6 MiB).
+    """Inserts or replaces vectors in one transaction. There is no count limit: a request is bounded
+    by the server's message size limit (64 MiB by default; over it is RESOURCE_EXHAUSTED naming
+    the limit). 1000 vectors of 1536 dimensions are about 6 MiB.
     """
     StreamUpsertVectors: _aio.StreamUnaryMultiCallable[_vector_pb2.StreamUpsertVectorsRequest, _vector_pb2.StreamUpsertVectorsResponse]  # type: ignore[assignment]
     """Bulk load: a client stream of chunks of vectors, each committed with the load's progress.
@@ -150,9 +150,9 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vector_pb2.BatchUpsertVectorsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vector_pb2.BatchUpsertVectorsResponse, _abc.Awaitable[_vector_pb2.BatchUpsertVectorsResponse]]:
-        """Inserts or replaces vectors in one transaction. There is no fixed count limit in the API: a
-        request is bounded by the server's configurable cap (default 1000 vectors) and by the 64 MiB
-        message size limit (1000 vectors of 1536 dimensions are about 6 MiB).
+        """Inserts or replaces vectors in one transaction. There is no count limit: a request is bounded
+        by the server's message size limit (64 MiB by default; over it is RESOURCE_EXHAUSTED naming
+        the limit). 1000 vectors of 1536 dimensions are about 6 MiB.
         """
 
     @_abc_1.abstractmethod

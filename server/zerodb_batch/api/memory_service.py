@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from functools import partial
 
 from zerodb.v1 import memory_pb2, memory_pb2_grpc
@@ -113,7 +113,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
 
         async def write(conn: Conn) -> memory_pb2.BatchDeleteMemoriesResponse:
             deleted = await memories.delete(conn, request.project_id, request.ids)
-            outcomes = delete_outcomes(request.ids, deleted)
+            outcomes = results.delete_outcomes(request.ids, deleted)
             response = memory_pb2.BatchDeleteMemoriesResponse()
             return results.fill(response, outcomes, _DELETED, request.result_view)
 
@@ -145,16 +145,6 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             self._db, memories.MemoryLoadWriter()
         ).run(request_iterator)
         return response
-
-
-def delete_outcomes(ids: Sequence[str], deleted: set[str]) -> results.Outcomes:
-    """One outcome per id in request order; an id repeated in the request is deleted once."""
-    outcomes, counted = results.Outcomes(len(ids)), set()
-    for index, item_id in enumerate(ids):
-        gone = item_id in deleted and item_id not in counted
-        counted.add(item_id)
-        outcomes.set(index, item_id, results.DELETED if gone else results.NOT_FOUND)
-    return outcomes
 
 
 def to_message(row: memories.MemoryRow) -> memory_pb2.Memory:

@@ -56,6 +56,16 @@ class Outcomes:
             self.outcomes[index] = outcome
 
 
+def delete_outcomes(ids: Sequence[str], deleted: set[str]) -> Outcomes:
+    """One outcome per id in request order; an id repeated in the request is deleted once."""
+    outcomes, counted = Outcomes(len(ids)), set()
+    for index, item_id in enumerate(ids):
+        gone = item_id in deleted and item_id not in counted
+        counted.add(item_id)
+        outcomes.set(index, item_id, DELETED if gone else NOT_FOUND)
+    return outcomes
+
+
 def fill(
     response: M,
     outcomes: Outcomes,

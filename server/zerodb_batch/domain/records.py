@@ -46,12 +46,12 @@ class Columns:
     def __len__(self) -> int:
         return len(self.index)
 
-    def since(self, start: int) -> Self:
-        """The rows from position `start` on, as columns of their own."""
+    def since(self, start: int, stop: int | None = None) -> Self:
+        """The rows from position `start` on (to `stop`), as columns of their own."""
         part = copy.copy(self)
         for column in fields(self):
             if isinstance(value := getattr(self, column.name), list):
-                setattr(part, column.name, value[start:])
+                setattr(part, column.name, value[start:stop])
         return part
 
 
@@ -89,7 +89,7 @@ class RecordParser(Generic[R]):
         self._records, self._rules, self._field_name = records, rules, field_name
         self._partial = partial
         self._order = order
-        self._seen: dict[str, int] = {}
+        self._seen: dict[object, int] = {}  # an id, or (scope, id)
         self._parsed = 0  # records validated so far
         self.batch = ParsedBatch(rows)
 
@@ -106,7 +106,7 @@ class RecordParser(Generic[R]):
     def parse(self, stop: int) -> None:
         """Validate the records up to position `stop` of the order, adding the valid ones."""
         records, order, fast, seen = self._records, self._order, self._rules.fast, self._seen
-        keyed, add = self._rules.keyed, self.batch.rows.add
+        keyed, scope, add = self._rules.keyed, self._rules.scope, self.batch.rows.add
         for position in range(self._parsed, stop):
             i = order[position] if order is not None else position
             record = records[i]
@@ -114,7 +114,8 @@ class RecordParser(Generic[R]):
             values = fast(record)
             if values is not None and keyed:
                 if rid := values[0]:
-                    if seen.setdefault(rid, i) != i:
+                    key = rid if scope is None else (values[scope], rid)
+                    if seen.setdefault(key, i) != i:
                         values = None  # a duplicate: the full check says of which record
                 else:
                     values = (str(uuid.uuid4()), *values[1:])
@@ -128,7 +129,8 @@ class RecordParser(Generic[R]):
         checker = Checker(f"{self._field_name}[{i}]")
         values = self._rules.check(checker, record)
         rid = values[0] if self._rules.keyed else ""
-        if rid and (first := self._seen.setdefault(rid, i)) != i:
+        key = rid if self._rules.scope is None else (values[self._rules.scope], rid)
+        if rid and (first := self._seen.setdefault(key, i)) != i:
             checker.add("id", f"duplicates {self._field_name}[{first}].id", "DUPLICATE_ID")
         if checker.violations:
             self.batch.failures[i] = checker.violations
@@ -169,5 +171,6 @@ def refuse_if_atomic(batch: ParsedBatch[Any], total: int, field_name: str, parti
     if batch.failures and not partial:
         raise InvalidArgument(
             f"{len(batch.failures)} of {total} {field_name} are invalid; nothing was written",
-            violations=[v for vs in batch.failures.values() for v in vs],
+            # In request order, however the batch was validated (memories go in id order).
+            violations=[v for _, vs in sorted(batch.failures.items()) for v in vs],
         )

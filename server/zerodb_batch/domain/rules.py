@@ -20,6 +20,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from zerodb_batch import limits
 from zerodb_batch.domain import json_text, struct_json
 from zerodb_batch.domain.validate import Checker
@@ -57,19 +60,37 @@ class Rule:
 
 
 class Text(Rule):
-    """An identifier-like string: at most `max_chars` characters, no NUL."""
+    """An identifier-like string: at most `max_chars` characters, no NUL. With `alias`, another
+    field of the record may carry it instead (the live API's spelling); both set and different
+    is a violation of the alias."""
 
-    def __init__(self, name: str, max_chars: int = limits.MAX_ID_CHARS, *, required: bool = False):
+    def __init__(
+        self,
+        name: str,
+        max_chars: int = limits.MAX_ID_CHARS,
+        *,
+        required: bool = False,
+        alias: str | None = None,
+    ) -> None:
         super().__init__(name)
-        self.max_chars, self.required = max_chars, required
+        self.max_chars, self.required, self.alias = max_chars, required, alias
 
     def check(self, c: Checker, record: Any) -> object:
         value: str = getattr(record, self.name)
+        if self.alias and (other := getattr(record, self.alias)):
+            if value and other != value:
+                conflict = f"conflicts with {self.name} {value!r}; set one"
+                c.add(self.alias, conflict, "ALIAS_CONFLICT")
+            value = value or other
         c.text(self.name, value, self.max_chars, required=self.required)
         return value
 
+    def read(self, v: str) -> str:
+        return f"{v} = r.{self.name}" + (f" or r.{self.alias}" if self.alias else "")
+
     def bad(self, v: str) -> str:
-        return f"len({v}) > {self.max_chars}" + (f" or not {v}" if self.required else "")
+        test = f"len({v}) > {self.max_chars}" + (f" or not {v}" if self.required else "")
+        return test + (f" or (r.{self.alias} and r.{self.alias} != {v})" if self.alias else "")
 
     def scanned(self, v: str) -> str:
         return v
@@ -232,12 +253,15 @@ def check_name(checker: Checker, name: str, value: str, max_chars: int) -> None:
 
 
 class JsonObject(Rule):
-    """A `google.protobuf.Struct`, stored as JSON text of at most `max_bytes`. With `text`, the
-    record may send the object instead as JSON text in that field (one of the two, not both)."""
+    """A `google.protobuf.Struct`, stored as JSON text of at most `max_bytes`. With `alias`, as
+    in Text: another Struct field may carry it instead. With `text`, the record may send the
+    object instead as JSON text in that field (one of the two, not both)."""
 
-    def __init__(self, name: str, max_bytes: int, *, text: str | None = None) -> None:
+    def __init__(
+        self, name: str, max_bytes: int, *, alias: str | None = None, text: str | None = None
+    ) -> None:
         super().__init__(name)
-        self.max_bytes, self.text = max_bytes, text
+        self.max_bytes, self.alias, self.text = max_bytes, alias, text
 
     def check(self, c: Checker, record: Any) -> object:
         # getattr: other messages check their field with this rule (a memory update has no text)
@@ -245,10 +269,21 @@ class JsonObject(Rule):
             if record.HasField(self.name):
                 c.add(self.text, f"set {self.name} or {self.text}, not both", "CONFLICTING_FIELDS")
             return c.json_text(self.text, sent, self.max_bytes)
-        return c.json_object(self.name, getattr(record, self.name), self.max_bytes)
+        value = getattr(record, self.name)
+        if self.alias and record.HasField(self.alias):
+            other = getattr(record, self.alias)
+            if record.HasField(self.name) and other != value:
+                c.add(self.alias, f"conflicts with {self.name}; set one", "ALIAS_CONFLICT")
+            elif not record.HasField(self.name):
+                value = other
+        return c.json_object(self.name, value, self.max_bytes)
 
     def read(self, v: str) -> str:
         return ""  # the conversion is the costly part: only once the cheap checks passed
+
+    def bad(self, v: str) -> str | None:
+        # Any use of the alias goes the full way: the live API's spelling is the rare one.
+        return f"r.HasField({self.alias!r})" if self.alias else None
 
     def late(self, v: str) -> str:
         struct = f"fast_json(r.{self.name}, {self.max_bytes // 4})"
@@ -259,6 +294,49 @@ class JsonObject(Rule):
 
     def constants(self, v: str) -> dict[str, object]:
         return {"fast_json": struct_json.fast_text, "fast_json_text": json_text.fast_text}
+
+
+class Embedding(Rule):
+    """A `repeated float` vector: 1 to `max_dims` finite numbers, not all zero (no direction,
+    so no cosine similarity), stored as a float32 array."""
+
+    def __init__(self, name: str, max_dims: int) -> None:
+        super().__init__(name)
+        self.max_dims = max_dims
+
+    def check(self, c: Checker, record: Any) -> object:
+        return check_embedding(c, self.name, getattr(record, self.name), self.max_dims)
+
+    def bad(self, v: str) -> str:
+        return f"not 0 < len({v}) <= {self.max_dims}"
+
+    def late(self, v: str) -> str:
+        return f"{v}_array({v})"
+
+    def constants(self, v: str) -> dict[str, object]:
+        return {f"{v}_array": embedding_or_none}
+
+
+def embedding_or_none(values: Sequence[float]) -> npt.NDArray[np.float32] | None:
+    """The values as float32, or None if one is not finite or all are zero."""
+    array = np.array(values, dtype=np.float32)
+    return array if array.any() and np.isfinite(array).all() else None
+
+
+def check_embedding(
+    c: Checker, name: str, values: Sequence[float], max_dims: int
+) -> npt.NDArray[np.float32]:
+    array = np.array(values, dtype=np.float32)
+    if not len(array):
+        c.add(name, "is required: 1 or more numbers", "REQUIRED")
+    elif len(array) > max_dims:
+        c.add(name, f"at most {max_dims} dimensions, got {len(array)}", "TOO_MANY_DIMENSIONS")
+    elif not (finite := np.isfinite(array)).all():
+        at = int(np.argmin(finite))
+        c.add(name, f"element {at} is {array[at]}: every number must be finite", "NOT_FINITE")
+    elif not array.any():
+        c.add(name, "is all zeros: a vector needs a direction", "ZERO_VECTOR")
+    return array
 
 
 class Document(JsonObject):
@@ -276,13 +354,17 @@ class Rules:
     """The rules of one entity, in the order of the values they produce.
 
     With `keyed`, the first rule is the record's client-chosen id: a batch refuses duplicates and
-    the server generates a UUID for an empty one (see records.RecordParser).
+    the server generates a UUID for an empty one (see records.RecordParser). With `scope`, ids
+    are unique within the value of that rule (a vector's id within its namespace).
     """
 
-    def __init__(self, entity: str, *rules: Rule, keyed: bool = False) -> None:
+    def __init__(
+        self, entity: str, *rules: Rule, keyed: bool = False, scope: str | None = None
+    ) -> None:
         self.entity = entity
         self.rules = rules
         self.keyed = keyed
+        self.scope = [rule.name for rule in rules].index(scope) if scope else None
         self.by_name = {rule.name: rule for rule in rules}
         self.source, namespace = _generate(entity, rules)
         exec(compile(self.source, f"<rules of {entity}>", "exec"), namespace)

@@ -69,17 +69,21 @@ class Params:
         return self._paths[path]
 
 
-class Field:
-    """The SQL views of one field of `row_data`, given its path as a parameter or a literal."""
+ROW_DATA: Final = sql.Identifier("row_data")
 
-    def __init__(self, path: sql.Composable) -> None:
-        self.value = sql.SQL("(row_data #> {})").format(path)
+
+class Field:
+    """The SQL views of one field of a jsonb column (a table row's `row_data`, a vector's
+    `metadata`), given its path as a parameter or a literal."""
+
+    def __init__(self, path: sql.Composable, column: sql.Identifier = ROW_DATA) -> None:
+        self.value = sql.SQL("({} #> {})").format(column, path)
         self.number = sql.SQL(
             "CASE WHEN jsonb_typeof({v}) = 'number' THEN ({v})::numeric END"
         ).format(v=self.value)
         self.string = sql.SQL(
-            "(CASE WHEN jsonb_typeof({v}) = 'string' THEN row_data #>> {p} END) COLLATE \"C\""
-        ).format(v=self.value, p=path)
+            "(CASE WHEN jsonb_typeof({v}) = 'string' THEN {c} #>> {p} END) COLLATE \"C\""
+        ).format(v=self.value, c=column, p=path)
 
     def typed(self, json_type: LiteralString) -> sql.Composable:
         return sql.SQL("jsonb_typeof({}) = {}").format(self.value, sql.Literal(json_type))
@@ -92,17 +96,19 @@ class Field:
         return sql.SQL("{} AND {} IS NULL").format(self.typed("string"), self.number)
 
 
-def where(tree: Filter, params: Params) -> sql.Composable:
-    """A boolean SQL expression true exactly for the rows `tree` matches (NULL counts as false:
-    Not() turns it into true, and AND/OR keep it false)."""
+def where(tree: Filter, params: Params, column: sql.Identifier = ROW_DATA) -> sql.Composable:
+    """A boolean SQL expression true exactly for the rows whose `column` `tree` matches (NULL
+    counts as false: Not() turns it into true, and AND/OR keep it false)."""
     if isinstance(tree, And | Or):
         if not tree.parts:
             return sql.SQL("true")
         joiner = sql.SQL(" AND " if isinstance(tree, And) else " OR ")
-        return sql.SQL("({})").format(joiner.join(where(part, params) for part in tree.parts))
+        return sql.SQL("({})").format(
+            joiner.join(where(part, params, column) for part in tree.parts)
+        )
     if isinstance(tree, Not):
-        return sql.SQL("(({}) IS NOT TRUE)").format(where(tree.part, params))
-    field = Field(params.path(tree.path))
+        return sql.SQL("(({}) IS NOT TRUE)").format(where(tree.part, params, column))
+    field = Field(params.path(tree.path), column)
     if isinstance(tree, Compare):
         return _compare(field, tree.op, tree.value, params)
     if isinstance(tree, In):

@@ -27,8 +27,10 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
+from zerodb_batch.domain.table_filter import Filter, is_empty
 from zerodb_batch.errors import InvalidArgument, Violation
 from zerodb_batch.limits import MAX_TOP_K
+from zerodb_batch.storage import table_sql
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 from zerodb_batch.storage.vectors import Embedding, hnsw_type, register_types
@@ -53,6 +55,15 @@ class Condition:
 
     sql: sql.Composable
     params: Mapping[str, object] = field(default_factory=dict)
+
+
+def metadata_condition(tree: Filter) -> Condition | None:
+    """A metadata filter of the table filter language as a search's condition (None when it
+    has no condition at all)."""
+    if is_empty(tree):
+        return None
+    params = table_sql.Params()
+    return Condition(table_sql.where(tree, params, _METADATA), params.values)
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ class IndexedNamespace:
 
 
 _RESERVED: Final = frozenset({"query", "top_k"})
+_METADATA: Final = sql.Identifier("metadata")
 # The HNSW settings each connection has for its session (see _tune).
 _TUNED: weakref.WeakKeyDictionary[Conn, Tuning] = weakref.WeakKeyDictionary()
 

@@ -9,7 +9,7 @@ anything of its batch is written.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -22,9 +22,12 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from zerodb_batch.errors import DimensionMismatch
+from zerodb.v1 import vector_pb2
+from zerodb_batch.domain.records import Columns
+from zerodb_batch.domain.vector import VECTOR, fill_namespaces, request_namespace
+from zerodb_batch.errors import DimensionMismatch, Violation
 from zerodb_batch.limits import MAX_HNSW_VECTOR_DIM
-from zerodb_batch.storage.loads import IdExists
+from zerodb_batch.storage.loads import IdExists, RetryChunk
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
@@ -34,39 +37,45 @@ Embedding = npt.NDArray[np.float32]
 _UPSERT_PARAMS: Final = sql.SQL(Q["vector_upsert"]).format(source=sql.SQL(Q["vector_rows_params"]))
 _UPSERT_STAGE: Final = sql.SQL(Q["vector_upsert"]).format(source=sql.SQL(Q["vector_rows_stage"]))
 _COPY_TYPES: Final = ["text", "text", "int4", "vector", "jsonb", "text"]
+UPSERT_SLICE: Final = 1000  # vectors per upsert statement of a batch
 
 
 @dataclass
-class VectorColumns:
+class VectorColumns(Columns):
     """Vectors to write, as columns. (namespace, id) pairs must be distinct (validation's job);
-    `indexes` are the rows' positions in the request, for error paths such as
-    `vectors[7].vector_embedding`."""
+    `index` holds the rows' positions in the request, for error paths such as
+    `vectors[7].vector_embedding`. `add` takes the values of domain.vector.VECTOR in order."""
 
-    indexes: list[int] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
     embeddings: list[Embedding] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)  # JSON object text
     documents: list[str | None] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def add(
         self,
         index: int,
-        namespace: str,
         vid: str,
+        namespace: str,
         embedding: Embedding,
         metadata: str = "{}",
         document: str | None = None,
     ) -> None:
-        self.indexes.append(index)
-        self.namespaces.append(namespace)
+        self.index.append(index)
         self.ids.append(vid)
+        self.namespaces.append(namespace)
         self.embeddings.append(embedding)
         self.metadata.append(metadata)
-        self.documents.append(document)
+        self.documents.append(document or None)
+
+    def without(self, positions: Sequence[int]) -> VectorColumns:
+        """These rows less the ones at `positions`."""
+        drop, kept = set(positions), VectorColumns()
+        for i in range(len(self)):
+            if i not in drop:
+                kept.add(self.index[i], self.ids[i], self.namespaces[i], self.embeddings[i],
+                         self.metadata[i], self.documents[i])  # fmt: skip
+        return kept
 
     def dims(self) -> list[int]:
         return [len(e) for e in self.embeddings]
@@ -138,16 +147,23 @@ async def _namespace_dims(conn: Conn, project_id: str, namespaces: list[str]) ->
 async def check_dimensions(conn: Conn, project_id: str, rows: VectorColumns) -> None:
     """fix_dimensions(), raising DimensionMismatch that names every vector that differs."""
     if wrong := await fix_dimensions(conn, project_id, rows):
-        fixed = await _namespace_dims(conn, project_id, [rows.namespaces[i] for i in wrong])
-        raise DimensionMismatch(
-            (
-                f"vectors[{rows.indexes[i]}].vector_embedding",
-                rows.namespaces[i],
-                fixed[rows.namespaces[i]],
-                len(rows.embeddings[i]),
-            )
-            for i in wrong
+        raise DimensionMismatch(await _mismatches(conn, project_id, rows, wrong))
+
+
+async def _mismatches(
+    conn: Conn, project_id: str, rows: VectorColumns, wrong: list[int]
+) -> list[tuple[str, str, int, int]]:
+    """(path, namespace, its dimension, the vector's) of the rows at positions `wrong`."""
+    fixed = await _namespace_dims(conn, project_id, [rows.namespaces[i] for i in wrong])
+    return [
+        (
+            f"vectors[{rows.index[i]}].vector_embedding",
+            rows.namespaces[i],
+            fixed[rows.namespaces[i]],
+            len(rows.embeddings[i]),
         )
+        for i in wrong
+    ]
 
 
 async def upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tuple[str, str], bool]:
@@ -158,6 +174,10 @@ async def upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tuple
         return {}
     await register_types(conn)
     await check_dimensions(conn, project_id, rows)
+    return await _upsert(conn, project_id, rows)
+
+
+async def _upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tuple[str, str], bool]:
     params = {
         "project_id": project_id,
         "namespaces": rows.namespaces,
@@ -169,6 +189,39 @@ async def upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tuple
     }
     cur = await conn.execute(_UPSERT_PARAMS, params)
     return {(row[0], row[1]): row[2] for row in await cur.fetchall()}  # type: ignore[misc]
+
+
+@dataclass
+class Written:
+    """What write_batch did: (namespace, id) -> inserted (True) or replaced (False), and the
+    violations of the vectors refused for their dimension, by request index (only when
+    partial)."""
+
+    written: dict[tuple[str, str], bool]
+    refused: dict[int, list[Violation]]
+
+
+async def write_batch(
+    conn: Conn, project_id: str, rows: VectorColumns, *, partial: bool
+) -> Written:
+    """A BatchUpsertVectors' rows, a statement per UPSERT_SLICE of them (the size of a request
+    is bounded only by the message size). Vectors whose dimension is not their namespace's make
+    the whole batch DimensionMismatch, or with `partial` are left out and reported."""
+    if not rows:
+        return Written({}, {})
+    await register_types(conn)
+    refused: dict[int, list[Violation]] = {}
+    if wrong := await fix_dimensions(conn, project_id, rows):
+        mismatch = DimensionMismatch(await _mismatches(conn, project_id, rows, wrong))
+        if not partial:
+            raise mismatch
+        for i, violation in zip(wrong, mismatch.violations, strict=True):
+            refused[rows.index[i]] = [violation]
+        rows = rows.without(wrong)
+    written: dict[tuple[str, str], bool] = {}
+    for start in range(0, len(rows), UPSERT_SLICE):
+        written.update(await _upsert(conn, project_id, rows.since(start, start + UPSERT_SLICE)))
+    return Written(written, refused)
 
 
 async def copy_insert(conn: Conn, project_id: str, rows: VectorColumns) -> None:
@@ -267,3 +320,46 @@ async def list_namespaces(conn: Conn, project_id: str, after: str, limit: int) -
         Q["vector_namespace_list"], {"project_id": project_id, "after": after, "limit": limit}
     )
     return await cur.fetchall()
+
+
+class VectorLoadWriter:
+    """StreamUpsertVectors' writer for the load engine.
+
+    While every vector of the stream has been new, a chunk goes by binary COPY straight into the
+    table; the first chunk that meets an existing id is rolled back and written again through the
+    staging table, as is every later chunk of the stream. A chunk's namespaces are checked and
+    its vectors' empty namespaces filled (domain.vector) before its records are validated.
+    """
+
+    kind = "vectors"
+    rules = VECTOR
+    records_field = "vectors"
+    response_type = vector_pb2.StreamUpsertVectorsResponse
+
+    def __init__(self) -> None:
+        self._all_new = True
+        self.project_id = ""
+        self.written = 0  # vectors this stream wrote
+
+    def check(self, chunk: vector_pb2.StreamUpsertVectorsRequest) -> None:
+        self.project_id = chunk.project_id
+        fill_namespaces(chunk.vectors, request_namespace(chunk.namespace))
+
+    def rows(self, chunk: vector_pb2.StreamUpsertVectorsRequest) -> VectorColumns:
+        return VectorColumns()
+
+    async def write(
+        self, conn: Conn, rows: VectorColumns, started: Callable[[], object]
+    ) -> tuple[int, int]:
+        started()  # the rows are formatted as they are sent: validation may go on
+        if self._all_new:
+            try:
+                await copy_insert(conn, self.project_id, rows)
+            except IdExists:
+                self._all_new = False
+                raise RetryChunk from None
+            self.written += len(rows)
+            return len(rows), 0
+        counts = await copy_upsert(conn, self.project_id, rows)
+        self.written += len(rows)
+        return counts
