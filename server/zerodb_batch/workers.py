@@ -27,6 +27,7 @@ import os
 import queue
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -140,6 +141,11 @@ class Workers:
                 if self.settings.observability.multiprocess_dir is not None:
                     process_dead(self.settings.observability.multiprocess_dir, proc.pid or 0)
                 self._start(index)
+                log.warning("worker %s started in place of %s", self._pid(index), proc.pid)
+
+    def _pid(self, index: int) -> int | None:
+        proc = self._procs[index]
+        return proc.pid if proc is not None else None
 
     def _stop_all(self) -> None:
         alive = [p for p in self._procs if p is not None and p.is_alive()]
@@ -157,28 +163,18 @@ def _without_listeners(settings: Settings) -> Settings:
     return replace(settings, http_listen=HTTP_OFF, observability=observability)
 
 
-class _Flag:
-    """Set by SIGINT or SIGTERM; `wait` sleeps until then (or the timeout) in the main thread."""
-
-    def __init__(self) -> None:
-        self.set = False
-
-    def wait(self, seconds: float) -> bool:
-        signals = [signal.SIGINT, signal.SIGTERM]
-        if not self.set and signal.sigtimedwait(signals, seconds) is not None:
-            self.set = True
-        return self.set
-
-
-def _stop_on_signals() -> _Flag:
-    # Blocked, the signals wait for sigtimedwait; workers unblock them again (see _worker).
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
-    return _Flag()
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGINT or SIGTERM sets. A Python handler, not a blocked signal: the kernel
+    may deliver a signal to any thread (gRPC's own, say), and only a handler makes it reach the
+    main thread rather than end the parent by default, leaving its workers behind."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def _worker(settings: Settings, ready: Ready[tuple[int, str | None]]) -> None:
     """One worker: serve until SIGINT or SIGTERM, then drain; say on `ready` whether it serves."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
     logs.configure(settings.log_level, settings.observability.log_format, worker=True)
     asyncio.run(_serve(settings, ready))
 

@@ -94,6 +94,16 @@ def test_a_worker_that_dies_is_replaced_and_its_gauges_go(running: Running) -> N
     wait_for(lambda: running.logged(f"worker {dead} exited"), "the parent to see it")
     wait_for(lambda: not gauges.exists(), "mark_process_dead to drop its live gauges")
     wait_for(running.upsert_on_a_new_connection, "the service to answer")
+    started = wait_for(lambda: _replacement(running, dead), "the replacement's pid")
+    assert running.serve.stop() == 0
+    assert not any(_alive(pid) for pid in (running.pids - {dead}) | {started})
+
+
+def _replacement(running: Running, dead: int) -> int | None:
+    for line in list(running.serve.stderr):
+        if m := re.search(rf"worker (\d+) started in place of {dead}", line):
+            return int(m[1])
+    return None
 
 
 def test_a_port_held_by_another_program_is_a_start_up_error(
