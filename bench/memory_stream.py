@@ -12,12 +12,21 @@ of each load (it must not grow with the stream), and its CPU time per record is 
 
     python -m bench.memory_stream [--records 200000] [--chunk-size 1000] [--rounds 1]
     python -m bench.memory_stream --records 1000000      # the issue's full size
+    python -m bench.memory_stream --loader               # + `zerodb-batch load memories FILE`
+
+With `--loader` each round also writes the records to a JSON-lines file and loads it with the
+CLI (a subprocess: read, parse, send, end to end), reported against the RPC's own rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from functools import partial
 
@@ -87,6 +96,22 @@ def raw_load(conn: psycopg.Connection[tuple[object, ...]], records: int) -> None
             )
 
 
+def jsonl(path: str, records: int) -> None:
+    """The same records as `chunks` makes, as lines of the seed's keys."""
+    with open(path, "w") as out:
+        for i in range(records):
+            line = {"id": f"m{i:09d}", "content": content(i), "memory_type": "semantic",
+                    "importance": 0.7, "tags": TAGS, "metadata": METADATA}  # fmt: skip
+            out.write(json.dumps(line) + "\n")
+
+
+def cli_load(svc: Service, path: str, tag: str) -> None:
+    command = [sys.executable, "-m", "zerodb_batch", "load", "memories", path, "--project",
+               svc.project_id, "--target", svc.address, "--load-id", f"cli-{tag}"]  # fmt: skip
+    env = {**os.environ, "ZERODB_API_KEY": svc.api_key}
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
 def empty(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     """Each load starts from an empty table and a fresh checkpoint, so neither pays the other's."""
     conn.execute("TRUNCATE memories")
@@ -98,13 +123,18 @@ def main() -> None:
     args.add_argument("--records", type=int, default=200_000)
     args.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNKING.records)
     args.add_argument("--rounds", type=int, default=1)
+    args.add_argument("--loader", action="store_true", help="also time the loader CLI")
     opts = args.parse_args()
     with (
+        tempfile.TemporaryDirectory(prefix="zdb-bench-jsonl-") as tmp,
         backends() as (db_url, redis_url),
         service(db_url, redis_url) as svc,
         psycopg.connect(db_url, autocommit=True) as conn,
     ):
-        ours, raw, cpu_per_record, rss = [], [], [], Rss(svc.pid)
+        ours, raw, cpu_per_record, rss, cli = [], [], [], Rss(svc.pid), []
+        path = os.path.join(tmp, "memories.jsonl")
+        if opts.loader:
+            jsonl(path, opts.records)
         rss.sample("idle")
         for n in range(opts.rounds):
             empty(conn)
@@ -114,6 +144,9 @@ def main() -> None:
             cpu_per_record.append((server_cpu(svc.pid) - cpu) / opts.records)
             empty(conn)
             raw.append(opts.records / timed(partial(raw_load, conn, opts.records)))
+            if opts.loader:
+                empty(conn)
+                cli.append(opts.records / timed(partial(cli_load, svc, path, str(n))))
         report(
             f"Streamed load of {opts.records:,} memories, {opts.chunk_size} a chunk "
             "(service: StreamUpsertMemories; raw: one binary COPY)",
@@ -122,6 +155,15 @@ def main() -> None:
             raw,
         )
         print(f"  server CPU per record: {statistics.median(cpu_per_record) * 1e6:.1f} µs")
+        if opts.loader:
+            report(
+                f"`zerodb-batch load memories` of a {opts.records:,}-line file, end to end, vs "
+                "the stream RPC fed from memory",
+                "records/s",
+                cli,
+                ours,
+                names=("loader CLI", "stream RPC"),
+            )
         rss.report()
 
 

@@ -50,7 +50,7 @@ from zerodb_batch.observability.calls import Observer
 from zerodb_batch.observe import Observing, sources
 from zerodb_batch.storage import idempotency, keys, shared_secrets, tables
 from zerodb_batch.storage.migrate import migrate
-from zerodb_batch.storage.pool import Database, open_database
+from zerodb_batch.storage.pool import Conn, Database, open_database
 from zerodb_batch.storage.probe import PostgresProbe
 from zerodb_batch.storage.vector_index import IndexBuilder, IndexPolicy
 from zerodb_batch.storage.vector_search import Tuning
@@ -258,14 +258,20 @@ async def _prepare(db: Database) -> tuple[tuple[str, str] | None, PageTokens]:
     """Apply migrations and read the page token key; on an empty store, make a project and a
     development key."""
     async with db.connection() as conn:
-        await migrate(conn)
+        bootstrap = await prepare_store(conn)
         tokens = PageTokens(await shared_secrets.shared_secret(conn, shared_secrets.PAGE_TOKENS))
-        if await keys.count_projects(conn):
-            return None, tokens
-        async with conn.transaction():
-            project = await keys.create_project(conn, name="development")
-            _, key = await keys.create_key(conn, project, name="development key")
-        return (project, key), tokens
+        return bootstrap, tokens
+
+
+async def prepare_store(conn: Conn) -> tuple[str, str] | None:
+    """Apply migrations; on an empty store, make a project and a development key (returned)."""
+    await migrate(conn)
+    if await keys.count_projects(conn):
+        return None
+    async with conn.transaction():
+        project = await keys.create_project(conn, name="development")
+        _, key = await keys.create_key(conn, project, name="development key")
+    return project, key
 
 
 async def _build(
@@ -281,7 +287,9 @@ async def _build(
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(authenticator, observer, admission)],
         options=[
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not silent sharing
+            # A port in use is an error, not silent sharing; `serve --workers` checks the port
+            # in its parent (workers.reserve) before its workers share it.
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ],

@@ -10,12 +10,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from zerodb_batch import app as app_module
-from zerodb_batch import channel, exporter, load_kinds, loader
+from zerodb_batch import channel, exporter, load_kinds, loader, workers
 from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, SettingError, Settings
 from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
@@ -57,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         help="HTTP/JSON listen address, or `off` (default: $ZERODB_HTTP_LISTEN or "
         f"{DEFAULT_HTTP_LISTEN})",
     )
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes sharing the gRPC port (default: $ZERODB_WORKERS or 1)",
+    )
     serve_cmd.set_defaults(run=serve)
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(run=_migrate)
     key_cmds = sub.add_parser("keys", help="manage API keys").add_subparsers(
@@ -96,15 +103,28 @@ def _parser() -> argparse.ArgumentParser:
 def serve(settings: Settings, args: argparse.Namespace) -> None:
     if args.http is not None:
         settings = settings.with_http(args.http)
+    if args.workers is not None:
+        if not 1 <= args.workers <= 256:
+            raise StartupError("--workers must be from 1 to 256")
+        settings = replace(settings, workers=args.workers)
     if settings.database_url and settings.redis_url:
-        asyncio.run(_serve(settings, None))
+        _run(settings, None)
         return
     with Embedded(settings.data_dir) as embedded:
         backends = settings.with_backends(
             settings.database_url or embedded.database_url,
             settings.redis_url or embedded.redis_url,
         )
-        asyncio.run(_serve(backends, embedded))
+        _run(backends, embedded)
+
+
+def _run(settings: Settings, embedded: Embedded | None) -> None:
+    if settings.workers == 1:
+        asyncio.run(_serve(settings, embedded))
+    elif embedded is None:
+        workers.serve(settings)
+    else:
+        workers.serve(settings, lambda: _restart_dead(embedded))
 
 
 async def _serve(settings: Settings, embedded: Embedded | None) -> None:
@@ -145,18 +165,22 @@ def _address(running: app_module.App) -> str:
 async def _supervise(embedded: Embedded) -> None:
     """Restart an embedded server that died. Meanwhile calls answer UNAVAILABLE (PostgreSQL) or
     leave events in the outbox (Valkey); the pool replaces its broken connections by itself."""
+    while True:
+        await asyncio.sleep(SUPERVISE_SECONDS)
+        await asyncio.to_thread(_restart_dead, embedded)
+
+
+def _restart_dead(embedded: Embedded) -> None:
     restarts = {
         "PostgreSQL": embedded.postgres.restart_if_dead,
         "Valkey": embedded.valkey.restart_if_dead,
     }
-    while True:
-        await asyncio.sleep(SUPERVISE_SECONDS)
-        for name, restart_if_dead in restarts.items():
-            try:
-                if await asyncio.to_thread(restart_if_dead):
-                    log.warning("embedded %s had stopped; restarted it", name)
-            except EmbeddedError as e:
-                log.error("embedded %s could not be restarted; trying again: %s", name, e)
+    for name, restart_if_dead in restarts.items():
+        try:
+            if restart_if_dead():
+                log.warning("embedded %s had stopped; restarted it", name)
+        except EmbeddedError as e:
+            log.error("embedded %s could not be restarted; trying again: %s", name, e)
 
 
 # ---- maintenance commands ----------------------------------------------------------------

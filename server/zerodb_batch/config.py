@@ -74,6 +74,9 @@ class Settings:
     vector_ef_search: int = 100  # HNSW candidates a search keeps (recall against speed)
     tls: TlsFiles | None = None  # None: plaintext (loopback only, unless allow_plaintext)
     allow_plaintext: bool = False  # plaintext on a non-loopback address, knowingly
+    workers: int = 1  # server processes sharing the gRPC port (`serve --workers`)
+    # Set by `serve --workers` for its workers only: bind the gRPC port with SO_REUSEPORT.
+    reuse_port: bool = False
     observability: Observability = field(default_factory=lambda: Observability())
 
     @classmethod
@@ -129,6 +132,7 @@ class Settings:
             vector_ef_search=r.integer("ZERODB_VECTOR_EF_SEARCH", d.vector_ef_search, 1, 1000),
             tls=r.tls(),
             allow_plaintext=r.switch(ALLOW_PLAINTEXT, d.allow_plaintext),
+            workers=r.integer("ZERODB_WORKERS", d.workers, 1, 256),
             observability=Observability.read(r),
         )
         settings.refuse_open_plaintext()

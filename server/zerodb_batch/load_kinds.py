@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
@@ -75,8 +76,34 @@ _MEMORY_KEYS = frozenset((*_MEMORY_TEXT, "importance", "tags", "metadata"))
 
 
 def parse_memory(text: str) -> memory_pb2.Memory:
-    """One JSON object with the seed's record keys; BadLine says what is wrong."""
-    obj = json_object(text)
+    """One JSON object with the seed's record keys; BadLine says what is wrong.
+
+    The metadata goes as JSON text (`metadata_json`): neither side builds a Struct. A line is
+    parsed once, by orjson, and the record is made in one call from its keys; only a line that
+    call refuses (a wrong type) is checked field by field, to say what is wrong.
+    """
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise BadLine(f"not JSON ({e.msg} at column {e.colno})") from e
+    if type(obj) is not dict:
+        raise BadLine("not a JSON object")
+    metadata = obj.pop("metadata", None)
+    if metadata is not None and type(metadata) is not dict:
+        raise BadLine("metadata must be a JSON object")
+    record = _memory(obj)
+    if metadata is not None:
+        record.metadata_json = orjson.dumps(metadata).decode()
+    return record
+
+
+def _memory(obj: dict[str, Any]) -> memory_pb2.Memory:
+    # bool is an int to protobuf, and the seed's importance is a number: true is refused
+    if obj.keys() <= _MEMORY_KEYS and type(obj.get("importance")) is not bool:
+        try:
+            return memory_pb2.Memory(**obj)
+        except (TypeError, ValueError):
+            pass  # a wrong type: fill() says which field
     known_only(obj, _MEMORY_KEYS)
     return fill(memory_pb2.Memory(), obj, _MEMORY_TEXT, ("importance",))
 

@@ -3,6 +3,11 @@
 Which RPC, and how a line becomes a record, is the load's `Kind` (see load_kinds.py); the rest is
 the same for every kind.
 
+Each record is serialized once, as its line is parsed, and a chunk's message is its header's
+bytes followed by its records' (a message's fields may come in any order, and repeated ones add
+up): no chunk message is built and copied record by record. A thread of its own parses the file
+a few chunks ahead of the stream, so parsing goes on while gRPC sends and waits on the server.
+
 The file is cut into chunks deterministically: only good lines count, and a chunk closes at
 `Chunking.records` records or before its encoded records would pass `Chunking.bytes`, so chunk n
 holds the same records on every run. That is what makes a load resumable: after a broken stream
@@ -17,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import queue
 import sys
+import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +84,7 @@ DEFAULT_CHUNKING = Chunking()
 @dataclass(frozen=True)
 class Chunk:
     offset: int
-    records: list[Message]
+    records: list[bytes]  # each record serialized (without the chunk message's framing)
     lines: array[int]  # the file line of each record
     last_line: int  # the last line read for this chunk (bad and blank lines included)
 
@@ -116,7 +123,7 @@ def read_chunks(
     on_bad: Callable[[int, str], None],
 ) -> Iterator[Chunk]:
     """The file's chunks, in order; bad lines go to `on_bad` and never into a chunk."""
-    records: list[Message] = []
+    records: list[bytes] = []
     lines: array[int] = array("I")
     offset = number = size = 0
     with path.open("rb") as file:
@@ -124,7 +131,7 @@ def read_chunks(
             if not raw.strip():
                 continue
             try:
-                record = parse_line(_decode(raw))
+                record = parse_line(_decode(raw)).SerializeToString()
                 encoded = _encoded_size(record, chunking)
             except BadLine as e:
                 on_bad(number, str(e))
@@ -142,13 +149,32 @@ def read_chunks(
         yield Chunk(offset, records, lines, number)
 
 
-def _encoded_size(record: Message, chunking: Chunking) -> int:
+def _encoded_size(record: bytes, chunking: Chunking) -> int:
     """The record's bytes in a chunk message (field tag and length included)."""
-    size = record.ByteSize()
+    size = len(record)
     framed = 1 + (max(size.bit_length(), 1) + 6) // 7 + size  # tag, varint length, record
     if framed > chunking.bytes:
         raise BadLine(f"{framed} bytes encoded, more than a whole chunk ({chunking.bytes} bytes)")
     return framed
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def chunk_message(kind: Kind, chunk: Chunk, header: Message) -> bytes:
+    """The chunk's request message, serialized: `header` (its fields other than the records),
+    then each record as the repeated field `kind.records_field` frames it."""
+    number = kind.request_type.DESCRIPTOR.fields_by_name[kind.records_field].number
+    tag = _varint(number << 3 | 2)  # wire type 2: length-delimited
+    return header.SerializeToString() + b"".join(
+        [b"".join((tag, _varint(len(record)), record)) for record in chunk.records]
+    )
 
 
 def _decode(raw: bytes) -> str:
@@ -184,7 +210,7 @@ class Loader:
         self._kind = kind
         self._stream = channel.stream_unary(
             kind.method,
-            request_serializer=kind.request_type.SerializeToString,
+            request_serializer=bytes,  # chunk messages go out already serialized
             response_deserializer=kind.response_type.FromString,
         )
         self._loads = load_pb2_grpc.LoadServiceStub(channel)
@@ -275,8 +301,9 @@ class Loader:
     def _stream_with_retries(self, path: Path, start: int, bar: tqdm[Any]) -> Any:
         failures = 0
         while True:
+            ahead = Prefetch(self._messages(path, start))
             try:
-                return self._stream(self._requests(path, start, bar), metadata=self._auth)
+                return self._stream(self._requests(ahead, bar), metadata=self._auth)
             except grpc.RpcError as e:
                 failures += 1
                 if e.code() not in _RETRYABLE or failures > self._retries:
@@ -287,6 +314,8 @@ class Loader:
                 resumed = self._resume_point(start)
                 failures = 0 if resumed > start else failures  # progress resets the budget
                 start = resumed
+            finally:
+                ahead.close()
 
     def _resume_point(self, start: int) -> int:
         try:
@@ -296,34 +325,38 @@ class Loader:
                 raise
             return start  # the server is still away: try the stream again from where we were
 
-    def _requests(self, path: Path, start: int, bar: tqdm[Any]) -> Iterator[Message]:
-        """The chunks from `start` on. If none is left, the last committed chunk is sent again:
-        the server skips it as a duplicate, and the stream's clean close marks the load done."""
-        self._lines = {}
-        bar.reset()
+    def _messages(self, path: Path, start: int) -> Iterator[tuple[Chunk, bytes]]:
+        """The chunks from `start` on, with their messages. If none is left, the last committed
+        chunk is sent again: the server skips it as a duplicate, and the stream's clean close
+        marks the load done."""
         last: Chunk | None = None
         sent = False
         for chunk in self._chunks(path, self._report_bad):
-            bar.update(chunk.last_line - bar.n)
             if chunk.offset < start:
                 last = chunk
                 continue
             sent = True
-            yield self._message(chunk)
+            yield chunk, self._message(chunk)
         if not sent and last is not None:
-            yield self._message(last)
+            yield last, self._message(last)
 
-    def _message(self, chunk: Chunk) -> Message:
-        self._lines[chunk.offset] = chunk.lines
-        message = self._kind.request_type(
+    def _requests(self, ahead: Iterable[tuple[Chunk, bytes]], bar: tqdm[Any]) -> Iterator[bytes]:
+        self._lines = {}
+        bar.reset()
+        for chunk, message in ahead:
+            bar.update(chunk.last_line - bar.n)
+            self._lines[chunk.offset] = chunk.lines
+            yield message
+
+    def _message(self, chunk: Chunk) -> bytes:
+        header = self._kind.request_type(
             project_id=self._project_id,
             load_id=self._load_id,
             offset=chunk.offset,
             partial_success=True,  # a bad record is reported with its line; the rest load
             **self._fields,
         )
-        getattr(message, self._kind.records_field).extend(chunk.records)
-        return message
+        return chunk_message(self._kind, chunk, header)
 
     def _report_bad(self, line: int, reason: str) -> None:
         if line not in self._bad:
@@ -337,6 +370,60 @@ class Loader:
             line = lines[failure.index] if lines is not None else -1
             outcome.failures.append((line, _describe(failure.error)))
         return outcome
+
+
+class Prefetch:
+    """Iterates over `items` made by a thread of its own, up to `depth` ahead of the reader.
+
+    The loader's chunks are parsed while gRPC sends the previous ones and waits for the server
+    (flow control releases the GIL). An error in the thread is raised to the reader. close()
+    stops the thread, whether or not the reader took everything (a broken stream does not).
+    """
+
+    _END: Any = object()
+
+    def __init__(self, items: Iterator[Any], depth: int = 4) -> None:
+        self._queue: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put(item, None):
+                    return
+        except BaseException as e:
+            self._put(None, e)
+            return
+        self._put(self._END, None)
+
+    def _put(self, item: Any, error: BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put((item, error), timeout=0.1)
+                return True
+            except queue.Full:
+                continue  # the reader is behind: look at the stop flag now and then
+        return False
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                item, error = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return  # closed: a reader left waiting (gRPC's, after the call) goes too
+                continue
+            if error is not None:
+                raise error
+            if item is self._END:
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _describe(status: status_pb2.Status) -> str:

@@ -19,6 +19,7 @@ from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
 from zerodb.v1.memory_pb2_grpc import MemoryServiceStub
 from zerodb_batch import cli
+from zerodb_batch.domain import struct_json
 from zerodb_batch.load_kinds import MEMORIES, parse_memory
 from zerodb_batch.loader import Chunking, default_load_id, read_chunks
 
@@ -200,7 +201,10 @@ def _interrupted_run(
     for chunk in list(read_chunks(path, Chunking(4), parse_memory, lambda *_: None))[:2]:
         feed.send(
             memory_pb2.StreamUpsertMemoriesRequest(
-                project_id=project.id, load_id=load_id, offset=chunk.offset, records=chunk.records
+                project_id=project.id,
+                load_id=load_id,
+                offset=chunk.offset,
+                records=map(memory_pb2.Memory.FromString, chunk.records),
             )
         )
     request = load_pb2.GetLoadRequest(project_id=project.id, load_id=load_id)
@@ -214,3 +218,19 @@ def _interrupted_run(
     wait_for(committed, "two chunks to commit")
     call.cancel()
     feed.close()
+
+
+def test_metadata_goes_as_text_and_reads_back_as_the_object(
+    server: ServerThread, project: Project, memories: MemoryServiceStub, tmp_path: Path
+) -> None:
+    """The loader sends metadata as `metadata_json`; what it stores is the line's object."""
+    objects = [{"n": i, "nested": {"ok": True, "l": [1.5, "é", None]}} for i in range(7)]
+    path = tmp_path / "meta.jsonl"
+    path.write_text(
+        "".join(json.dumps({"id": f"m{i}", "metadata": m}) + "\n" for i, m in enumerate(objects))
+    )
+    done = load(server, project, path, "--chunk-size", "3")
+    assert done.returncode == 0, done.stderr
+    request = memory_pb2.BatchGetMemoriesRequest(project_id=project.id, ids=["m0", "m6"])
+    got = memories.BatchGetMemories(request, metadata=project.auth).memories
+    assert [struct_json.to_dict(m.metadata) for m in got] == [objects[0], objects[6]]

@@ -111,7 +111,7 @@ def test_resume_loads_the_rest_once(
                 project_id=project.id,
                 load_id=load_id,
                 offset=chunk.offset,
-                interactions=chunk.records,
+                interactions=map(rlhf_pb2.Interaction.FromString, chunk.records),
             )
         )
     request = load_pb2.GetLoadRequest(project_id=project.id, load_id=load_id)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grpc
+from google.protobuf import struct_pb2
 
 from tests.api.test_memory_stream import Feed
 from tests.plugins.checks import wait_for
@@ -91,7 +92,7 @@ def test_resume_continues_an_interrupted_load(
         feed.send(
             table_pb2.StreamInsertRowsRequest(  # type: ignore[arg-type]
                 project_id=project.id, load_id=load_id, offset=chunk.offset, table="facts",
-                rows=chunk.records,
+                rows=map(struct_pb2.Struct.FromString, chunk.records),
             )
         )  # fmt: skip
     loads = LoadServiceStub(channel)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from zerodb.v1 import memory_pb2
 from zerodb_batch.config import Settings
 from zerodb_batch.load_kinds import MEMORIES
 from zerodb_batch.load_kinds import parse_memory as parse_line
-from zerodb_batch.loader import BadLine, Chunking, read_chunks
+from zerodb_batch.loader import BadLine, Chunk, Chunking, Prefetch, read_chunks
 from zerodb_batch.loader import default_load_id as load_id_of
 
 GOOD = {
@@ -25,6 +27,12 @@ GOOD = {
 }
 
 
+def message_of(chunk: Chunk) -> memory_pb2.StreamUpsertMemoriesRequest:
+    return memory_pb2.StreamUpsertMemoriesRequest(
+        records=map(memory_pb2.Memory.FromString, chunk.records)
+    )
+
+
 def write(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines))
     return path
@@ -34,7 +42,7 @@ def test_parse_line_takes_the_seed_record_keys() -> None:
     memory = parse_line(json.dumps({**GOOD, "id": "m1", "agent_id": "a", "entity_id": "e"}))
     assert (memory.id, memory.content, memory.memory_type) == ("m1", "likes tea", "semantic")
     assert (memory.importance, list(memory.tags), memory.session_id) == (0.8, ["pref"], "s1")
-    assert dict(memory.metadata) == {"source": "chat", "n": 1}
+    assert json.loads(memory.metadata_json) == {"source": "chat", "n": 1}  # sent as text
     assert not parse_line('{"content": "x"}').HasField("importance")
 
 
@@ -120,7 +128,7 @@ def test_chunks_are_capped_by_encoded_bytes_too(tmp_path: Path) -> None:
     assert [list(c.lines) for c in chunks] == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10]]
     assert [c.last_line for c in chunks] == [3, 6, 9, 12]
     for c in chunks:
-        message = memory_pb2.StreamUpsertMemoriesRequest(records=c.records)
+        message = message_of(c)
         assert message.ByteSize() <= chunking.bytes
     assert [c.offset for c in read_chunks(path, chunking, parse_line, lambda n, why: None)] == [
         0,
@@ -134,7 +142,7 @@ def test_default_chunks_of_large_records_fit_a_server_message(tmp_path: Path) ->
     """500 records of 136 KiB are more than the 64 MiB a server takes in one message."""
     path = write(tmp_path / "m.jsonl", [record_line(i, 136) for i in range(500)])
     sizes = [
-        memory_pb2.StreamUpsertMemoriesRequest(records=c.records).ByteSize()
+        message_of(c).ByteSize()
         for c in read_chunks(path, Chunking(), parse_line, lambda n, why: None)
     ]
     assert sum(sizes) > Settings().max_message_bytes
@@ -148,3 +156,25 @@ def test_a_record_larger_than_a_chunk_is_a_bad_line(tmp_path: Path) -> None:
     chunks = list(read_chunks(path, chunking, parse_line, lambda n, why: bad.append((n, why))))
     assert [list(c.lines) for c in chunks] == [[1, 3]]
     assert [n for n, _ in bad] == [2] and "more than a whole chunk (10240 bytes)" in bad[0][1]
+
+
+def test_prefetch_gives_every_item_in_order_and_raises_the_threads_error() -> None:
+    ahead = Prefetch(iter(range(100)), depth=2)
+    assert list(ahead) == list(range(100))
+    ahead.close()
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise BadLine("broken")
+
+    ahead = Prefetch(failing())
+    with pytest.raises(BadLine, match="broken"):
+        list(ahead)
+    ahead.close()
+
+
+def test_prefetch_closed_before_the_end_stops_its_thread() -> None:
+    ahead = Prefetch(itertools.count(), depth=2)
+    assert next(iter(ahead)) == 0
+    ahead.close()  # returns: the thread saw the stop flag instead of waiting on a full queue
+    assert len(list(ahead)) <= 2  # a reader after close gets what was queued, then the end

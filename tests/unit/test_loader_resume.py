@@ -76,7 +76,9 @@ class Run:
     def stream(self, chunks: int) -> tuple[Any, list[memory_pb2.StreamUpsertMemoriesRequest]]:
         """Take a stream and its first `chunks` messages."""
         _, rpc = self.channel.take_stream_unary(STREAM)
-        return rpc, [rpc.take_request() for _ in range(chunks)]
+        # The loader sends chunk messages serialized (grpc_testing passes them on as they are).
+        requests = [rpc.take_request() for _ in range(chunks)]
+        return rpc, list(map(memory_pb2.StreamUpsertMemoriesRequest.FromString, requests))
 
     def outcome(self) -> Outcome:
         self.thread.join(10)

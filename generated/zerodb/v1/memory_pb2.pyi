@@ -65,6 +65,7 @@ class Memory(_message.Message):
     ENTITY_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque id, at most 128 characters. Empty on input: the server generates a UUID."""
     content: _builtins.str
@@ -79,6 +80,12 @@ class Memory(_message.Message):
     """Optional agent scope, at most 128 characters."""
     entity_id: _builtins.str
     """Optional id of what the memory is about, at most 128 characters."""
+    metadata_json: _builtins.str
+    """The same JSON object as `metadata`, as JSON text (input only; reads answer with `metadata`).
+    Set at most one of the two: both is INVALID_ARGUMENT. Bulk loaders that hold JSON already
+    send it as it is, so neither side builds a Struct per record. The text must be a JSON object
+    of at most 65536 bytes as sent, nested at most 20 levels, without NUL characters.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """At most 64 tags, each 1-128 characters."""
@@ -111,10 +118,11 @@ class Memory(_message.Message):
         entity_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        metadata_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_importance", b"_importance", "create_time", b"create_time", "importance", b"importance", "metadata", b"metadata", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_importance", b"_importance", "agent_id", b"agent_id", "content", b"content", "create_time", b"create_time", "entity_id", b"entity_id", "id", b"id", "importance", b"importance", "memory_type", b"memory_type", "metadata", b"metadata", "session_id", b"session_id", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_importance", b"_importance", "agent_id", b"agent_id", "content", b"content", "create_time", b"create_time", "entity_id", b"entity_id", "id", b"id", "importance", b"importance", "memory_type", b"memory_type", "metadata", b"metadata", "metadata_json", b"metadata_json", "session_id", b"session_id", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__importance: _TypeAlias = _typing.Literal["importance"]  # noqa: Y015
     _WhichOneofArgType__importance: _TypeAlias = _typing.Literal["_importance", b"_importance"]  # noqa: Y015

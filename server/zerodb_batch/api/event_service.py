@@ -80,7 +80,10 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             response = event_pb2.BatchPublishEventsResponse()
             return results.fill(response, outcomes, _PUBLISHED, request.result_view)
 
-        done = await write_once(self._db, request, event_pb2.BatchPublishEventsResponse, write)
+        # Pipelined: BEGIN goes out with the INSERT (one round trip, then the COMMIT's).
+        done = await write_once(
+            self._db, request, event_pb2.BatchPublishEventsResponse, write, pipelined=True
+        )
         response = done.response
         # After commit: append to the stream now (for a replayed request, whatever the project
         # has pending); if Redis is down the relay loops do it later.

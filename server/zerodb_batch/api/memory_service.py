@@ -99,7 +99,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             response = memory_pb2.BatchUpdateMemoriesResponse()
             return results.fill(response, outcomes, _UPDATED, request.result_view)
 
-        done = await write_once(self._db, request, memory_pb2.BatchUpdateMemoriesResponse, write)
+        done = await write_once(
+            self._db, request, memory_pb2.BatchUpdateMemoriesResponse, write, pipelined=True
+        )
         return done.response
 
     async def BatchDeleteMemories(
@@ -115,7 +117,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             response = memory_pb2.BatchDeleteMemoriesResponse()
             return results.fill(response, outcomes, _DELETED, request.result_view)
 
-        done = await write_once(self._db, request, memory_pb2.BatchDeleteMemoriesResponse, write)
+        done = await write_once(
+            self._db, request, memory_pb2.BatchDeleteMemoriesResponse, write, pipelined=True
+        )
         return done.response
 
     async def ListMemories(

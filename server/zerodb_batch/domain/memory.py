@@ -16,7 +16,7 @@ MEMORY = Rules(
     Choice("memory_type", limits.MEMORY_TYPES, default=limits.DEFAULT_MEMORY_TYPE),
     Number("importance", 0.0, 1.0, default=limits.DEFAULT_IMPORTANCE),
     Tags("tags"),
-    JsonObject("metadata", limits.MAX_METADATA_BYTES),
+    JsonObject("metadata", limits.MAX_METADATA_BYTES, text="metadata_json"),
     Text("session_id"),
     Text("agent_id"),
     Text("entity_id"),

@@ -8,10 +8,11 @@ clears a field (AIP-134).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
+
+import orjson
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch import limits
@@ -117,7 +118,8 @@ def _value(name: str) -> _ValueOf:
     """The new value of a field, checked by the memory rules (the same as upsert's)."""
     rule = MEMORY.by_name[name]
     if name == "tags":
-        return lambda c, u: json.dumps(rule.check(c, u))
+        # A jsonb array (the statement unnests it into text[]); orjson: in C, per update
+        return lambda c, u: orjson.dumps(rule.check(c, u)).decode()
     if name in _SCOPES:
         return lambda c, u: rule.check(c, u) or None  # an empty scope is no scope, as on insert
     return rule.check

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from zerodb_batch import limits
-from zerodb_batch.domain import struct_json
+from zerodb_batch.domain import json_text, struct_json
 from zerodb_batch.domain.validate import Checker
 
 Values = tuple[Any, ...]
@@ -254,13 +254,21 @@ def check_name(checker: Checker, name: str, value: str, max_chars: int) -> None:
 
 class JsonObject(Rule):
     """A `google.protobuf.Struct`, stored as JSON text of at most `max_bytes`. With `alias`, as
-    in Text: another Struct field may carry it instead."""
+    in Text: another Struct field may carry it instead. With `text`, the record may send the
+    object instead as JSON text in that field (one of the two, not both)."""
 
-    def __init__(self, name: str, max_bytes: int, *, alias: str | None = None) -> None:
+    def __init__(
+        self, name: str, max_bytes: int, *, alias: str | None = None, text: str | None = None
+    ) -> None:
         super().__init__(name)
-        self.max_bytes, self.alias = max_bytes, alias
+        self.max_bytes, self.alias, self.text = max_bytes, alias, text
 
     def check(self, c: Checker, record: Any) -> object:
+        # getattr: other messages check their field with this rule (a memory update has no text)
+        if self.text and (sent := getattr(record, self.text, "")):
+            if record.HasField(self.name):
+                c.add(self.text, f"set {self.name} or {self.text}, not both", "CONFLICTING_FIELDS")
+            return c.json_text(self.text, sent, self.max_bytes)
         value = getattr(record, self.name)
         if self.alias and record.HasField(self.alias):
             other = getattr(record, self.alias)
@@ -278,10 +286,14 @@ class JsonObject(Rule):
         return f"r.HasField({self.alias!r})" if self.alias else None
 
     def late(self, v: str) -> str:
-        return f"fast_json(r.{self.name}, {self.max_bytes // 4})"
+        struct = f"fast_json(r.{self.name}, {self.max_bytes // 4})"
+        if not self.text:
+            return struct
+        text = f"fast_json_text(r.{self.text}, {self.max_bytes // 4})"
+        return f"(None if r.HasField({self.name!r}) else {text}) if r.{self.text} else {struct}"
 
     def constants(self, v: str) -> dict[str, object]:
-        return {"fast_json": struct_json.fast_text}
+        return {"fast_json": struct_json.fast_text, "fast_json_text": json_text.fast_text}
 
 
 class Embedding(Rule):

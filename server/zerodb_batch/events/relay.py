@@ -137,7 +137,9 @@ class Relay:
         """The usual case, nothing older pending: append the batch from memory, not re-read."""
         packed = self._streams.prepare(project_id, own)  # before the lock, to hold it briefly
         first, last = own[0].seq, own[-1].seq
-        async with self._db.transaction() as conn:
+        # Pipelined: BEGIN travels with the lock and the mark (one round trip before the XADDs,
+        # and the COMMIT's after them).
+        async with self._db.pipelined_transaction() as conn:
             relayed = await outbox.lock_and_mark_own(conn, project_id, first, last, TIMEOUTS)
             # StreamBehind raised here rolls the mark back.
             if relayed == first - 1:

@@ -18,25 +18,28 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 from zerodb_batch.observability.calls import current
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# With several worker processes on one stderr, each line says which process wrote it.
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [pid %(process)d]: %(message)s"
 _CALL_FIELDS = ("rpc", "request_id", "trace_id", "project_id")
 
 
-def configure(level: str, log_format: str) -> None:
+def configure(level: str, log_format: str, *, worker: bool = False) -> None:
     """Send every record at `level` or above to stderr in `log_format` (TEXT or JSON), unless
-    the process has set up logging already (as a test runner has; basicConfig's rule)."""
+    the process has set up logging already (as a test runner has; basicConfig's rule). A
+    `worker` of `serve --workers` adds its pid to every line (`pid` in JSON)."""
     handler = logging.StreamHandler()
     if log_format == "JSON":
-        handler.setFormatter(json_formatter())
+        handler.setFormatter(json_formatter(worker=worker))
         handler.addFilter(CallFields())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(logging.Formatter(WORKER_TEXT_FORMAT if worker else TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
 
 
-def json_formatter() -> logging.Formatter:
+def json_formatter(*, worker: bool = False) -> logging.Formatter:
     return OrjsonFormatter(
-        ["levelname", "name", "message"],
-        rename_fields={"levelname": "level", "name": "logger"},
+        ["levelname", "name", "message", *(["process"] if worker else [])],
+        rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
         timestamp="time",
     )
 

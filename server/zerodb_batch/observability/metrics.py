@@ -283,3 +283,15 @@ class Load:
         self.chunks = metrics.load_chunks.labels(kind)
         self.skipped = metrics.load_chunks_skipped.labels(kind)
         self.running = metrics.load_streams.labels(kind)
+
+
+def clear_process_files(directory: Path) -> None:
+    """Empty a multiprocess directory: what the processes of an earlier run left behind (a
+    killed one's live gauges). Only as the whole service starts (`serve --workers`' parent)."""
+    for path in directory.glob("*.db"):
+        path.unlink(missing_ok=True)
+
+
+def process_dead(directory: Path, pid: int) -> None:
+    """Forget the live gauges of a worker that died without closing its metrics."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]

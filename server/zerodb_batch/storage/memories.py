@@ -78,27 +78,24 @@ async def get(conn: Conn, project_id: str, ids: Sequence[str]) -> dict[str, Memo
 
 
 async def update(conn: Conn, project_id: str, rows: UpdateColumns) -> set[str]:
-    """Apply every update in one statement; returns the ids that named a memory."""
+    """Apply every update in one statement (its rows locked in id order); the ids that named a
+    memory."""
     if not rows:
         return set()
     params: dict[str, object] = {"project_id": project_id, "ids": rows.ids}
     for name in UPDATABLE:
         params[f"set_{name}"] = rows.flags[name]
         params[name] = rows.values[name]
-    return await _locked(conn, Q["memory_update"], params)
+    return await _ids(conn, Q["memory_update"], params)
 
 
 async def delete(conn: Conn, project_id: str, ids: Sequence[str]) -> set[str]:
-    """Delete in one statement; returns the ids that named a memory."""
-    return await _locked(conn, Q["memory_delete"], {"project_id": project_id, "ids": list(ids)})
+    """Delete in one statement (its rows locked in id order); the ids that named a memory."""
+    return await _ids(conn, Q["memory_delete"], {"project_id": project_id, "ids": list(ids)})
 
 
-async def _locked(conn: Conn, query: LiteralString, params: dict[str, object]) -> set[str]:
-    """Lock the rows of `params["ids"]` in id order, then run `query` (one round trip);
-    the ids it returns. Must run in a transaction."""
-    async with conn.pipeline():
-        await conn.execute(Q["memory_lock"], params)
-        cur = await conn.execute(query, params)
+async def _ids(conn: Conn, query: LiteralString, params: dict[str, object]) -> set[str]:
+    cur = await conn.execute(query, params)
     return {row[0] for row in await cur.fetchall()}  # type: ignore[misc]
 
 
@@ -132,8 +129,8 @@ class MemoryCopyRows(CopyLines):
         self, index: int, mid: str, content: str, memory_type: str, importance: float,
         tags: list[str], metadata: str, session_id: str, agent_id: str, entity_id: str,
     ) -> None:  # fmt: skip
-        # memory_type is one of a fixed set; metadata is JSON text, so its only possible special
-        # character is the backslash of a JSON escape.
+        # memory_type is one of a fixed set; metadata is JSON text, compact when made from a
+        # Struct, as the client wrote it when sent as metadata_json (newlines and all).
         # One scan of every text value at once: almost every record has nothing to escape.
         plain = f"{mid}{content}{metadata}{session_id}{agent_id}{entity_id}"
         if "\\" in plain or "\t" in plain or "\n" in plain or "\r" in plain:

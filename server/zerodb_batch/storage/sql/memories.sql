@@ -39,7 +39,13 @@ WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[]);
 -- name: memory_update
 -- One statement for the whole batch. Each column comes with a "set this column?" flag, so one
 -- shape of statement serves every mix of present fields and masks; unflagged columns keep their
--- value. create_time is never touched. Run after memory_lock (see there).
+-- value. create_time is never touched. Its rows are locked first, in id order (see memory_delete).
+WITH locked AS MATERIALIZED (
+    SELECT id FROM memories
+    WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
+    ORDER BY id
+    FOR UPDATE
+)
 UPDATE memories AS m SET
     content = CASE WHEN u.set_content THEN u.content ELSE m.content END,
     memory_type = CASE WHEN u.set_memory_type THEN u.memory_type ELSE m.memory_type END,
@@ -63,22 +69,23 @@ FROM unnest(%(ids)b::text[],
      AS u(id, set_content, content, set_memory_type, memory_type, set_importance, importance,
           set_tags, tags, set_metadata, metadata, set_session_id, session_id,
           set_agent_id, agent_id, set_entity_id, entity_id)
-WHERE m.project_id = %(project_id)s AND m.id = u.id
+WHERE m.project_id = %(project_id)s AND m.id = u.id AND u.id IN (SELECT id FROM locked)
 RETURNING m.id;
 
--- name: memory_lock
--- Before an update or delete of many rows, in the same transaction: their locks, taken in id
--- order. The statement that follows visits rows in whatever order its plan has (a hash join, a
--- bitmap scan), so without this two batches over overlapping ids could deadlock.
-SELECT FROM memories
-WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
-ORDER BY id
-FOR UPDATE;
-
 -- name: memory_delete
--- Run after memory_lock.
-DELETE FROM memories
-WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
+-- Locks its rows in id order first, then deletes: one statement, one round trip. Why the
+-- `locked` CTE (memory_update has it too): the write visits rows in whatever order its plan has
+-- (a hash join, a bitmap scan), so two batches over overlapping ids could deadlock if it took
+-- the locks itself. MATERIALIZED keeps the CTE out of the write's plan; whether the write reads
+-- it all at once (a hash) or row by row, each row is locked, in id order, before it is written.
+WITH locked AS MATERIALIZED (
+    SELECT id FROM memories
+    WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
+    ORDER BY id
+    FOR UPDATE
+)
+DELETE FROM memories  -- the ids again: without them the plan scans the project's rows
+WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[]) AND id IN (SELECT id FROM locked)
 RETURNING id;
 
 -- name: memory_list
