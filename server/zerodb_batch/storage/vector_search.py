@@ -157,10 +157,12 @@ async def search(
         return []
     _check_query(spec, namespace.dim)
     await _tune(conn, replace(tuning, ef_search=min(max(tuning.ef_search, spec.top_k), MAX_TOP_K)))
-    found = await _run(conn, *statement(project_id, namespace, spec))
+    filtered = spec.condition is not None
+    found = await _run(conn, *statement(project_id, namespace, spec), filtered=filtered)
     if len(found) < spec.top_k and _uses_index(namespace, spec):
         # The index scan gave up before top_k rows passed the filter: find them exactly.
-        found = await _run(conn, *statement(project_id, namespace, spec, exact=True))
+        exact = statement(project_id, namespace, spec, exact=True)
+        found = await _run(conn, *exact, filtered=filtered)
     matches = (row.match(spec) for row in found)
     if spec.min_similarity is None:
         return list(matches)
@@ -257,8 +259,13 @@ class _Found:
         )  # fmt: skip
 
 
-async def _run(conn: Conn, query: sql.Composed, params: dict[str, object]) -> list[_Found]:
-    # Never prepared: the statement's text carries its namespace, so it rarely repeats.
+async def _run(
+    conn: Conn, query: sql.Composed, params: dict[str, object], *, filtered: bool
+) -> list[_Found]:
+    # Unfiltered, the text repeats for every search of a namespace (its literals change only with
+    # a new index): psycopg prepares it on the fifth run on a connection, which saves planning
+    # it each time. A filter's values decide between the index and an exact scan, so a filtered
+    # search is planned every time.
     cur = conn.cursor(binary=True, row_factory=class_row(_Found))
-    await cur.execute(query, params, prepare=False)
+    await cur.execute(query, params, prepare=False if filtered else None)
     return await cur.fetchall()
