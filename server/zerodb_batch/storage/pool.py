@@ -14,6 +14,7 @@ from typing import Final
 import psycopg
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.trace import TracerProvider
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from zerodb_batch.errors import Aborted, Unavailable
@@ -46,9 +47,19 @@ def _returned(conn: Conn) -> None:
 
 
 async def _check_if_idle(conn: Conn) -> None:
-    """psycopg_pool's check (a round trip), for connections idle past IDLE_CHECK_SECONDS."""
-    if time.monotonic() - _LAST_RETURNED.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+    """psycopg_pool's check (a round trip), for connections idle past IDLE_CHECK_SECONDS or not
+    in a clean state."""
+    recent = time.monotonic() - _LAST_RETURNED.get(conn, 0.0) <= IDLE_CHECK_SECONDS
+    if not (recent and _clean(conn)):
         await AsyncConnectionPool.check_connection(conn)
+
+
+def _clean(conn: Conn) -> bool:
+    """Out of any transaction and pipeline: what a call may be handed."""
+    return (
+        conn.pgconn.pipeline_status == pq.PipelineStatus.OFF
+        and conn.info.transaction_status == pq.TransactionStatus.IDLE
+    )
 
 
 async def open_database(url: str, min_size: int, max_size: int, wait_seconds: float) -> Database:
@@ -166,6 +177,10 @@ class Database:
             self._waits.discard(wait)
 
     async def putconn(self, conn: Conn) -> None:
+        if not conn.closed and conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            # A call cancelled inside a pipeline can leave its connection in pipeline mode,
+            # where the next user's COPY fails and its queries are never flushed: not reused.
+            await conn.close()
         _returned(conn)
         await self.pool.putconn(conn)
 
