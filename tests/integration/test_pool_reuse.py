@@ -30,4 +30,3 @@ def test_a_connection_left_in_pipeline_mode_is_not_handed_out_again(database_url
             await db.close()
 
     asyncio.run(scenario())
-
