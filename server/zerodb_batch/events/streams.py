@@ -35,6 +35,20 @@ from zerodb_batch.domain.event import Position, StoredEvent, from_epoch_ms
 from zerodb_batch.errors import FailedPrecondition, Unavailable
 from zerodb_batch.observability import tracing
 
+# The group's last-delivered-id (nil for a group the stream does not have), for the scripts below.
+_LAST_DELIVERED = """
+local function last_delivered(stream, group)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local name, lid
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] end
+      if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+    end
+    if name == group then return lid end
+  end
+  return nil
+end
+"""
 # A blocking read must return before the socket timeout; heartbeats cut reads shorter still.
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
@@ -51,16 +65,10 @@ _EVENT_FIELDS = frozenset(("event_id", "topic", "payload"))
 # in the same step, so that a reader that dies before delivering it leaves it to another rather
 # than losing it: the group's position in Redis has already moved past it. (Seqs are compared as
 # Lua numbers: exact below 2^53.)
-_READ_NEW = """
-local last = '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, lid
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] end
-    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
-  end
-  if name == ARGV[1] then last = lid end
-end
+_READ_NEW = (
+    _LAST_DELIVERED
+    + """
+local last = last_delivered(KEYS[1], ARGV[1]) or '0-0'
 local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
                          'STREAMS', KEYS[1], '>')
 if reply then
@@ -77,6 +85,7 @@ if reply then
 end
 return {last, reply}
 """
+)
 # A reader moves its gap forward as it delivers it (`after` ARGV[1] -> ARGV[2]); the field goes
 # once the gap is done. The time it writes says the reader is alive.
 _GAP_ADVANCE = """
@@ -104,22 +113,17 @@ return false
 """
 # The group's position below which it has acknowledged everything: its last delivered id, or just
 # before its oldest pending entry ({id, 1}: one seq less). None while a gap is being delivered.
-_SAFE = """
+_SAFE = (
+    _LAST_DELIVERED
+    + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
-local last
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, lid
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] end
-    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
-  end
-  if name == ARGV[1] then last = lid end
-end
+local last = last_delivered(KEYS[1], ARGV[1])
 if not last then return false end
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
 if pending[1] > 0 then return {pending[2], 1} end
 return {last, 0}
 """
+)
 # Appends events unless the stream lost some that PostgreSQL marks relayed: its last entry must
 # be at least seq ARGV[1] (a Redis restarted without its data, or without the tail of its file,
 # is found here, atomically with the append, however fast it came back). Entries at or below the
