@@ -84,7 +84,7 @@ def test_calls_fail_fast_while_postgres_is_down_and_recover(
             calls = [threads.submit(read) for _ in range(3)]
             wait_for(lambda: running.app.db.stats()["requests_waiting"] >= 1, "a queued call")
             cut = time.monotonic()
-            down.allow(False)  # ends the locker's session too
+            down.allow(False, last=(locker.info.backend_pid,))  # the locker's session too
             for call in calls:
                 unavailable(call)
             queued_for = time.monotonic() - cut

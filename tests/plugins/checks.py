@@ -86,7 +86,10 @@ class Outage:
         self.url = create_database(backends.admin_url, "zerodb_outage")
         self.name = psycopg.conninfo.conninfo_to_dict(self.url)["dbname"]
 
-    def allow(self, allowed: bool) -> None:
+    def allow(self, allowed: bool, last: tuple[int, ...] = ()) -> None:
+        """Refuse (or let in) new connections; refusing also ends every session, the `last`
+        backend pids after the others are gone (a test's lock holder, say, so that no session
+        blocked behind its lock gets through in the meantime)."""
         with psycopg.connect(self.admin, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
@@ -94,6 +97,11 @@ class Outage:
                 )
             )
             if not allowed:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> ALL(%s)",
+                    (self.name, list(last)),
+                )
                 conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                     (self.name,),
