@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
 
 import psycopg
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
@@ -32,36 +29,6 @@ _CONFLICTS = {
 }
 
 
-# A connection given back to the pool less than this long ago is handed out unchecked: checking
-# costs a round trip on every call (measured: about a third of a vector search's time in the
-# server), while a connection broken since then fails its call with UNAVAILABLE once and is
-# replaced, and an outage is caught by the dependency monitor, which has the pool check every
-# connection when PostgreSQL is back.
-IDLE_CHECK_SECONDS: Final = 2.0
-_LAST_RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
-
-
-def _returned(conn: Conn) -> None:
-    """Note when a connection goes back to the pool (every one goes back through Database)."""
-    _LAST_RETURNED[conn] = time.monotonic()
-
-
-async def _check_if_idle(conn: Conn) -> None:
-    """psycopg_pool's check (a round trip), for connections idle past IDLE_CHECK_SECONDS or not
-    in a clean state."""
-    recent = time.monotonic() - _LAST_RETURNED.get(conn, 0.0) <= IDLE_CHECK_SECONDS
-    if not (recent and _clean(conn)):
-        await AsyncConnectionPool.check_connection(conn)
-
-
-def _clean(conn: Conn) -> bool:
-    """Out of any transaction and pipeline: what a call may be handed."""
-    return (
-        conn.pgconn.pipeline_status == pq.PipelineStatus.OFF
-        and conn.info.transaction_status == pq.TransactionStatus.IDLE
-    )
-
-
 async def open_database(url: str, min_size: int, max_size: int, wait_seconds: float) -> Database:
     """Open a pool and wait for its first connections, so a wrong URL fails at start-up."""
     pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
@@ -71,7 +38,7 @@ async def open_database(url: str, min_size: int, max_size: int, wait_seconds: fl
         open=False,
         timeout=wait_seconds,
         kwargs={"autocommit": True},
-        check=_check_if_idle,
+        check=AsyncConnectionPool.check_connection,
         # How long one attempt to replace a lost connection keeps retrying (with a growing
         # backoff) before it gives up and the next demand starts afresh. psycopg_pool's default
         # of 300 s made calls wait 17-31 s after a 45-90 s outage; a few seconds recover in ~1 s.
@@ -181,7 +148,6 @@ class Database:
             # A call cancelled inside a pipeline can leave its connection in pipeline mode,
             # where the next user's COPY fails and its queries are never flushed: not reused.
             await conn.close()
-        _returned(conn)
         await self.pool.putconn(conn)
 
     @asynccontextmanager
