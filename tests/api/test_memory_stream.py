@@ -12,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from tests.api.test_memory_upsert import count
-from tests.plugins.checks import assert_too_large, details, wait_for
+from tests.plugins.checks import assert_too_large, details, last_offset, wait_for
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, memory_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
@@ -96,7 +96,7 @@ def test_cut_stream_resumed_from_get_load_writes_every_record_once(
     call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
     for offset in range(3):
         feed.send(chunk(project, offset))
-    wait_for(lambda: _last_offset(loads, project) == 2, "chunk 2 to commit")
+    wait_for(lambda: last_offset(loads, project, "load-1") == 2, "chunk 2 to commit")
     call.cancel()  # the stream breaks
     feed.close()
     load = get_load(loads, project)
@@ -113,13 +113,6 @@ def test_cut_stream_resumed_from_get_load_writes_every_record_once(
     assert reply.load.state == load_pb2.LOAD_STATE_DONE
     expected = sorted(f"load-1/{o}/{i}" for o in range(6) for i in range(4))
     assert contents(db, project) == expected
-
-
-def _last_offset(loads: LoadServiceStub, project: Project) -> int:
-    try:
-        return get_load(loads, project).last_offset
-    except grpc.RpcError:
-        return -1
 
 
 def test_cancel_mid_chunk_leaves_no_half_written_chunk(
@@ -379,7 +372,7 @@ def test_a_stream_closing_behind_another_leaves_the_load_running(
     ahead = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
     for offset in range(3):
         feed.send(chunk(project, offset))
-    wait_for(lambda: _last_offset(loads, project) == 2, "the open stream to commit chunk 2")
+    wait_for(lambda: last_offset(loads, project, "load-1") == 2, "the open stream at chunk 2")
 
     # A second stream resends chunk 1 and closes while the first is open and ahead of it.
     behind = stream(memories, project, [chunk(project, 1)])

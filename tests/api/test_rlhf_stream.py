@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 
 from tests.api.test_memory_stream import Feed
 from tests.api.test_rlhf_batch import count, listed
-from tests.plugins.checks import assert_too_large, details, wait_for
+from tests.plugins.checks import assert_too_large, details, last_offset, wait_for
 from tests.plugins.server import Project
 from zerodb.v1 import load_pb2, rlhf_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
@@ -76,7 +76,7 @@ def test_cut_stream_resumed_writes_every_interaction_once(
     call = rlhf.StreamCreateInteractions.future(iter(feed), metadata=project.auth)
     for offset in range(3):
         feed.send(chunk(project, offset))  # type: ignore[arg-type]
-    wait_for(lambda: _committed(loads, project) == 2 or None, "chunk 2 to commit")
+    wait_for(lambda: last_offset(loads, project, "rl-1") == 2 or None, "chunk 2 to commit")
     call.cancel()  # the stream breaks
     feed.close()
     load = get_load(loads, project)
@@ -87,13 +87,6 @@ def test_cut_stream_resumed_writes_every_interaction_once(
     assert (reply.chunks_committed, reply.chunks_skipped) == (3, 2)
     assert (reply.load.inserted, reply.load.state) == (24, load_pb2.LOAD_STATE_DONE)
     assert prompts(db, project) == sorted(f"rl-1/{o}/{i}" for o in range(6) for i in range(4))
-
-
-def _committed(stub: LoadServiceStub, project: Project) -> int:
-    try:
-        return get_load(stub, project).last_offset
-    except grpc.RpcError:
-        return -1
 
 
 def test_an_invalid_interaction_refuses_its_chunk_unless_partial(

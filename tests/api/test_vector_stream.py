@@ -19,7 +19,7 @@ import pytest
 from tests.api.test_memory_grpcurl import call
 from tests.api.test_memory_stream import Feed
 from tests.api.test_vector_batch import refused, vec, violations
-from tests.plugins.checks import Outage, details, unavailable_then_recovers, wait_for
+from tests.plugins.checks import Outage, details, last_offset, unavailable_then_recovers, wait_for
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, vector_pb2
 from zerodb.v1.load_pb2_grpc import LoadServiceStub
@@ -83,7 +83,7 @@ def test_cut_stream_resumed_writes_every_vector_once(
     cut = vectors.StreamUpsertVectors.future(iter(feed), metadata=project.auth)
     for offset in range(3):
         feed.send(chunk(project, offset))  # type: ignore[arg-type]
-    wait_for(lambda: _last_offset(loads, project) == 2 or None, "chunk 2 to commit")
+    wait_for(lambda: last_offset(loads, project, "vl-1") == 2 or None, "chunk 2 to commit")
     cut.cancel()
     feed.close()
     assert get_load(loads, project).state == load_pb2.LOAD_STATE_RUNNING
@@ -94,13 +94,6 @@ def test_cut_stream_resumed_writes_every_vector_once(
     assert (reply.chunks_committed, reply.chunks_skipped) == (2, 2)
     assert (reply.load.inserted, reply.load.updated) == (20, 0)
     assert ids(db, project) == sorted(f"{o}-{i}" for o in range(5) for i in range(4))
-
-
-def _last_offset(stub: LoadServiceStub, project: Project) -> int:
-    try:
-        return get_load(stub, project).last_offset
-    except grpc.RpcError:
-        return -1
 
 
 def test_invalid_vectors_refuse_their_chunk_unless_partial(

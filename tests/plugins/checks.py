@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 from psycopg import sql
 
 from tests.plugins.services import Backends, create_database, drop_database
+from zerodb.v1 import load_pb2
 
 T = TypeVar("T")
 
@@ -143,3 +144,14 @@ def unavailable_then_recovers(down: Outage, calls: dict[str, Callable[[], object
     down.allow(True)
     for call in calls.values():
         wait_for(lambda call=call: succeeds(call), "the server to serve again")  # type: ignore[misc]
+
+
+def last_offset(loads: Any, project: Any, load_id: str) -> int:
+    """The load's last committed chunk offset, -1 while it has none (GetLoad: NOT_FOUND)."""
+    request = load_pb2.GetLoadRequest(project_id=project.id, load_id=load_id)
+    try:
+        return int(loads.GetLoad(request, metadata=project.auth).load.last_offset)
+    except grpc.RpcError as e:
+        if e.code() is not grpc.StatusCode.NOT_FOUND:
+            raise
+        return -1
