@@ -4,6 +4,7 @@ driver errors turned into our errors at this border."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -147,6 +148,9 @@ class Database:
         if not conn.closed and conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
             # A call cancelled inside a pipeline can leave its connection in pipeline mode,
             # where the next user's COPY fails and its queries are never flushed: not reused.
+            # Its statement is cancelled first: closing alone leaves one blocked on a lock.
+            with contextlib.suppress(psycopg.Error):
+                await conn.cancel_safe(timeout=2.0)
             await conn.close()
         await self.pool.putconn(conn)
 
