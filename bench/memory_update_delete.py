@@ -11,7 +11,6 @@ removes 500 existing memories. Rounds alternate between the two paths; medians p
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 
 import grpc
@@ -19,7 +18,8 @@ import psycopg
 
 from bench.harness import backends, report, service, timed
 from zerodb.v1 import memory_pb2, memory_pb2_grpc
-from zerodb_batch.domain.memory_update import UPDATABLE
+from zerodb_batch.domain.memory_update import UPDATABLE, UpdateColumns
+from zerodb_batch.storage import memories
 from zerodb_batch.storage.queries import Q
 
 BATCH = 500
@@ -55,15 +55,15 @@ def update_request(project_id: str, ids: list[str]) -> memory_pb2.BatchUpdateMem
 
 
 def update_params(project_id: str, ids: list[str]) -> dict[str, object]:
-    """memory_update's parameters for the same change, as the service's store builds them."""
-    params: dict[str, object] = {"project_id": project_id, "ids": ids}
-    for name in UPDATABLE:
-        changed = name in ("importance", "tags")
-        params[f"set_{name}"] = [changed] * len(ids)
-        params[name] = [None] * len(ids)
-    params["importance"] = [0.9] * len(ids)
-    params["tags"] = [json.dumps(tags(n)) for n in range(len(ids))]
-    return params
+    """memory_update's parameters for the same change, built by the service's own store code."""
+    n = len(ids)
+    changed = {"importance": [0.9] * n, "tags": [tags(i) for i in range(n)]}
+    rows = UpdateColumns(
+        ids=ids,
+        flags={name: [name in changed] * n for name in UPDATABLE},
+        values={name: changed.get(name, [None] * n) for name in UPDATABLE},
+    )
+    return memories.update_params(project_id, rows)
 
 
 def service_updates(stub: Stub, project_id: str, key: str, work: list[list[str]]) -> float:

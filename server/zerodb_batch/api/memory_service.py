@@ -100,7 +100,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             return results.fill(response, outcomes, _UPDATED, request.result_view)
 
         done = await write_once(
-            self._db, request, memory_pb2.BatchUpdateMemoriesResponse, write, pipelined=True
+            self._db,
+            request,
+            memory_pb2.BatchUpdateMemoriesResponse,
+            write,
+            pipelined=True,
+            one_statement=True,
         )
         return done.response
 
@@ -118,7 +123,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             return results.fill(response, outcomes, _DELETED, request.result_view)
 
         done = await write_once(
-            self._db, request, memory_pb2.BatchDeleteMemoriesResponse, write, pipelined=True
+            self._db,
+            request,
+            memory_pb2.BatchDeleteMemoriesResponse,
+            write,
+            pipelined=True,
+            one_statement=True,
         )
         return done.response
 

@@ -12,12 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-import orjson
-
 from zerodb.v1 import memory_pb2
 from zerodb_batch import limits
 from zerodb_batch.domain.memory import MEMORY
 from zerodb_batch.domain.records import ParsedBatch, refuse_if_atomic
+from zerodb_batch.domain.rules import Rules
 from zerodb_batch.domain.validate import Checker
 
 UPDATABLE: Final = (
@@ -62,6 +61,11 @@ def parse_updates(request: memory_pb2.BatchUpdateMemoriesRequest) -> ParsedBatch
     parsed = ParsedBatch(UpdateColumns())
     seen: dict[str, int] = {}
     for i, update in enumerate(request.updates):
+        if (values := _fast_values(update, batch_mask)) is not None and (
+            seen.setdefault(update.id, i) == i
+        ):
+            parsed.rows.append(i, update.id, values)
+            continue
         checker = Checker(f"updates[{i}]")
         values = _values(checker, update, batch_mask)
         checker.text("id", update.id, limits.MAX_ID_CHARS, required=True)
@@ -74,6 +78,23 @@ def parse_updates(request: memory_pb2.BatchUpdateMemoriesRequest) -> ParsedBatch
             parsed.rows.append(i, update.id, values)
     refuse_if_atomic(parsed, len(request.updates), "updates", request.partial_success)
     return parsed
+
+
+def _fast_values(
+    u: memory_pb2.MemoryUpdate, batch_mask: tuple[str, ...] | None
+) -> dict[str, object] | None:
+    """The values of an update without a mask of its own, by the rules' fast paths (as upserts
+    take them); None when the update must take the full check, which decides and names why."""
+    uid = u.id
+    if u.update_mask.paths or not uid or len(uid) > limits.MAX_ID_CHARS or "\x00" in uid:
+        return None
+    fields = batch_mask if batch_mask is not None else _present(u)
+    values = {}
+    for name in fields:
+        if (value := _FAST[name](u)) is None:
+            return None
+        values[name] = _STORED[name](value[0])
+    return values or None
 
 
 def _mask(checker: Checker, name: str, paths: Sequence[str]) -> tuple[str, ...] | None:
@@ -114,16 +135,24 @@ def _present(u: memory_pb2.MemoryUpdate) -> tuple[str, ...]:
     return tuple(present)
 
 
+def _stored(name: str) -> Callable[[object], object]:
+    """A field's checked value as memory_update takes it."""
+    if name in ("session_id", "agent_id", "entity_id"):
+        return lambda scope: scope or None  # an empty scope is no scope, as on insert
+    return lambda value: value
+
+
 def _value(name: str) -> _ValueOf:
     """The new value of a field, checked by the memory rules (the same as upsert's)."""
-    rule = MEMORY.by_name[name]
-    if name == "tags":
-        # A jsonb array (the statement unnests it into text[]); orjson: in C, per update
-        return lambda c, u: orjson.dumps(rule.check(c, u)).decode()
-    if name in _SCOPES:
-        return lambda c, u: rule.check(c, u) or None  # an empty scope is no scope, as on insert
-    return rule.check
+    check, stored = MEMORY.by_name[name].check, _STORED[name]
+    return lambda c, u: stored(check(c, u))
 
 
-_SCOPES: Final = ("session_id", "agent_id", "entity_id")
+_STORED: Final = {name: _stored(name) for name in UPDATABLE}
 _VALUE: Final[dict[str, _ValueOf]] = {name: _value(name) for name in UPDATABLE}
+_UPDATE_FIELDS: Final = tuple(memory_pb2.MemoryUpdate.DESCRIPTOR.fields_by_name)
+# Each field's fast path alone: (value,) or None when in doubt.
+_FAST: Final = {
+    name: Rules(f"MemoryUpdate.{name}", MEMORY.by_name[name].for_fields(_UPDATE_FIELDS)).fast
+    for name in UPDATABLE
+}

@@ -16,8 +16,9 @@ passed (None means "in doubt"), and `stored` is what goes to the database.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,15 @@ class Rule:
 
     def constants(self, v: str) -> dict[str, object]:
         return {}
+
+    def for_fields(self, names: Collection[str]) -> Rule:
+        """This rule for a message that has only the fields `names` (a memory update has no
+        metadata_json): the alternatives it lacks are dropped."""
+        rule = copy.copy(self)
+        for alternative in ("alias", "text"):
+            if getattr(rule, alternative, None) not in (None, *names):
+                setattr(rule, alternative, None)
+        return rule
 
 
 class Text(Rule):

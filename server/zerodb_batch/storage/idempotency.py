@@ -36,13 +36,19 @@ async def write_once(
     write: Callable[[Conn], Awaitable[R]],
     *,
     pipelined: bool = False,
+    one_statement: bool = False,
 ) -> Written[R]:
     """Run `write` (which returns the response) in one transaction, unless the request's
     `request_id` already ran: then the first response, and nothing is written.
 
     The method a request_id belongs to is the request's message name: ids of different RPCs
     never collide. `pipelined` sends the statements in pipeline mode (see Database).
+    `one_statement` says `write` runs a single statement: without a request_id to claim, that
+    statement is its own transaction (autocommit), one round trip with no BEGIN or COMMIT.
     """
+    if one_statement and not getattr(request, "request_id"):  # noqa: B009
+        async with db.connection() as conn:
+            return Written(await write(conn), replayed=False)
     begin = db.pipelined_transaction() if pipelined else db.transaction()
     async with begin as conn:
         if stored := await claim(conn, request, response_type):

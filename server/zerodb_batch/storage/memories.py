@@ -82,11 +82,27 @@ async def update(conn: Conn, project_id: str, rows: UpdateColumns) -> set[str]:
     memory."""
     if not rows:
         return set()
+    return await _ids(conn, Q["memory_update"], update_params(project_id, rows))
+
+
+def update_params(project_id: str, rows: UpdateColumns) -> dict[str, object]:
+    """memory_update's parameters. A column no update sets goes as NULL arrays, which `unnest`
+    pads with NULLs (a NULL flag keeps the value): most updates set a field or two, and eight
+    arrays of 500 NULLs and falses cost more to send than the statement takes to run."""
     params: dict[str, object] = {"project_id": project_id, "ids": rows.ids}
     for name in UPDATABLE:
-        params[f"set_{name}"] = rows.flags[name]
-        params[name] = rows.values[name]
-    return await _ids(conn, Q["memory_update"], params)
+        flags = rows.flags[name]
+        params[f"set_{name}"] = flags if any(flags) else None
+        params[name] = rows.values[name] if any(flags) else None
+    tags = params.pop("tags")
+    if isinstance(tags, list):
+        params.update(flat_tags([t or [] for t in tags]))
+    else:
+        params.update(dict.fromkeys(_FLAT_TAGS))
+    return params
+
+
+_FLAT_TAGS = ("tag_values", "tag_from", "tag_to")
 
 
 async def delete(conn: Conn, project_id: str, ids: Sequence[str]) -> set[str]:

@@ -40,6 +40,7 @@ WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[]);
 -- One statement for the whole batch. Each column comes with a "set this column?" flag, so one
 -- shape of statement serves every mix of present fields and masks; unflagged columns keep their
 -- value. create_time is never touched. Its rows are locked first, in id order (see memory_delete).
+-- Tags come flat, sliced per row as in memory_upsert. A column no update sets comes as NULL arrays.
 WITH locked AS MATERIALIZED (
     SELECT id FROM memories
     WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
@@ -51,7 +52,7 @@ UPDATE memories AS m SET
     memory_type = CASE WHEN u.set_memory_type THEN u.memory_type ELSE m.memory_type END,
     importance = CASE WHEN u.set_importance THEN u.importance ELSE m.importance END,
     tags = CASE WHEN u.set_tags
-                THEN ARRAY(SELECT jsonb_array_elements_text(u.tags)) ELSE m.tags END,
+                THEN COALESCE((%(tag_values)b::text[])[u.tag_from:u.tag_to], '{}') ELSE m.tags END,
     metadata = CASE WHEN u.set_metadata THEN u.metadata ELSE m.metadata END,
     session_id = CASE WHEN u.set_session_id THEN u.session_id ELSE m.session_id END,
     agent_id = CASE WHEN u.set_agent_id THEN u.agent_id ELSE m.agent_id END,
@@ -61,13 +62,13 @@ FROM unnest(%(ids)b::text[],
             %(set_content)b::bool[], %(content)b::text[],
             %(set_memory_type)b::bool[], %(memory_type)b::text[],
             %(set_importance)b::bool[], %(importance)b::float8[],
-            %(set_tags)b::bool[], %(tags)b::jsonb[],
+            %(set_tags)b::bool[], %(tag_from)b::int4[], %(tag_to)b::int4[],
             %(set_metadata)b::bool[], %(metadata)b::jsonb[],
             %(set_session_id)b::bool[], %(session_id)b::text[],
             %(set_agent_id)b::bool[], %(agent_id)b::text[],
             %(set_entity_id)b::bool[], %(entity_id)b::text[])
      AS u(id, set_content, content, set_memory_type, memory_type, set_importance, importance,
-          set_tags, tags, set_metadata, metadata, set_session_id, session_id,
+          set_tags, tag_from, tag_to, set_metadata, metadata, set_session_id, session_id,
           set_agent_id, agent_id, set_entity_id, entity_id)
 WHERE m.project_id = %(project_id)s AND m.id = u.id AND u.id IN (SELECT id FROM locked)
 RETURNING m.id;
