@@ -64,7 +64,7 @@ def test_a_connection_whose_backend_was_terminated_is_checked_and_replaced(
                     "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (gone,)
                 ).fetchone():
                     assert time.monotonic() < deadline, "the backend was not terminated"
-                    time.sleep(0.05)
+                    await asyncio.sleep(0.05)
             async with db.connection() as conn:  # the call does not see the dead connection
                 cur = await conn.execute("SELECT pg_backend_pid()")
                 assert await cur.fetchone() != (gone,)

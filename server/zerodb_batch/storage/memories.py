@@ -111,8 +111,12 @@ async def delete(conn: Conn, project_id: str, ids: Sequence[str]) -> set[str]:
 
 
 async def _ids(conn: Conn, query: LiteralString, params: dict[str, object]) -> set[str]:
+    """The ids of `params` that the statement found: it answers with those it did not."""
     cur = await conn.execute(query, params)
-    return {row[0] for row in await cur.fetchall()}  # type: ignore[misc]
+    row = await cur.fetchone()
+    assert row is not None  # an ARRAY() subquery always makes a row
+    ids: list[str] = params["ids"]  # type: ignore[assignment]
+    return set(ids).difference(row[0])  # type: ignore[arg-type]
 
 
 async def list_page(

@@ -46,7 +46,7 @@ WITH locked AS MATERIALIZED (
     WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
     ORDER BY id
     FOR UPDATE
-)
+), changed AS (
 UPDATE memories AS m SET
     content = CASE WHEN u.set_content THEN u.content ELSE m.content END,
     memory_type = CASE WHEN u.set_memory_type THEN u.memory_type ELSE m.memory_type END,
@@ -71,7 +71,9 @@ FROM unnest(%(ids)b::text[],
           set_tags, tag_from, tag_to, set_metadata, metadata, set_session_id, session_id,
           set_agent_id, agent_id, set_entity_id, entity_id)
 WHERE m.project_id = %(project_id)s AND m.id = u.id AND u.id IN (SELECT id FROM locked)
-RETURNING m.id;
+RETURNING m.id
+)  -- the ids that named no memory, as memory_delete answers
+SELECT ARRAY(SELECT unnest(%(ids)b::text[]) EXCEPT SELECT id FROM changed);
 
 -- name: memory_delete
 -- Locks its rows in id order first, then deletes: one statement, one round trip. Why the
@@ -84,10 +86,13 @@ WITH locked AS MATERIALIZED (
     WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
     ORDER BY id
     FOR UPDATE
-)
-DELETE FROM memories  -- the ids again: without them the plan scans the project's rows
-WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[]) AND id IN (SELECT id FROM locked)
-RETURNING id;
+), gone AS (
+    DELETE FROM memories  -- the ids again: without them the plan scans the project's rows
+    WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
+      AND id IN (SELECT id FROM locked)
+    RETURNING id
+)  -- the ids that named no memory (one row, almost always an empty array), not every id again
+SELECT ARRAY(SELECT unnest(%(ids)b::text[]) EXCEPT SELECT id FROM gone);
 
 -- name: memory_list
 -- Newest first with a (create_time, id) keyset: the row comparison is an index condition on
