@@ -80,9 +80,10 @@ def raw_params(project_id: str, batch: list[dict[str, Any]]) -> dict[str, object
         "tag_from": tag_from,
         "tag_to": tag_to,
         "metadata": [json.dumps(r["metadata"]) for r in batch],
-        "session_ids": [None] * len(batch),
-        "agent_ids": [None] * len(batch),
-        "entity_ids": [None] * len(batch),
+        # No record has these: one NULL each, which unnest pads (as the service sends them).
+        "session_ids": None,
+        "agent_ids": None,
+        "entity_ids": None,
     }
 
 

@@ -21,7 +21,7 @@ from zerodb_batch.storage.copy_text import NULL, CopyLines, field, text_array
 from zerodb_batch.storage.loads import IdExists, RetryChunk
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
-from zerodb_batch.storage.unnest import flat_tags
+from zerodb_batch.storage.unnest import column, flat_tags
 
 Cursor = psycopg.AsyncCursor[tuple[object, ...]]
 
@@ -58,9 +58,9 @@ async def send_upsert(conn: Conn, project_id: str, rows: MemoryColumns) -> Curso
         "importances": rows.importances,
         **flat_tags(rows.tags),
         "metadata": rows.metadata,
-        "session_ids": rows.session_ids,
-        "agent_ids": rows.agent_ids,
-        "entity_ids": rows.entity_ids,
+        "session_ids": column(rows.session_ids),
+        "agent_ids": column(rows.agent_ids),
+        "entity_ids": column(rows.entity_ids),
     }
     return await conn.execute(Q["memory_upsert"], params)
 

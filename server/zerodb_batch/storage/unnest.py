@@ -16,3 +16,9 @@ def flat_tags(tags: list[list[str]]) -> dict[str, list[Any]]:
         values.extend(record_tags)
         ends.append(len(values))
     return {"tag_values": values, "tag_from": starts, "tag_to": ends}
+
+
+def column(values: list[Any]) -> list[Any] | None:
+    """A column for a multi-array `unnest`: one NULL when every value is NULL, which `unnest`
+    pads with NULLs just the same, instead of an array psycopg must scan and send in full."""
+    return None if values.count(None) == len(values) else values
