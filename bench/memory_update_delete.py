@@ -18,7 +18,7 @@ import psycopg
 
 from bench.harness import backends, report, service, timed
 from zerodb.v1 import memory_pb2, memory_pb2_grpc
-from zerodb_batch.domain.memory_update import UPDATABLE, UpdateColumns
+from zerodb_batch.domain.memory_update import UpdateColumns
 from zerodb_batch.storage import memories
 from zerodb_batch.storage.queries import Q
 
@@ -56,13 +56,10 @@ def update_request(project_id: str, ids: list[str]) -> memory_pb2.BatchUpdateMem
 
 def update_params(project_id: str, ids: list[str]) -> dict[str, object]:
     """memory_update's parameters for the same change, built by the service's own store code."""
-    n = len(ids)
-    changed = {"importance": [0.9] * n, "tags": [tags(i) for i in range(n)]}
-    rows = UpdateColumns(
-        ids=ids,
-        flags={name: [name in changed] * n for name in UPDATABLE},
-        values={name: changed.get(name, [None] * n) for name in UPDATABLE},
-    )
+    changes: list[dict[str, object]] = [
+        {"importance": 0.9, "tags": tags(n)} for n in range(len(ids))
+    ]
+    rows = UpdateColumns(index=list(range(len(ids))), ids=ids, changes=changes)
     return memories.update_params(project_id, rows)
 
 

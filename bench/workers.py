@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bench.harness import Service, backends, report, service, timed
+from bench.harness import Service, backends, machine_busy, report, service, timed
 from zerodb.v1 import memory_pb2, memory_pb2_grpc
 
 RECORDS = 100
@@ -41,13 +43,21 @@ def caller(svc: Service, calls: int, tag: str) -> None:
             stub.BatchUpsertMemories(request, metadata=(("x-api-key", svc.api_key),))
 
 
-def load(svc: Service, callers: int, calls: int, pool: ThreadPoolExecutor, tag: str) -> float:
+def load(
+    svc: Service, callers: int, calls: int, pool: ThreadPoolExecutor, tag: str, busy: list[float]
+) -> float:
+    """Records/s of one round; appends the share of the machine's CPU in use during it."""
+
     def run() -> None:
         futures = [pool.submit(caller, svc, calls, f"{tag}-{c}") for c in range(callers)]
         for future in futures:
             future.result()
 
-    return callers * calls * RECORDS / timed(run)
+    before = machine_busy()
+    rate = callers * calls * RECORDS / timed(run)
+    after = machine_busy()
+    busy.append((after[0] - before[0]) / (after[1] - before[1]))
+    return rate
 
 
 def second_database(url: str) -> str:
@@ -68,10 +78,10 @@ def main() -> None:
         one = stack.enter_context(service(db_url, redis_url, ZERODB_WORKERS="1"))
         two = stack.enter_context(service(other_db, redis_url, ZERODB_WORKERS="2"))
         pool = stack.enter_context(ThreadPoolExecutor(opts.callers))
-        ours, base = [], []
+        ours, base, busy_two, busy_one = [], [], [], []
         for n in range(opts.rounds):
-            base.append(load(one, opts.callers, opts.calls, pool, f"one{n}"))
-            ours.append(load(two, opts.callers, opts.calls, pool, f"two{n}"))
+            base.append(load(one, opts.callers, opts.calls, pool, f"one{n}", busy_one))
+            ours.append(load(two, opts.callers, opts.calls, pool, f"two{n}", busy_two))
         report(
             f"BatchUpsertMemories of {RECORDS} records, {opts.callers} concurrent callers",
             "records/s",
@@ -79,6 +89,12 @@ def main() -> None:
             base,
             names=("--workers 2", "--workers 1"),
         )
+        # A second worker can only use CPU the machine has left: with the first already taking
+        # it all (with the callers and PostgreSQL), there is nothing for the second to gain.
+        for name, busy in (("--workers 1", busy_one), ("--workers 2", busy_two)):
+            share = statistics.median(busy)
+            cores = os.cpu_count()
+            print(f"  machine CPU in use during {name} rounds: {share:.0%} of {cores} cores")
 
 
 if __name__ == "__main__":

@@ -35,12 +35,11 @@ _OPTIONAL: Final = ("content", "memory_type", "importance", "session_id", "agent
 
 @dataclass
 class UpdateColumns:
-    """Valid updates as parallel arrays: per column, a "set it?" flag and the new value."""
+    """Valid updates: each row's id and its changes (field -> new value), read as columns."""
 
     index: list[int] = field(default_factory=list)  # position of each row in the request
     ids: list[str] = field(default_factory=list)
-    flags: dict[str, list[bool]] = field(default_factory=lambda: {f: [] for f in UPDATABLE})
-    values: dict[str, list[object]] = field(default_factory=lambda: {f: [] for f in UPDATABLE})
+    changes: list[dict[str, object]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,9 +47,14 @@ class UpdateColumns:
     def append(self, index: int, memory_id: str, values: dict[str, object]) -> None:
         self.index.append(index)
         self.ids.append(memory_id)
-        for name in UPDATABLE:
-            self.flags[name].append(name in values)
-            self.values[name].append(values.get(name))
+        self.changes.append(values)
+
+    def column(self, name: str) -> tuple[list[bool], list[object]] | None:
+        """Per row, whether it sets field `name` and to what; None when no row sets it."""
+        flags = [name in change for change in self.changes]
+        if not any(flags):
+            return None
+        return flags, [change.get(name) for change in self.changes]
 
 
 def parse_updates(request: memory_pb2.BatchUpdateMemoriesRequest) -> ParsedBatch[UpdateColumns]:

@@ -91,18 +91,15 @@ def update_params(project_id: str, rows: UpdateColumns) -> dict[str, object]:
     arrays of 500 NULLs and falses cost more to send than the statement takes to run."""
     params: dict[str, object] = {"project_id": project_id, "ids": rows.ids}
     for name in UPDATABLE:
-        flags = rows.flags[name]
-        params[f"set_{name}"] = flags if any(flags) else None
-        params[name] = rows.values[name] if any(flags) else None
-    tags = params.pop("tags")
-    if isinstance(tags, list):
-        params.update(flat_tags([t or [] for t in tags]))
-    else:
-        params.update(dict.fromkeys(_FLAT_TAGS))
+        flags, values = rows.column(name) or (None, None)
+        params[f"set_{name}"] = flags
+        if name != "tags":
+            params[name] = values
+        elif values is None:
+            params.update(tag_values=None, tag_from=None, tag_to=None)
+        else:
+            params.update(flat_tags([tags or [] for tags in values]))  # type: ignore[misc]
     return params
-
-
-_FLAT_TAGS = ("tag_values", "tag_from", "tag_to")
 
 
 async def delete(conn: Conn, project_id: str, ids: Sequence[str]) -> set[str]:
