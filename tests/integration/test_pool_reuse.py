@@ -1,7 +1,7 @@
-"""What storage/pool.Database hands out again: every connection is checked first, so one whose
-backend has gone is replaced before a call sees it; and never one left in pipeline mode (a call
-cancelled inside a pipeline leaves it so: the next user's COPY would fail, its queries never
-flushed)."""
+"""What storage/pool.Database hands out again: a connection given back moments ago goes out
+without a check round trip, unless its backend has gone (its socket is readable then); and never
+one left in pipeline mode (a call cancelled inside a pipeline leaves it so: the next user's COPY
+would fail, its queries never flushed)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,25 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(AsyncConnectionPool, "check_connection", staticmethod(counted))
     return seen
+
+
+def test_a_connection_given_back_clean_goes_out_again_unchecked(
+    database_url: str, checks: list[int]
+) -> None:
+    async def scenario() -> list[int]:
+        db = await open_database(database_url, 1, 1, 10)
+        pids = []
+        try:
+            for _ in range(3):
+                async with db.connection() as conn:
+                    pids.append(conn.info.backend_pid)
+        finally:
+            await db.close()
+        return pids
+
+    pids = asyncio.run(scenario())
+    assert len(set(pids)) == 1
+    assert checks == pids[:1]  # the first hand-out only: it was never given back before
 
 
 def test_a_connection_whose_backend_was_terminated_is_checked_and_replaced(
