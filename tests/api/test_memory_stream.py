@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -143,6 +144,33 @@ def test_cancel_mid_chunk_leaves_no_half_written_chunk(
     reply = stream(memories, project, [locked])  # resending the chunk writes it, once
     assert (reply.chunks_committed, reply.load.inserted, reply.load.updated) == (1, 53, 1)
     assert len(contents(db, project)) == 53
+
+
+def test_a_stream_cancelled_between_chunks_leaves_its_load_running(
+    memories: MemoryServiceStub,
+    loads: LoadServiceStub,
+    project: Project,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpc ends the server's request iterator for a cancelled call as for a clean half-close;
+    the load must stay RUNNING (resumable), never DONE. A race when wrong: several tries."""
+    caplog.set_level(logging.INFO, logger="zerodb_batch.rpc")
+    for n in range(10):
+        load_id = f"cancelled-{n}"
+        caplog.clear()
+        feed = Feed()
+        call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+        feed.send(chunk(project, 0, load_id=load_id))
+        wait_for(lambda: last_offset(loads, project, load_id) == 0, "chunk 0 to commit")  # noqa: B023
+        call.cancel()
+        feed.close()
+        wait_for(
+            lambda: any("StreamUpsertMemories" in r.getMessage() for r in caplog.records),
+            "the cancelled call to end in the server",
+        )
+        assert get_load(loads, project, load_id).state == load_pb2.LOAD_STATE_RUNNING
+        reply = stream(memories, project, [chunk(project, 1, load_id=load_id)])  # resumable
+        assert (reply.chunks_committed, reply.load.state) == (1, load_pb2.LOAD_STATE_DONE)
 
 
 @contextmanager

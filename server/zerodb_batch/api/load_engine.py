@@ -41,6 +41,7 @@ from zerodb_batch.storage.pool import Conn, Database
 log = logging.getLogger(__name__)
 
 _SLICE = 200  # records validated between two turns of the event loop
+CANCEL_GRACE_SECONDS = 0.02  # see LoadEngine.run
 
 C = TypeVar("C", bound=Message)  # a chunk message, e.g. StreamUpsertMemoriesRequest
 C_in = TypeVar("C_in", bound=Message, contravariant=True)
@@ -111,6 +112,12 @@ class LoadEngine(Generic[C]):
             self._metrics.running.inc()
         try:
             await self._consume(chunks)
+            # grpc ends the request iterator alike for a client's clean half-close and for a
+            # cancelled call (a cut HTTP body, a lost client, a deadline), whose cancellation
+            # reaches this task a moment later. Marking the load DONE at once could win that
+            # race, and a DONE load takes no more chunks: the client could not resume. A
+            # cancellation arriving during this pause ends the call with the load RUNNING.
+            await asyncio.sleep(CANCEL_GRACE_SECONDS)
         except BaseException:
             await self._record_skips()
             raise

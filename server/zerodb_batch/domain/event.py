@@ -80,7 +80,7 @@ class Position:
     seq: int
 
     def __str__(self) -> str:
-        return f"{self.ms}-{self.seq}"
+        return entry_id(self.ms, self.seq)
 
     @classmethod
     def parse(cls, text: str) -> Position | None:
@@ -90,6 +90,11 @@ class Position:
             return None
         ms, seq = int(match[1]), int(match[2] or 0)
         return cls(ms, seq) if ms <= _MAX_MS and seq <= _MAX_SEQ else None
+
+
+def entry_id(ms: int, seq: int) -> str:
+    """The stream entry id of an event: `<publish ms>-<seq>`."""
+    return f"{ms}-{seq}"
 
 
 def epoch_ms(value: datetime) -> int:
