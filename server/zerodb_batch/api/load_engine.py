@@ -115,8 +115,8 @@ class LoadEngine(Generic[C]):
             # grpc ends the request iterator alike for a client's clean half-close and for a
             # cancelled call (a cut HTTP body, a lost client, a deadline), whose cancellation
             # reaches this task a moment later. Marking the load DONE at once could win that
-            # race, and a DONE load takes no more chunks: the client could not resume. A
-            # cancellation arriving during this pause ends the call with the load RUNNING.
+            # race, and a cut upload would report DONE. A cancellation arriving during this
+            # pause ends the call with the load RUNNING.
             await asyncio.sleep(CANCEL_GRACE_SECONDS)
         except BaseException:
             await self._record_skips()
