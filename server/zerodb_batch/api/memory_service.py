@@ -114,11 +114,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.BatchDeleteMemoriesResponse:
         check_batch_size("ids", len(request.ids), limits.MAX_MEMORY_DELETE)
         check_request_id(request.request_id)
-        check_ids("ids", request.ids)
+        ids = list(request.ids)  # once: each pass over the message's field makes every str anew
+        check_ids("ids", ids)
 
         async def write(conn: Conn) -> memory_pb2.BatchDeleteMemoriesResponse:
-            deleted = await memories.delete(conn, request.project_id, request.ids)
-            outcomes = results.delete_outcomes(request.ids, deleted)
+            deleted = await memories.delete(conn, request.project_id, ids)
+            outcomes = results.delete_outcomes(ids, deleted)
             response = memory_pb2.BatchDeleteMemoriesResponse()
             return results.fill(response, outcomes, _DELETED, request.result_view)
 

@@ -102,9 +102,9 @@ def update_params(project_id: str, rows: UpdateColumns) -> dict[str, object]:
     return params
 
 
-async def delete(conn: Conn, project_id: str, ids: Sequence[str]) -> set[str]:
+async def delete(conn: Conn, project_id: str, ids: list[str]) -> set[str]:
     """Delete in one statement (its rows locked in id order); the ids that named a memory."""
-    return await _ids(conn, Q["memory_delete"], {"project_id": project_id, "ids": list(ids)})
+    return await _ids(conn, Q["memory_delete"], {"project_id": project_id, "ids": ids})
 
 
 async def _ids(conn: Conn, query: LiteralString, params: dict[str, object]) -> set[str]:
