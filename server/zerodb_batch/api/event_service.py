@@ -80,9 +80,15 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             response = event_pb2.BatchPublishEventsResponse()
             return results.fill(response, outcomes, _PUBLISHED, request.result_view)
 
-        # Pipelined: BEGIN goes out with the INSERT (one round trip, then the COMMIT's).
+        # One statement: without a request_id it commits alone (one round trip); with one, it
+        # is pipelined with the id's claim (BEGIN goes out with them, then the COMMIT).
         done = await write_once(
-            self._db, request, event_pb2.BatchPublishEventsResponse, write, pipelined=True
+            self._db,
+            request,
+            event_pb2.BatchPublishEventsResponse,
+            write,
+            pipelined=True,
+            one_statement=True,
         )
         response = done.response
         # After commit: append to the stream now (for a replayed request, whatever the project

@@ -157,7 +157,9 @@ class VectorServicer(vector_pb2_grpc.VectorServiceServicer):
             response = vector_pb2.BatchDeleteVectorsResponse()
             return results.fill(response, outcomes, _DELETED, request.result_view)
 
-        done = await write_once(self._db, request, vector_pb2.BatchDeleteVectorsResponse, write)
+        done = await write_once(
+            self._db, request, vector_pb2.BatchDeleteVectorsResponse, write, one_statement=True
+        )
         return done.response
 
     async def ListNamespaces(
