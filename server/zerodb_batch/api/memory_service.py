@@ -75,12 +75,13 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.BatchGetMemoriesRequest, context: Ctx
     ) -> memory_pb2.BatchGetMemoriesResponse:
         check_batch_size("ids", len(request.ids), limits.MAX_MEMORY_GET)
-        check_ids("ids", request.ids)
+        ids = list(request.ids)  # once: each pass over the message's field makes every str anew
+        check_ids("ids", ids)
         async with self._db.connection() as conn:
-            found = await memories.get(conn, request.project_id, request.ids)
+            found = await memories.get(conn, request.project_id, ids)
         return memory_pb2.BatchGetMemoriesResponse(
-            memories=[to_message(found[i]) for i in request.ids if i in found],
-            not_found=[i for i in request.ids if i not in found],
+            memories=[to_message(found[i]) for i in ids if i in found],
+            not_found=[i for i in ids if i not in found],
         )
 
     async def BatchUpdateMemories(

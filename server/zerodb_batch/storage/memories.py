@@ -6,7 +6,7 @@ batches over overlapping ids wait for each other instead of deadlocking.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, LiteralString
@@ -72,8 +72,8 @@ async def upsert_sent(cur: Cursor | None) -> dict[str, bool]:
     return {row[0]: row[1] for row in await cur.fetchall()}  # type: ignore[misc]
 
 
-async def get(conn: Conn, project_id: str, ids: Sequence[str]) -> dict[str, MemoryRow]:
-    found = await _rows(conn, Q["memory_get"], {"project_id": project_id, "ids": list(ids)})
+async def get(conn: Conn, project_id: str, ids: list[str]) -> dict[str, MemoryRow]:
+    found = await _rows(conn, Q["memory_get"], {"project_id": project_id, "ids": ids})
     return {row.id: row for row in found}
 
 
