@@ -82,7 +82,7 @@ async def update(conn: Conn, project_id: str, rows: UpdateColumns) -> set[str]:
     memory."""
     if not rows:
         return set()
-    return await _ids(conn, Q["memory_update"], update_params(project_id, rows))
+    return await _found(conn, Q["memory_update"], update_params(project_id, rows), rows.ids)
 
 
 def update_params(project_id: str, rows: UpdateColumns) -> dict[str, object]:
@@ -104,15 +104,17 @@ def update_params(project_id: str, rows: UpdateColumns) -> dict[str, object]:
 
 async def delete(conn: Conn, project_id: str, ids: list[str]) -> set[str]:
     """Delete in one statement (its rows locked in id order); the ids that named a memory."""
-    return await _ids(conn, Q["memory_delete"], {"project_id": project_id, "ids": ids})
+    params: dict[str, object] = {"project_id": project_id, "ids": ids}
+    return await _found(conn, Q["memory_delete"], params, ids)
 
 
-async def _ids(conn: Conn, query: LiteralString, params: dict[str, object]) -> set[str]:
-    """The ids of `params` that the statement found: it answers with those it did not."""
+async def _found(
+    conn: Conn, query: LiteralString, params: dict[str, object], ids: list[str]
+) -> set[str]:
+    """The `ids` the statement found: it answers with those it did not."""
     cur = await conn.execute(query, params)
     row = await cur.fetchone()
     assert row is not None  # an ARRAY() subquery always makes a row
-    ids: list[str] = params["ids"]  # type: ignore[assignment]
     return set(ids).difference(row[0])  # type: ignore[arg-type]
 
 

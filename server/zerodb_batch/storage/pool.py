@@ -53,13 +53,10 @@ async def _check_unless_fresh(conn: Conn) -> None:
 
 
 def _stale(conn: Conn) -> bool:
-    """In a state a call must not be handed, or with something unasked-for on its socket."""
+    """Broken, or with something unasked-for on its socket (it was given back clean: see
+    Database.putconn, the only place that notes a connection as returned)."""
     pgconn = conn.pgconn
-    if (
-        pgconn.status != pq.ConnStatus.OK
-        or pgconn.pipeline_status != pq.PipelineStatus.OFF
-        or pgconn.transaction_status != pq.TransactionStatus.IDLE
-    ):
+    if pgconn.status != pq.ConnStatus.OK:
         return True
     poll = select.poll()
     poll.register(pgconn.socket, select.POLLIN)
