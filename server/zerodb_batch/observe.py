@@ -85,7 +85,7 @@ def sources(
     events: EventServicer,
 ) -> Sources:
     async def relay_lag() -> tuple[int, float]:
-        async with db.connection() as conn:
+        async with db.pipelined_transaction() as conn:  # one round trip with its lock timeout
             return await outbox.backlog(conn)
 
     return Sources(

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from tests.api.test_memory_stream import chunk
 from tests.api.test_memory_upsert import SEED
 from tests.plugins.checks import details, wait_for
+from tests.plugins.metrics import scrape
 from tests.plugins.server import Project, ServerThread
 from tests.plugins.tables import batch, create_table, insert_rows
 from zerodb.v1 import event_pb2, load_pb2, memory_pb2, rlhf_pb2, table_pb2
@@ -30,6 +31,7 @@ from zerodb.v1.rlhf_pb2_grpc import RlhfServiceStub
 from zerodb.v1.table_pb2_grpc import TableServiceStub
 
 DEADLINE = 1.0  # the client's; the lock is held far longer
+PENDING = "zerodb_event_outbox_pending"
 DB = psycopg.Connection[tuple[object, ...]]
 
 
@@ -192,3 +194,16 @@ def test_a_publish_behind_a_lock_writes_nothing_at_the_deadline(
     stored = db.execute("SELECT count(*) FROM events WHERE project_id = %s", (project.id,))
     assert stored.fetchone() == (0,)
     assert events.BatchPublishEvents(publish, metadata=project.auth).published == 1
+
+
+def test_a_metrics_sample_behind_a_lock_gives_up(
+    server: ServerThread, database_url: str, db: DB
+) -> None:
+    """The relay-lag gauge's query (run every few seconds and on each scrape) waits at most a
+    second for a lock: a table held by maintenance must not keep a pooled connection waiting."""
+    assert server.http is not None
+    lock = "LOCK TABLE events IN ACCESS EXCLUSIVE MODE"
+    with locked(database_url, lock):
+        # The scrape samples now (the query cannot but meet the lock) and waits 1 s at most.
+        assert PENDING in scrape(server.http).text
+        settled(server, db, lock)

@@ -142,7 +142,9 @@ class Backlog(NamedTuple):
 
 
 async def backlog(conn: Conn) -> Backlog:
-    """How far the relays are behind, over every project (for the metrics)."""
+    """How far the relays are behind, over every project (for the metrics). In a transaction of
+    its own: it waits at most a second for a lock (LockNotAvailable, as ABORTED, after that)."""
+    await conn.execute(Q["event_backlog_lock_timeout"])
     cur = await conn.execute(Q["event_backlog"])
     row = await cur.fetchone()
     assert row is not None  # an aggregate has a row

@@ -131,6 +131,11 @@ FROM events
 WHERE project_id = %(project_id)s AND seq = ANY(%(seqs)s::bigint[])
 ORDER BY seq;
 
+-- name: event_backlog_lock_timeout
+-- For event_backlog's transaction: a sample of the metrics gives up after a second behind a lock
+-- (a table locked by maintenance) rather than holding a pooled connection until it is released.
+SET LOCAL lock_timeout = '1s';
+
 -- name: event_backlog
 -- How far the relays are behind, for the metrics: events committed and not yet in their stream,
 -- and the age of the oldest. Reads one row per project with events (event_heads against
