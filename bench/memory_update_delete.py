@@ -3,7 +3,10 @@
 The raw path runs the very statements the service runs (memory_update, memory_delete) with the
 same parameters, one transaction a call, without gRPC, validation, auth or idempotency. Each
 update sets two present fields (importance and tags) of 500 existing memories; each delete
-removes 500 existing memories. Rounds alternate between the two paths; medians print.
+removes 500 existing memories. The service runs twice a round: with the default full results
+(500 per-item results a reply) and with `result_view` FAILURES, which answers what the raw
+statement does (the counts and the ids not found). Rounds alternate between the paths; medians
+print.
 
     python -m bench.memory_update_delete [--calls 40] [--rounds 5]
 """
@@ -17,7 +20,7 @@ import grpc
 import psycopg
 
 from bench.harness import backends, report, service, timed
-from zerodb.v1 import memory_pb2, memory_pb2_grpc
+from zerodb.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from zerodb_batch.domain.memory_update import UpdateColumns
 from zerodb_batch.storage import memories
 from zerodb_batch.storage.queries import Q
@@ -25,6 +28,8 @@ from zerodb_batch.storage.queries import Q
 BATCH = 500
 Conn = psycopg.Connection[tuple[object, ...]]
 Stub = memory_pb2_grpc.MemoryServiceStub
+View = common_pb2.ResultView.ValueType
+FULL, FAILURES = common_pb2.RESULT_VIEW_FULL, common_pb2.RESULT_VIEW_FAILURES
 
 
 def seed(conn: Conn, project_id: str, prefix: str, count: int) -> list[list[str]]:
@@ -45,9 +50,12 @@ def tags(n: int) -> list[str]:
     return ["bench", "updated", f"t{n % 7}"]
 
 
-def update_request(project_id: str, ids: list[str]) -> memory_pb2.BatchUpdateMemoriesRequest:
+def update_request(
+    project_id: str, ids: list[str], view: View
+) -> memory_pb2.BatchUpdateMemoriesRequest:
     return memory_pb2.BatchUpdateMemoriesRequest(
         project_id=project_id,
+        result_view=view,
         updates=[
             memory_pb2.MemoryUpdate(id=i, importance=0.9, tags=tags(n)) for n, i in enumerate(ids)
         ],
@@ -63,11 +71,13 @@ def update_params(project_id: str, ids: list[str]) -> dict[str, object]:
     return memories.update_params(project_id, rows)
 
 
-def service_updates(stub: Stub, project_id: str, key: str, work: list[list[str]]) -> float:
+def service_updates(
+    stub: Stub, project_id: str, key: str, work: list[list[str]], view: View = FULL
+) -> float:
     def run() -> None:
         for ids in work:  # the request is built inside the timing, as a client would
             reply = stub.BatchUpdateMemories(
-                update_request(project_id, ids), metadata=(("x-api-key", key),)
+                update_request(project_id, ids, view), metadata=(("x-api-key", key),)
             )
             assert reply.updated == len(ids)
 
@@ -84,10 +94,14 @@ def raw_updates(conn: Conn, project_id: str, work: list[list[str]]) -> float:
     return len(work) / timed(run)
 
 
-def service_deletes(stub: Stub, project_id: str, key: str, work: list[list[str]]) -> float:
+def service_deletes(
+    stub: Stub, project_id: str, key: str, work: list[list[str]], view: View
+) -> float:
     def run() -> None:
         for ids in work:
-            request = memory_pb2.BatchDeleteMemoriesRequest(project_id=project_id, ids=ids)
+            request = memory_pb2.BatchDeleteMemoriesRequest(
+                project_id=project_id, ids=ids, result_view=view
+            )
             reply = stub.BatchDeleteMemories(request, metadata=(("x-api-key", key),))
             assert reply.deleted == len(ids)
 
@@ -104,15 +118,14 @@ def raw_deletes(conn: Conn, project_id: str, work: list[list[str]]) -> float:
     return len(work) / timed(run)
 
 
-def rounds(
-    count: int, one: Callable[[int], tuple[float, float]]
-) -> tuple[list[float], list[float]]:
-    ours, raw = [], []
-    for n in range(count):
-        o, r = one(n)
-        ours.append(o)
-        raw.append(r)
-    return ours, raw
+def rounds(count: int, one: Callable[[int], tuple[float, ...]]) -> list[list[float]]:
+    """Per side, its rate in each of `count` rounds of `one` (round n -> a rate per side)."""
+    return [list(side) for side in zip(*(one(n) for n in range(count)), strict=True)]
+
+
+def report_views(title: str, full: list[float], failures: list[float], raw: list[float]) -> None:
+    report(title, "calls/s", full, raw)
+    report(title + ", result_view FAILURES", "calls/s", failures, raw)
 
 
 def main() -> None:
@@ -132,22 +145,28 @@ def main() -> None:
         service_updates(stub, ours_p, key, ours_ids[:3])  # warm-up
         raw_updates(conn, raw_p, raw_ids[:3])
         conn.execute("ANALYZE memories")
-        ours, raw = rounds(
+        full, failures, raw = rounds(
             opts.rounds,
             lambda _: (
                 service_updates(stub, ours_p, key, ours_ids),
+                service_updates(stub, ours_p, key, ours_ids, FAILURES),
                 raw_updates(conn, raw_p, raw_ids),
             ),
         )
-        report(f"BatchUpdateMemories, {BATCH} updates a call", "calls/s", ours, raw)
+        report_views(f"BatchUpdateMemories, {BATCH} updates a call", full, failures, raw)
 
-        def delete_round(n: int) -> tuple[float, float]:
-            mine = seed(conn, ours_p, f"d{n}", size)  # fresh rows each round, outside the timing
+        def delete_round(n: int) -> tuple[float, float, float]:
+            # fresh rows each round, seeded outside the timing
+            mine = [seed(conn, ours_p, f"d{n}{view}", size) for view in (FULL, FAILURES)]
             theirs = seed(conn, raw_p, f"d{n}", size)
-            return service_deletes(stub, ours_p, key, mine), raw_deletes(conn, raw_p, theirs)
+            return (
+                service_deletes(stub, ours_p, key, mine[0], FULL),
+                service_deletes(stub, ours_p, key, mine[1], FAILURES),
+                raw_deletes(conn, raw_p, theirs),
+            )
 
-        ours, raw = rounds(opts.rounds, delete_round)
-        report(f"BatchDeleteMemories, {BATCH} ids a call", "calls/s", ours, raw)
+        full, failures, raw = rounds(opts.rounds, delete_round)
+        report_views(f"BatchDeleteMemories, {BATCH} ids a call", full, failures, raw)
 
 
 if __name__ == "__main__":

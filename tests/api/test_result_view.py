@@ -39,6 +39,14 @@ def test_upsert_views(memories: memory_pb2_grpc.MemoryServiceStub, project: Proj
     counts = upsert(COUNTS)
     assert (counts.updated, counts.inserted, counts.failed) == (1, 1, 1)
     assert not counts.results and not counts.ids
+    all_written = memories.BatchUpsertMemories(
+        memory_pb2.BatchUpsertMemoriesRequest(
+            project_id=project.id, records=[{"id": "a"}, {"id": "c"}], result_view=FAILURES
+        ),
+        metadata=project.auth,
+    )
+    assert (all_written.updated, all_written.inserted) == (1, 1)
+    assert not all_written.results and list(all_written.ids) == ["a", "c"]
 
 
 def test_update_and_delete_views(

@@ -86,9 +86,23 @@ def fill(
         setattr(response, name, counted[outcome])
     if view == common_pb2.RESULT_VIEW_COUNTS:
         return response
-    items: Any = getattr(response, "results")  # noqa: B009 - every batch response has results
-    add = items.add  # built in place: no per-item message copies
     only_failures = view == common_pb2.RESULT_VIEW_FAILURES
+    if not (only_failures and counted.keys() <= _DONE):  # else there is no result to write
+        _add_results(getattr(response, "results"), outcomes, only_failures)  # noqa: B009
+    if "ids" in type(response).DESCRIPTOR.fields_by_name:
+        getattr(response, "ids").extend(  # noqa: B009
+            outcomes.ids
+            if FAILED not in counted
+            else (
+                "" if outcome == FAILED else item_id
+                for item_id, outcome in zip(outcomes.ids, outcomes.outcomes, strict=True)
+            )
+        )
+    return response
+
+
+def _add_results(items: Any, outcomes: Outcomes, only_failures: bool) -> None:
+    add = items.add  # built in place: no per-item message copies
     for index, (item_id, outcome) in enumerate(zip(outcomes.ids, outcomes.outcomes, strict=True)):
         if outcome == FAILED:
             items.append(failed(index, item_id, outcomes.failures[index]))
@@ -97,12 +111,6 @@ def fill(
             item.index = index
             item.id = item_id
             item.outcome = outcome
-    if "ids" in type(response).DESCRIPTOR.fields_by_name:
-        getattr(response, "ids").extend(  # noqa: B009
-            "" if outcome == FAILED else item_id
-            for item_id, outcome in zip(outcomes.ids, outcomes.outcomes, strict=True)
-        )
-    return response
 
 
 def failed(index: int, item_id: str, violations: Sequence[Violation]) -> common_pb2.ItemResult:
