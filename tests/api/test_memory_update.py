@@ -188,6 +188,7 @@ BAD = [
     memory_pb2.MemoryUpdate(id="m2", importance=2.0, memory_type="forever"),
     memory_pb2.MemoryUpdate(id="m4"),
     memory_pb2.MemoryUpdate(id="m5", update_mask=mask("create_time")),
+    memory_pb2.MemoryUpdate(id="m6", metadata={}),  # an empty Struct sets nothing
 ]
 
 
@@ -206,6 +207,7 @@ def test_atomic_batch_lists_every_violation_and_writes_nothing(
         ("updates[3].importance", "OUT_OF_RANGE"),
         ("updates[4].update_mask", "EMPTY_UPDATE"),
         ("updates[5].update_mask.paths[0]", "UNKNOWN_FIELD"),
+        ("updates[6].update_mask", "EMPTY_UPDATE"),
     ]
     assert get(memories, project, "m1").importance == pytest.approx(0.4)
 
@@ -215,10 +217,10 @@ def test_partial_success_applies_the_valid_ones(
 ) -> None:
     seed(memories, project, "m1", "m2")
     reply = update(memories, project, BAD, partial_success=True)
-    assert (reply.updated, reply.not_found, reply.failed) == (1, 0, 5)
+    assert (reply.updated, reply.not_found, reply.failed) == (1, 0, 6)
     assert [r.outcome for r in reply.results] == [common_pb2.OUTCOME_UPDATED] + [
         common_pb2.OUTCOME_FAILED
-    ] * 5
+    ] * 6
     assert reply.results[3].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert get(memories, project, "m1").importance == pytest.approx(0.7)
 

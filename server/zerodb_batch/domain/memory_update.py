@@ -30,7 +30,7 @@ UPDATABLE: Final = (
     "entity_id",
 )
 _ValueOf = Callable[[Checker, memory_pb2.MemoryUpdate], object]
-_OPTIONAL: Final = ("content", "memory_type", "importance", "session_id", "agent_id", "entity_id")
+_SET_WHEN_PRESENT: Final = frozenset(UPDATABLE) - {"metadata"}
 
 
 @dataclass
@@ -131,12 +131,14 @@ def _values(
 
 
 def _present(u: memory_pb2.MemoryUpdate) -> tuple[str, ...]:
-    present = [name for name in _OPTIONAL if u.HasField(name)]
-    if u.tags:
-        present.append("tags")
-    if u.metadata.fields:
-        present.append("metadata")
-    return tuple(present)
+    """The fields an update without a mask sets, in field order. ListFields names the set
+    fields in one call (an unset optional, empty tags and no metadata are left out); a
+    metadata Struct sent empty sets nothing."""
+    return tuple(
+        name
+        for fd, value in u.ListFields()
+        if (name := fd.name) in _SET_WHEN_PRESENT or (name == "metadata" and value.fields)
+    )
 
 
 def _stored(name: str) -> Callable[[object], object]:
