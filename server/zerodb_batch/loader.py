@@ -40,6 +40,7 @@ from tqdm import tqdm
 from zerodb.v1 import load_pb2, load_pb2_grpc
 from zerodb_batch import channel
 from zerodb_batch.config import ClientSettings
+from zerodb_batch.domain import wire
 from zerodb_batch.limits import MAX_STREAM_CHUNK_RECORDS as MAX_CHUNK_RECORDS
 
 DEFAULT_CHUNK_BYTES = 8 << 20
@@ -158,22 +159,13 @@ def _encoded_size(record: bytes, chunking: Chunking) -> int:
     return framed
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def chunk_message(kind: Kind, chunk: Chunk, header: Message) -> bytes:
     """The chunk's request message, serialized: `header` (its fields other than the records),
     then each record as the repeated field `kind.records_field` frames it."""
     number = kind.request_type.DESCRIPTOR.fields_by_name[kind.records_field].number
-    tag = _varint(number << 3 | 2)  # wire type 2: length-delimited
+    record_tag = wire.tag(number, wire.LENGTH_DELIMITED)
     return header.SerializeToString() + b"".join(
-        [b"".join((tag, _varint(len(record)), record)) for record in chunk.records]
+        [b"".join((record_tag, wire.varint(len(record)), record)) for record in chunk.records]
     )
 
 
@@ -326,19 +318,21 @@ class Loader:
             return start  # the server is still away: try the stream again from where we were
 
     def _messages(self, path: Path, start: int) -> Iterator[tuple[Chunk, bytes]]:
-        """The chunks from `start` on, with their messages. If none is left, the last committed
-        chunk is sent again: the server skips it as a duplicate, and the stream's clean close
-        marks the load done."""
+        """The chunks from `start` on, with their messages, the last one marked final (one chunk
+        is held back until the next shows it was not the last). If none is left, the last
+        committed chunk is sent again, marked final: the server skips it as a duplicate and the
+        load is done."""
         last: Chunk | None = None
-        sent = False
+        pending: Chunk | None = None
         for chunk in self._chunks(path, self._report_bad):
             if chunk.offset < start:
                 last = chunk
                 continue
-            sent = True
-            yield chunk, self._message(chunk)
-        if not sent and last is not None:
-            yield last, self._message(last)
+            if pending is not None:
+                yield pending, self._message(pending)
+            pending = chunk
+        if (final := pending or last) is not None:
+            yield final, self._message(final, final=True)
 
     def _requests(self, ahead: Iterable[tuple[Chunk, bytes]], bar: tqdm[Any]) -> Iterator[bytes]:
         self._lines = {}
@@ -348,12 +342,13 @@ class Loader:
             self._lines[chunk.offset] = chunk.lines
             yield message
 
-    def _message(self, chunk: Chunk) -> bytes:
+    def _message(self, chunk: Chunk, final: bool = False) -> bytes:
         header = self._kind.request_type(
             project_id=self._project_id,
             load_id=self._load_id,
             offset=chunk.offset,
             partial_success=True,  # a bad record is reported with its line; the rest load
+            final=final,
             **self._fields,
         )
         return chunk_message(self._kind, chunk, header)

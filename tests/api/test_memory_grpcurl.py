@@ -76,7 +76,12 @@ def test_walk_through(server: ServerThread, project: Project) -> None:
             "offset": 0,
             "records": [{"content": "likes tea"}, {"content": "lives in Lyon", "tags": ["home"]}],
         },
-        {"load_id": "notes-1", "offset": 1, "records": [{"content": "works remotely"}]},
+        {
+            "load_id": "notes-1",
+            "offset": 1,
+            "records": [{"content": "works remotely"}],
+            "final": True,
+        },
     )
     assert loaded["load"]["state"] == "LOAD_STATE_DONE"
     assert (loaded["load"]["next_offset"], loaded["load"]["inserted"]) == ("2", "3")

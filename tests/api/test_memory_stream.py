@@ -173,6 +173,44 @@ def test_a_stream_cancelled_between_chunks_leaves_its_load_running(
         assert (reply.chunks_committed, reply.load.state) == (1, load_pb2.LOAD_STATE_DONE)
 
 
+def test_a_final_chunk_completes_its_load_even_if_the_call_is_then_cancelled(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project
+) -> None:
+    feed = Feed()
+    call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+    feed.send(chunk(project, 0))
+    feed.send(chunk(project, 1, final=True))
+    wait_for(lambda: last_offset(loads, project, "load-1") == 1, "the final chunk to commit")
+    assert get_load(loads, project).state == load_pb2.LOAD_STATE_DONE  # with the chunk itself
+    call.cancel()  # the client never half-closes: what it declared final is still final
+    feed.close()
+    load = get_load(loads, project)
+    assert (load.state, load.last_offset, load.inserted) == (load_pb2.LOAD_STATE_DONE, 1, 8)
+
+    # A resumed stream resending the final chunk skips it and answers DONE.
+    reply = stream(memories, project, [chunk(project, 1, final=True)])
+    assert (reply.chunks_committed, reply.chunks_skipped) == (0, 1)
+    assert reply.load.state == load_pb2.LOAD_STATE_DONE
+
+
+def test_a_chunk_after_the_final_one_is_refused(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, db: Db
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(memories, project, [chunk(project, 0, final=True), chunk(project, 1)])
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    violation = details(caught.value)[1].field_violations[0]
+    assert (violation.field, violation.reason) == ("offset", "AFTER_FINAL")
+    assert "follows chunk 0, marked final" in caught.value.details()
+    load = get_load(loads, project)  # what came before the refusal is in, and complete
+    assert (load.state, load.last_offset) == (load_pb2.LOAD_STATE_DONE, 0)
+    assert count(db, project) == 4
+
+    # A later stream may still add to the load: its next chunk makes it running, then done.
+    reply = stream(memories, project, [chunk(project, 1, final=True)])
+    assert (reply.chunks_committed, reply.load.state) == (1, load_pb2.LOAD_STATE_DONE)
+
+
 @contextmanager
 def row_locked(db: Db, database_url: str, project: Project) -> Iterator[tuple[Db, str]]:
     """One of the project's memories locked FOR UPDATE by another session: (that session, id)."""
@@ -523,7 +561,7 @@ def test_chunk_transactions_commit_without_waiting_for_the_wal_flush(
     db: Db, project: Project
 ) -> None:
     params = {
-        "project_id": project.id, "load_id": "wal", "kind": "memories", "offset": 0,
+        "project_id": project.id, "load_id": "wal", "kind": "memories", "offset": 0, "final": False,
         "inserted": 0, "updated": 0, "failed": 0, "skipped": 0,
     }  # fmt: skip
     with db.transaction():

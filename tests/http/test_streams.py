@@ -110,8 +110,9 @@ def test_ndjson_load(door: Door) -> None:
 
 
 def cut_upload(door: Door, load_id: str, lines: list[str], whole: int, rest: str) -> None:
-    """Send `whole` lines of a chunked body, wait for the server to commit them, send `rest`
-    and drop the connection without the body's end."""
+    """Send `whole` lines of a chunked body, wait for the server to commit all but the last
+    (the door holds a line back until the next arrives or the body ends), send `rest` and drop
+    the connection without the body's end."""
     url = urlsplit(door.base + LOAD)
     with socket.create_connection((url.hostname, url.port)) as sock:
         head = (
@@ -120,8 +121,8 @@ def cut_upload(door: Door, load_id: str, lines: list[str], whole: int, rest: str
         )
         sock.sendall(head.encode() + _chunk("\n".join(lines[:whole]) + "\n"))
         wait_for(
-            lambda: (p := get_load(door, load_id)) and p["next_offset"] == str(whole),
-            f"the first {whole} chunks to commit",
+            lambda: (p := get_load(door, load_id)) and p["next_offset"] == str(whole - 1),
+            f"the first {whole - 1} chunks to commit",
         )
         if rest:
             sock.sendall(_chunk(rest))
@@ -158,15 +159,26 @@ def test_ndjson_load_cut_then_resumed(
     assert "code=CANCELLED" in ended[0]
     progress = get_load(door, load_id)
     assert progress is not None
-    assert (progress["next_offset"], progress["state"]) == ("5", "LOAD_STATE_RUNNING")
+    # The fifth line, held back, went nowhere: a cut body sends no line it cannot mark final.
+    assert (progress["next_offset"], progress["state"]) == ("4", "LOAD_STATE_RUNNING")
 
     resumed = load(door, lines)  # resend everything: committed chunks are skipped
     assert resumed.status_code == 200, resumed.text
     done = resumed.json()
-    assert (done["chunks_skipped"], done["chunks_committed"]) == ("5", "3")
+    assert (done["chunks_skipped"], done["chunks_committed"]) == ("4", "4")
     assert (done["load"]["inserted"], done["load"]["state"]) == ("400", "LOAD_STATE_DONE")
     listed = door.get("/memory", tags=load_id, page_size="1000").json()["memories"]
     assert len(listed) == 400
+
+
+def test_ndjson_a_line_after_a_final_one_is_refused(door: Door) -> None:
+    first, second = chunks("after-final", 2, 3)
+    marked = json.dumps({**json.loads(first), "final": True})
+    error = error_of(load(door, [marked, second]), 400, "INVALID_ARGUMENT")
+    assert error["message"] == "chunk 1 of load 'after-final' follows chunk 0, marked final"
+    progress = get_load(door, "after-final")  # the final chunk is in, and the load complete
+    assert progress is not None
+    assert (progress["last_offset"], progress["state"]) == ("0", "LOAD_STATE_DONE")
 
 
 def test_ndjson_bad_line_names_it_and_the_load_resumes(door: Door) -> None:

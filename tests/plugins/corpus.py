@@ -17,6 +17,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
+from zerodb_batch.domain import wire
+
 F = FieldDescriptor
 _WELL_KNOWN_JSON = ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue")
 _MAX_DEPTH = 3  # nested messages below this depth stay empty: the corpus is about edges, not size
@@ -200,21 +202,8 @@ def _copies(one: Any, n: int) -> list[Any]:
 # --- byte-level damage -----------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _tag(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
-
-
 def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _tag(number, 2) + _varint(len(payload)) + payload
+    return wire.tag(number, wire.LENGTH_DELIMITED) + wire.varint(len(payload)) + payload
 
 
 def _string_paths(descriptor: Descriptor, depth: int = 0) -> list[list[int]]:
@@ -250,11 +239,15 @@ def damaged(draw: st.DrawFn, descriptor: Descriptor, good: bytes) -> tuple[str, 
     if how == "unknown-field":
         number = draw(st.integers(len(numbers) + 1, 2**29 - 1))
         extra = _length_delimited(number, draw(st.binary(max_size=16)))
-        return how, good + extra if draw(st.booleans()) else _tag(number, 0) + b"\x01" + good
+        return how, good + extra if draw(st.booleans()) else wire.true_field(number) + good
     if how == "wrong-wire-type":
         field = draw(st.sampled_from(list(descriptor.fields)))
-        wire = 0 if field.type in (F.TYPE_STRING, F.TYPE_MESSAGE, F.TYPE_BYTES) else 2
-        extra = _tag(field.number, wire) + (b"\x01" if wire == 0 else b"\x02ab")
+        wrong = F.TYPE_STRING, F.TYPE_MESSAGE, F.TYPE_BYTES
+        extra = (
+            wire.true_field(field.number)  # a varint where a length-delimited field is
+            if field.type in wrong
+            else wire.tag(field.number, wire.LENGTH_DELIMITED) + b"\x02ab"
+        )
         return how, good + extra
     if how == "invalid-utf8":
         paths = _string_paths(descriptor)

@@ -122,12 +122,14 @@ def test_broken_stream_resumes_from_get_load(tmp_path: Path) -> None:
     rpc, first = run.stream(3)
     assert [m.offset for m in first] == [0, 1, 2]
     assert contents(first) == [f"fact {i}" for i in range(6)]
+    assert not any(m.final for m in first)
     rpc.terminate(None, (), grpc.StatusCode.UNAVAILABLE, "connection reset")
 
     run.get_load(2)  # the server had committed chunks 0 and 1 only
     rpc, rest = run.stream(3)
     assert [m.offset for m in rest] == [2, 3, 4]
     assert contents(rest) == [f"fact {i}" for i in range(4, 9)]
+    assert [m.final for m in rest] == [False, False, True]  # the file's last chunk says so
     assert all(m.load_id == "load-x" and m.partial_success for m in rest)
     rpc.requests_closed()
     failure = common_pb2.RecordFailure(
@@ -150,7 +152,7 @@ def test_resume_skips_the_committed_chunks(tmp_path: Path) -> None:
     run = Run(jsonl(tmp_path, 7), resume=True)
     run.get_load(3)
     rpc, sent = run.stream(1)
-    assert sent[0].offset == 3 and contents(sent) == ["fact 6"]
+    assert sent[0].offset == 3 and contents(sent) == ["fact 6"] and sent[0].final
     rpc.requests_closed()
     rpc.terminate(done(3), (), OK, "")
     assert run.outcome().load.last_offset == 3
@@ -160,7 +162,7 @@ def test_resume_of_a_finished_load_resends_its_last_chunk_to_close_it(tmp_path: 
     run = Run(jsonl(tmp_path, 4), resume=True)
     run.get_load(2)
     rpc, sent = run.stream(1)
-    assert sent[0].offset == 1  # a duplicate: the server skips it and marks the load done
+    assert sent[0].offset == 1 and sent[0].final  # a duplicate: the server skips it, load done
     rpc.requests_closed()
     rpc.terminate(done(1), (), OK, "")
     assert run.outcome().load.state == load_pb2.LOAD_STATE_DONE

@@ -198,6 +198,7 @@ class StreamCreateInteractionsRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     INTERACTIONS_FIELD_NUMBER: _builtins.int
     PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to write to; every chunk of a stream must name the same one."""
     load_id: _builtins.str
@@ -208,6 +209,12 @@ class StreamCreateInteractionsRequest(_message.Message):
     """Chunk number: 0 for the first chunk of a load, then 1, 2, ... without gaps."""
     partial_success: _builtins.bool
     """Write the valid interactions of a chunk and report invalid ones instead of failing the stream."""
+    final: _builtins.bool
+    """Set on the load's last chunk: the load is done when this chunk commits (in the chunk's
+    transaction), whatever then happens to the call, and a chunk after it on the same stream is
+    refused. Without it, a load is done when its stream closes cleanly, which a server cannot
+    always tell from a cancelled call (see the README, "Streamed loads").
+    """
     @_builtins.property
     def interactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interaction]:
         """1 to 5000 interactions, the message within 64 MiB; about 1000 a chunk is a good size."""
@@ -220,10 +227,11 @@ class StreamCreateInteractionsRequest(_message.Message):
         offset: _builtins.int = ...,
         interactions: _abc.Iterable[Global___Interaction] | None = ...,
         partial_success: _builtins.bool = ...,
+        final: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interactions", b"interactions", "load_id", b"load_id", "offset", b"offset", "partial_success", b"partial_success", "project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "interactions", b"interactions", "load_id", b"load_id", "offset", b"offset", "partial_success", b"partial_success", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

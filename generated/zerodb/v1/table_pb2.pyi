@@ -632,6 +632,7 @@ class StreamInsertRowsRequest(_message.Message):
     TABLE_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to write to; every chunk of a stream must name the same one."""
     load_id: _builtins.str
@@ -644,6 +645,12 @@ class StreamInsertRowsRequest(_message.Message):
     """The existing table to insert into; the same for every chunk of the load."""
     partial_success: _builtins.bool
     """Write the valid rows of a chunk and report invalid ones instead of failing the stream."""
+    final: _builtins.bool
+    """Set on the load's last chunk: the load is done when this chunk commits (in the chunk's
+    transaction), whatever then happens to the call, and a chunk after it on the same stream is
+    refused. Without it, a load is done when its stream closes cleanly, which a server cannot
+    always tell from a cancelled call (see the README, "Streamed loads").
+    """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
         """1 to 5000 rows, each the `row_data` of a new row (a JSON object, at most 1048576 bytes
@@ -659,10 +666,11 @@ class StreamInsertRowsRequest(_message.Message):
         table: _builtins.str = ...,
         rows: _abc.Iterable[_struct_pb2.Struct] | None = ...,
         partial_success: _builtins.bool = ...,
+        final: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_id", b"load_id", "offset", b"offset", "partial_success", b"partial_success", "project_id", b"project_id", "rows", b"rows", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "load_id", b"load_id", "offset", b"offset", "partial_success", b"partial_success", "project_id", b"project_id", "rows", b"rows", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -267,6 +267,7 @@ class StreamUpsertVectorsRequest(_message.Message):
     VECTORS_FIELD_NUMBER: _builtins.int
     PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project to write to; every chunk of a stream must name the same one."""
     load_id: _builtins.str
@@ -279,6 +280,12 @@ class StreamUpsertVectorsRequest(_message.Message):
     """Write the valid vectors of a chunk and report invalid ones instead of failing the stream."""
     namespace: _builtins.str
     """Namespace for the vectors that leave theirs empty. Empty means `default`."""
+    final: _builtins.bool
+    """Set on the load's last chunk: the load is done when this chunk commits (in the chunk's
+    transaction), whatever then happens to the call, and a chunk after it on the same stream is
+    refused. Without it, a load is done when its stream closes cleanly, which a server cannot
+    always tell from a cancelled call (see the README, "Streamed loads").
+    """
     @_builtins.property
     def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vector]:
         """1 to 5000 vectors, the message within 64 MiB; about 500 a chunk is a good size."""
@@ -292,10 +299,11 @@ class StreamUpsertVectorsRequest(_message.Message):
         vectors: _abc.Iterable[Global___Vector] | None = ...,
         partial_success: _builtins.bool = ...,
         namespace: _builtins.str = ...,
+        final: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_id", b"load_id", "namespace", b"namespace", "offset", b"offset", "partial_success", b"partial_success", "project_id", b"project_id", "vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "load_id", b"load_id", "namespace", b"namespace", "offset", b"offset", "partial_success", b"partial_success", "project_id", b"project_id", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,6 +99,7 @@ class LoadEngine(Generic[C]):
         self._progress: loads.LoadProgress | None = None  # as last read or written
         self._opened = False
         self._through = -1  # the highest offset this stream sent (committed or skipped)
+        self._final: int | None = None  # the offset of the chunk marked final, once sent
         self._committed = 0
         self._skipped = 0
         self._unrecorded_skips = 0  # duplicates not yet added to the progress row
@@ -112,12 +113,14 @@ class LoadEngine(Generic[C]):
             self._metrics.running.inc()
         try:
             await self._consume(chunks)
-            # grpc ends the request iterator alike for a client's clean half-close and for a
-            # cancelled call (a cut HTTP body, a lost client, a deadline), whose cancellation
-            # reaches this task a moment later. Marking the load DONE at once could win that
-            # race, and a cut upload would report DONE. A cancellation arriving during this
-            # pause ends the call with the load RUNNING.
-            await asyncio.sleep(CANCEL_GRACE_SECONDS)
+            if self._final is None:
+                # grpc ends the request iterator alike for a client's clean half-close and for
+                # a cancelled call (a cut HTTP body, a lost client, a deadline), whose
+                # cancellation reaches this task a moment later. Marking the load DONE at once
+                # could win that race, and a cut upload would report DONE. A cancellation
+                # arriving during this pause ends the call with the load RUNNING. A stream
+                # whose last chunk is marked final needs no guess: that chunk completed it.
+                await asyncio.sleep(CANCEL_GRACE_SECONDS)
         except BaseException:
             await self._record_skips()
             raise
@@ -198,6 +201,16 @@ class LoadEngine(Generic[C]):
             raise InvalidArgument(
                 f"every chunk of a stream must name load {self._load_id!r}", violations=[violation]
             )
+        if self._final is not None:
+            raise InvalidArgument(
+                f"chunk {offset} of load {load_id!r} follows chunk {self._final}, marked final",
+                violations=[
+                    Violation("offset", f"chunk {self._final} was the final one", "AFTER_FINAL")
+                ],
+                metadata={"load_id": load_id, "offset": offset, "final_offset": self._final},
+            )
+        if getattr(chunk, "final"):  # noqa: B009
+            self._final = offset
         self._writer.check(chunk)
         if self._progress is not None and offset < self._progress.next_offset:
             return _Prepared(chunk, None)
@@ -321,7 +334,13 @@ class LoadEngine(Generic[C]):
         """Count the chunk in the load's progress row, in the chunk's transaction."""
         counts = loads.ChunkCounts(inserted, updated, len(batch.failures), self._unrecorded_skips)
         progress = await loads.advance(
-            conn, self._project_id, self._load_id, self._writer.kind, offset, counts
+            conn,
+            self._project_id,
+            self._load_id,
+            self._writer.kind,
+            offset,
+            counts,
+            final=offset == self._final,
         )
         if progress is None:
             raise _Moved  # another stream of the load moved it on: roll the chunk back

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from zerodb_batch.domain import wire
 from zerodb_batch.http.calls import CallOptions, Route
 from zerodb_batch.http.problems import HttpProblem
 
@@ -65,11 +66,19 @@ async def _answer(call: Any) -> bytes:
 
 
 async def _pump(request: web.Request, route: Route, call: Any) -> None:
-    number = 0
+    """Each line's message to the call, one held back: once the body has ended cleanly, the last
+    goes out marked `final`, so the load is done with its last chunk, not by a guess at the
+    stream's close."""
+    number, held = 0, b""
     async for line in _lines(request.content, request.client_max_size):
         number += 1
         if line.strip():
-            await call.write(_message(route, request, line, number))
+            if held:
+                await call.write(held)
+            held = _message(route, request, line, number)
+    if held:  # `final: true` appended: the line is not decoded and encoded again
+        final = route.binding.method.input_type.fields_by_name["final"].number
+        await call.write(held + wire.true_field(final))
     await call.done_writing()
 
 

@@ -58,9 +58,16 @@ async def get(conn: Conn, project_id: str, load_id: str) -> LoadProgress | None:
 
 
 async def advance(
-    conn: Conn, project_id: str, load_id: str, kind: str, offset: int, counts: ChunkCounts
+    conn: Conn,
+    project_id: str,
+    load_id: str,
+    kind: str,
+    offset: int,
+    counts: ChunkCounts,
+    final: bool = False,
 ) -> LoadProgress | None:
-    """Count chunk `offset` as committed with this transaction; None if the load moved on.
+    """Count chunk `offset` as committed with this transaction (the load's last if `final`: it is
+    then done); None if the load moved on.
 
     Also lets the transaction commit without waiting for its WAL flush (see the SQL).
     """
@@ -68,6 +75,7 @@ async def advance(
         "project_id": project_id,
         "load_id": load_id,
         "kind": kind,
+        "final": final,
         "offset": offset,
         "inserted": counts.inserted,
         "updated": counts.updated,

@@ -7,7 +7,8 @@ WHERE project_id = %(project_id)s AND load_id = %(load_id)s;
 -- name: load_advance
 -- Record chunk `offset` as committed. The first chunk creates the row; later ones apply only if
 -- the row is still at offset - 1 and of the same kind. No row back means another stream of the
--- same load moved it meanwhile: the caller rolls back and looks again.
+-- same load moved it meanwhile: the caller rolls back and looks again. A chunk marked final
+-- makes the load done with it; any other makes it running again.
 --
 -- It also lets the chunk's transaction commit without waiting for its WAL flush (set_config with
 -- is_local = true is SET LOCAL; doing it here saves a round trip per chunk). A crash can lose
@@ -17,13 +18,13 @@ WHERE project_id = %(project_id)s AND load_id = %(load_id)s;
 -- client hears that the load is done.
 WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO loads AS l (
-    project_id, load_id, kind, last_offset, chunks_committed, chunks_skipped,
+    project_id, load_id, kind, done, last_offset, chunks_committed, chunks_skipped,
     inserted, updated, failed)
-SELECT %(project_id)s, %(load_id)s, %(kind)s, %(offset)s, 1, %(skipped)s,
+SELECT %(project_id)s, %(load_id)s, %(kind)s, %(final)s, %(offset)s, 1, %(skipped)s,
        %(inserted)s, %(updated)s, %(failed)s
 FROM relaxed
 ON CONFLICT (project_id, load_id) DO UPDATE SET
-    done = false,
+    done = EXCLUDED.done,
     last_offset = EXCLUDED.last_offset,
     chunks_committed = l.chunks_committed + 1,
     chunks_skipped = l.chunks_skipped + EXCLUDED.chunks_skipped,
