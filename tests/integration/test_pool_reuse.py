@@ -13,7 +13,7 @@ import pytest
 from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
-from zerodb_batch.storage.pool import open_database
+from zerodb_batch.storage.pool import TCP_KEEPALIVES, open_database
 
 
 @pytest.fixture
@@ -94,3 +94,26 @@ def test_a_connection_left_in_pipeline_mode_is_not_handed_out_again(database_url
             await db.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("url_sets", [False, True])
+def test_connections_use_tcp_keepalives_unless_the_url_says(
+    database_url: str, url_sets: bool
+) -> None:
+    """A server that vanishes without closing its connections is found by keepalives, so a
+    waiting call fails instead of hanging; a URL's own keepalive settings win."""
+    url = psycopg.conninfo.make_conninfo(
+        database_url, **({"keepalives_idle": "7"} if url_sets else {})
+    )
+
+    async def parameters() -> dict[str, str]:
+        db = await open_database(url, 1, 1, 10)
+        try:
+            async with db.connection() as conn:
+                return conn.info.get_parameters()
+        finally:
+            await db.close()
+
+    found = asyncio.run(parameters())
+    expected = {**TCP_KEEPALIVES, **({"keepalives_idle": "7"} if url_sets else {})}
+    assert {name: found.get(name) for name in expected} == expected

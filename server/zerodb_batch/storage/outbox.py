@@ -11,6 +11,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from zerodb_batch.domain.event import EventColumns, Position, StoredEvent, epoch_ms
+from zerodb_batch.storage import pool
 from zerodb_batch.storage.pool import Conn, translate_errors
 from zerodb_batch.storage.queries import Q
 
@@ -240,7 +241,7 @@ class Notifications:
 async def listen(url: str) -> AsyncIterator[Notifications]:
     """Notifications on a new connection (not a pooled one: it stays open while it listens)."""
     async with translate_errors():
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        conn = await pool.connect(url)
     async with conn:
         async with translate_errors():
             await conn.execute(Q["event_listen"])

@@ -11,12 +11,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.trace import TracerProvider
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from zerodb_batch.errors import Aborted, Unavailable
@@ -39,9 +40,20 @@ _CONFLICTS = {
 # this, and with nothing to read on its socket is handed out unchecked: a backend that was
 # terminated, or a server that went away, has sent an error or closed the socket by then (the
 # socket is readable), and an outage is caught by the dependency monitor, which has the pool
-# check every connection when PostgreSQL is back. A peer that vanished silently is not seen:
-# that call fails with UNAVAILABLE, and the connection is replaced.
+# check every connection when PostgreSQL is back. A peer that vanished silently (a partition, a
+# host gone) is found by TCP keepalives (below): the call waiting on it fails with UNAVAILABLE,
+# and the connection is replaced.
 UNCHECKED_IDLE_SECONDS: Final = 10.0
+# libpq's TCP keepalives, unless the URL sets its own: a probe after 30 s of silence, then every
+# 10 s, the connection dead after 3 unanswered, so a call waiting on a server that is gone fails
+# in about a minute instead of the kernel's default of over two hours. A busy server answers
+# probes (its kernel does), so a long statement is never cut short. Unix sockets ignore them.
+TCP_KEEPALIVES: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
 _RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
 
 
@@ -78,7 +90,7 @@ async def open_database(url: str, min_size: int, max_size: int, wait_seconds: fl
         max_size=max_size,
         open=False,
         timeout=wait_seconds,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, **_unset(TCP_KEEPALIVES, url)},
         check=_check_unless_fresh,
         configure=_configure,
         # How long one attempt to replace a lost connection keeps retrying (with a growing
@@ -89,6 +101,12 @@ async def open_database(url: str, min_size: int, max_size: int, wait_seconds: fl
     )
     await pool.open(wait=True, timeout=15.0)
     return Database(pool)
+
+
+def _unset(defaults: dict[str, str], url: str) -> dict[str, str]:
+    """The connection parameters of `defaults` that `url` does not set itself."""
+    given = conninfo_to_dict(url)
+    return {name: value for name, value in defaults.items() if name not in given}
 
 
 def trace_statements(provider: TracerProvider) -> None:
@@ -131,11 +149,18 @@ def _unreachable() -> Unavailable:
     return Unavailable("PostgreSQL is unreachable; retry the call")
 
 
+async def connect(url: str, **params: Any) -> Conn:
+    """A connection outside the pool (autocommit), with its TCP keepalives as the pool's."""
+    return await psycopg.AsyncConnection.connect(
+        url, autocommit=True, **{**_unset(TCP_KEEPALIVES, url), **params}
+    )
+
+
 @asynccontextmanager
 async def single_connection(url: str) -> AsyncIterator[Conn]:
     """One connection of its own (autocommit), for a command that runs a few statements."""
     async with translate_errors():
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        conn = await connect(url)
     async with conn:
         yield conn
 
@@ -186,16 +211,21 @@ class Database:
             self._waits.discard(wait)
 
     async def putconn(self, conn: Conn) -> None:
-        if not conn.closed and conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            # A call cancelled inside a pipeline can leave its connection in pipeline mode,
-            # where the next user's COPY fails and its queries are never flushed: not reused.
-            # Its statement is cancelled first: closing alone leaves one blocked on a lock.
-            with contextlib.suppress(psycopg.Error):
-                await conn.cancel_safe(timeout=2.0)
-            await conn.close()
-        elif not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
-            _RETURNED[conn] = time.monotonic()
-        await self.pool.putconn(conn)
+        try:
+            if not conn.closed and conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+                # A call cancelled inside a pipeline can leave its connection in pipeline mode,
+                # where the next user's COPY fails and its queries are never flushed: not
+                # reused. Its statement is cancelled first: closing alone leaves one blocked on
+                # a lock.
+                try:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.cancel_safe(timeout=2.0)
+                finally:
+                    await conn.close()
+            elif not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+                _RETURNED[conn] = time.monotonic()
+        finally:  # even when cancelled again meanwhile (at shutdown): the pool keeps its slot
+            await self.pool.putconn(conn)
 
     @asynccontextmanager
     async def _borrowed(self) -> AsyncIterator[Conn]:

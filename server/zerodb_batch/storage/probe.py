@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import psycopg
 
+from zerodb_batch.storage import pool
+
 CONNECT_TIMEOUT = 2  # seconds (libpq's smallest useful value)
 
 
@@ -17,9 +19,8 @@ class PostgresProbe:
 
     async def __call__(self) -> None:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
+            self._conn = await pool.connect(
                 self._url,
-                autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name="zerodb-batch health probe",
             )

@@ -28,6 +28,7 @@ from typing import Final
 import psycopg
 from psycopg import sql
 
+from zerodb_batch.storage import pool
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 from zerodb_batch.storage.vectors import hnsw_kind, hnsw_type
@@ -232,7 +233,7 @@ class IndexBuilder:
             await asyncio.sleep(min(self.policy.poll_seconds * 2 ** min(failures, 6), _MAX_BACKOFF))
 
     async def _serve(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with await pool.connect(self._url) as conn:
             await conn.execute(
                 "SELECT set_config('maintenance_work_mem', %s, false)",
                 (self.policy.maintenance_work_mem,),
