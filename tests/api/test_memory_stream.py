@@ -193,6 +193,33 @@ def test_a_final_chunk_completes_its_load_even_if_the_call_is_then_cancelled(
     assert reply.load.state == load_pb2.LOAD_STATE_DONE
 
 
+def test_a_final_chunk_resent_after_it_committed_unmarked_completes_the_load(
+    memories: MemoryServiceStub, loads: LoadServiceStub, project: Project
+) -> None:
+    """A client that learns its stream is over only after sending the last chunk resends it with
+    `final`: skipped as already in, it completes the load without waiting for a clean close."""
+    feed = Feed()
+    call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+    feed.send(chunk(project, 0))
+    feed.send(chunk(project, 1))
+    wait_for(lambda: last_offset(loads, project, "load-1") == 1, "chunk 1 to commit")
+    assert get_load(loads, project).state == load_pb2.LOAD_STATE_RUNNING
+    feed.send(chunk(project, 1, final=True))
+    wait_for(
+        lambda: get_load(loads, project).state == load_pb2.LOAD_STATE_DONE or None,
+        "the resent final chunk to complete the load",
+    )
+    call.cancel()
+    feed.close()
+    load = get_load(loads, project)
+    assert (load.state, load.chunks_committed, load.chunks_skipped, load.inserted) == (
+        load_pb2.LOAD_STATE_DONE,
+        2,
+        1,
+        8,
+    )
+
+
 def test_a_chunk_after_the_final_one_is_refused(
     memories: MemoryServiceStub, loads: LoadServiceStub, project: Project, db: Db
 ) -> None:
@@ -568,3 +595,6 @@ def test_chunk_transactions_commit_without_waiting_for_the_wal_flush(
         assert db.execute(Q["load_advance"], params).fetchone() is not None
         assert db.execute("SHOW synchronous_commit").fetchone() == ("off",)
     assert db.execute("SHOW synchronous_commit").fetchone() == ("on",)  # for that transaction only
+    with db.transaction():  # a final chunk's commit says the load is done: it waits for the flush
+        assert db.execute(Q["load_advance"], {**params, "offset": 1, "final": True}).fetchone()
+        assert db.execute("SHOW synchronous_commit").fetchone() == ("on",)

@@ -81,6 +81,7 @@ class LoadWriter(Protocol[C_in]):
 class _Prepared(Generic[C]):
     chunk: C
     batch: ParsedBatch[Any] | None  # None: known to be a duplicate when it arrived, not parsed
+    final: bool  # the client marked it the load's last chunk
 
 
 class _Moved(Exception):
@@ -209,12 +210,13 @@ class LoadEngine(Generic[C]):
                 ],
                 metadata={"load_id": load_id, "offset": offset, "final_offset": self._final},
             )
-        if getattr(chunk, "final"):  # noqa: B009
+        final: bool = getattr(chunk, "final")  # noqa: B009
+        if final:
             self._final = offset
         self._writer.check(chunk)
         if self._progress is not None and offset < self._progress.next_offset:
-            return _Prepared(chunk, None)
-        return _Prepared(chunk, await self._parse(chunk))
+            return _Prepared(chunk, None, final)
+        return _Prepared(chunk, await self._parse(chunk), final)
 
     def _records(self, chunk: C) -> Sequence[Message]:
         records: Sequence[Message] = getattr(chunk, self._writer.records_field)
@@ -254,7 +256,7 @@ class LoadEngine(Generic[C]):
             batch = prepared.batch
             if batch is None:
                 batch = await self._parse(prepared.chunk)
-            if await self._write(offset, batch):
+            if await self._write(offset, batch, prepared.final):
                 self._committed += 1
                 self._report(offset, batch)
                 self._count(batch)
@@ -264,6 +266,8 @@ class LoadEngine(Generic[C]):
         self._unrecorded_skips += 1
         if self._metrics is not None:
             self._metrics.skipped.inc()
+        if prepared.final:  # already in (sent before without `final`): done now, not at close
+            await self._close_through(offset)
 
     def _count(self, batch: ParsedBatch[Any]) -> None:
         """A committed chunk in the metrics: its records, and those it refused."""
@@ -297,7 +301,7 @@ class LoadEngine(Generic[C]):
             )
         return offset < expected
 
-    async def _write(self, offset: int, batch: ParsedBatch[Any]) -> bool:
+    async def _write(self, offset: int, batch: ParsedBatch[Any], final: bool) -> bool:
         """Commit the chunk with the load's progress; False if the load moved on meanwhile.
 
         Validation of the next chunk steps aside for the round trips (BEGIN, the progress row,
@@ -318,7 +322,9 @@ class LoadEngine(Generic[C]):
                             conn, batch.rows, self._may_parse.set
                         )
                         self._may_parse.clear()
-                        self._progress = await self._advance(conn, offset, batch, inserted, updated)
+                        self._progress = await self._advance(
+                            conn, offset, batch, inserted, updated, final
+                        )
             except RetryChunk:
                 continue
             except _Moved:
@@ -329,9 +335,16 @@ class LoadEngine(Generic[C]):
             return True
 
     async def _advance(
-        self, conn: Conn, offset: int, batch: ParsedBatch[Any], inserted: int, updated: int
+        self,
+        conn: Conn,
+        offset: int,
+        batch: ParsedBatch[Any],
+        inserted: int,
+        updated: int,
+        final: bool,
     ) -> loads.LoadProgress:
-        """Count the chunk in the load's progress row, in the chunk's transaction."""
+        """Count the chunk in the load's progress row, in the chunk's transaction (which then
+        marks the load done if the chunk is `final`)."""
         counts = loads.ChunkCounts(inserted, updated, len(batch.failures), self._unrecorded_skips)
         progress = await loads.advance(
             conn,
@@ -340,10 +353,22 @@ class LoadEngine(Generic[C]):
             self._writer.kind,
             offset,
             counts,
-            final=offset == self._final,
+            final=final,
         )
         if progress is None:
             raise _Moved  # another stream of the load moved it on: roll the chunk back
+        return progress
+
+    async def _close_through(self, through: int) -> loads.LoadProgress:
+        """The load done if `through` is its last chunk (load_finish), with the skips not yet
+        counted; a synchronous commit, on the stream's connection."""
+        async with self._held.transaction() as conn:
+            progress = await loads.finish(
+                conn, self._project_id, self._load_id, through, self._unrecorded_skips
+            )
+        if progress is None:
+            raise NotFound(f"load {self._load_id!r} has no progress row", reason="LOAD_NOT_FOUND")
+        self._progress, self._unrecorded_skips = progress, 0
         return progress
 
     def _report(self, offset: int, batch: ParsedBatch[Any]) -> None:
@@ -367,12 +392,10 @@ class LoadEngine(Generic[C]):
                     Violation(self._writer.records_field, "no chunk was sent", "EMPTY_STREAM")
                 ],
             )
-        async with self._db.connection() as conn:
-            progress = await loads.finish(
-                conn, self._project_id, self._load_id, self._through, self._unrecorded_skips
-            )
-        if progress is None:
-            raise NotFound(f"load {self._load_id!r} has no progress row", reason="LOAD_NOT_FOUND")
+        try:
+            progress = await self._close_through(self._through)
+        finally:
+            await self._held.release()
         return self._writer.response_type(
             load=to_message(progress),
             failures=self._failures,

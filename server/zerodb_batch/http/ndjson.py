@@ -69,14 +69,14 @@ async def _pump(request: web.Request, route: Route, call: Any) -> None:
     """Each line's message to the call, one held back: once the body has ended cleanly, the last
     goes out marked `final`, so the load is done with its last chunk, not by a guess at the
     stream's close."""
-    number, held = 0, b""
+    number, held = 0, None
     async for line in _lines(request.content, request.client_max_size):
         number += 1
         if line.strip():
-            if held:
+            if held is not None:
                 await call.write(held)
             held = _message(route, request, line, number)
-    if held:  # `final: true` appended: the line is not decoded and encoded again
+    if held is not None:  # `final: true` appended: the line is not decoded and encoded again
         final = route.binding.method.input_type.fields_by_name["final"].number
         await call.write(held + wire.true_field(final))
     await call.done_writing()

@@ -41,13 +41,17 @@ _CONFLICTS = {
 # terminated, or a server that went away, has sent an error or closed the socket by then (the
 # socket is readable), and an outage is caught by the dependency monitor, which has the pool
 # check every connection when PostgreSQL is back. A peer that vanished silently (a partition, a
-# host gone) is found by TCP keepalives (below): the call waiting on it fails with UNAVAILABLE,
-# and the connection is replaced.
+# host gone) is found by TCP keepalives (below) or the call's deadline, and the connection is
+# replaced.
 UNCHECKED_IDLE_SECONDS: Final = 10.0
 # libpq's TCP keepalives, unless the URL sets its own: a probe after 30 s of silence, then every
 # 10 s, the connection dead after 3 unanswered, so a call waiting on a server that is gone fails
 # in about a minute instead of the kernel's default of over two hours. A busy server answers
-# probes (its kernel does), so a long statement is never cut short. Unix sockets ignore them.
+# probes (its kernel does), so a long statement is never cut short. Probes go only while nothing
+# sent is unacknowledged: a statement sent to a vanished peer waits on retransmission (minutes)
+# or its call's deadline. tcp_user_timeout would bound that too, but recent Linux kernels apply
+# it to zero-window probes as well, aborting a COPY whose server stops reading for that long
+# (waiting on a lock). Unix sockets ignore keepalives.
 TCP_KEEPALIVES: Final = {
     "keepalives": "1",
     "keepalives_idle": "30",

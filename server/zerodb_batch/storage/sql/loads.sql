@@ -13,10 +13,11 @@ WHERE project_id = %(project_id)s AND load_id = %(load_id)s;
 -- It also lets the chunk's transaction commit without waiting for its WAL flush (set_config with
 -- is_local = true is SET LOCAL; doing it here saves a round trip per chunk). A crash can lose
 -- only the latest chunks together with the progress row that counts them, so GetLoad and the
--- data never disagree and a resumed load resends exactly what was lost. The stream's closing
--- update (load_finish) commits synchronously, which flushes every earlier chunk before the
--- client hears that the load is done.
-WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+-- data never disagree and a resumed load resends exactly what was lost. What says a load is
+-- done commits synchronously, flushing every earlier chunk first: the final chunk (whose call
+-- may end without another statement) and the stream's closing update (load_finish).
+WITH relaxed AS MATERIALIZED (
+    SELECT set_config('synchronous_commit', CASE WHEN %(final)s THEN 'on' ELSE 'off' END, true))
 INSERT INTO loads AS l (
     project_id, load_id, kind, done, last_offset, chunks_committed, chunks_skipped,
     inserted, updated, failed)
