@@ -3,12 +3,9 @@
 A publisher relays its own batch right after commit. The loop that runs in every server relays
 what publishers could not: events committed while Redis was down, or by a process that died
 before relaying. A publisher that gives up sends NOTIFY, which wakes the loops at once; otherwise
-they poll. The project's relay row says how far they got (relayed_seq). Every append is one
-script that goes in only if the stream already ends at the event before its first (never above a
-hole) and skips the entries the stream holds (never twice), so a publisher appends its own batch
-without a lock and then moves the mark up. Relayers that read pending events back from PostgreSQL
-(the loops, a publisher with older events pending, a refill) hold the row (`FOR UPDATE`; the
-loops use `SKIP LOCKED` and move on to other projects), one at a time per project.
+they poll. One relayer per project at a time holds the project's relay row (`FOR UPDATE`; the
+loops use `SKIP LOCKED` and move on to other projects), so a project's events reach the stream
+in order and no two servers append the same events; the row's relayed_seq says how far they got.
 
 Redis can lose what PostgreSQL marks relayed (a restart without its data, or without the tail of
 its append-only file). Every append checks, atomically with it, that the stream still ends at the
@@ -137,26 +134,23 @@ class Relay:
     async def _relay_own(
         self, redis_conn: AbstractConnection, project_id: str, own: Sequence[StoredEvent]
     ) -> bool:
-        """The usual case, nothing older pending: append the batch from memory, not re-read, and
-        without the relay lock. The append itself refuses unless the stream already ends at the
-        event before the batch, and skips entries it holds, so it never lands above a hole nor
-        twice, beside any other relayer. False, having appended nothing, when older events are
-        not in the stream yet (their publisher is still at it or gave up, or Redis lost them):
-        then the locked path, which reads them from PostgreSQL, takes over."""
-        packed = self._streams.prepare(project_id, own)
-        try:
-            await self._streams.send(redis_conn, project_id, packed)
-        except StreamBehind:
-            return False
-        self._sent("publisher", packed.count)
-        try:
-            async with self._db.pipelined_transaction() as conn:  # one round trip
-                await outbox.mark_own(conn, project_id, own[-1].seq, TIMEOUTS)
-        except (outbox.RelayBusy, Unavailable) as e:
-            # The events are in the stream: only the mark lags, and the relay loop, finding
-            # them pending, moves it (the append skips them as already there).
-            log.info("relay mark of project %s left to the relay: %s", project_id, e)
-        return True
+        """The usual case, nothing older pending: append the batch from memory, not re-read."""
+        packed = self._streams.prepare(project_id, own)  # before the lock, to hold it briefly
+        first, last = own[0].seq, own[-1].seq
+        # Pipelined: BEGIN travels with the lock and the mark (one round trip before the XADDs,
+        # and the COMMIT's after them).
+        async with self._db.pipelined_transaction() as conn:
+            relayed = await outbox.lock_and_mark_own(conn, project_id, first, last, TIMEOUTS)
+            # StreamBehind raised here rolls the mark back.
+            if relayed == first - 1:
+                await self._streams.send(redis_conn, project_id, packed)
+                self._sent("publisher", packed.count)
+            elif first <= relayed < last:  # a relay loop took part of the batch already
+                rest = [e for e in own if e.seq > relayed]
+                packed = self._streams.prepare(project_id, rest, after=relayed)
+                await self._streams.send(redis_conn, project_id, packed)
+                self._sent("publisher", packed.count)
+        return relayed >= first - 1
 
     async def _relay_once(
         self, redis_conn: AbstractConnection, project_id: str, up_to: int, wait: bool

@@ -79,13 +79,9 @@ class Timeouts(NamedTuple):
 
 async def _relay_row(conn: Conn, project_id: str, timeouts: Timeouts) -> None:
     """The transaction's relay settings, and the project's relay row if it has none yet."""
-    await _settings(conn, timeouts)
-    await conn.execute(Q["event_relay_row"], {"project_id": project_id})
-
-
-async def _settings(conn: Conn, timeouts: Timeouts) -> None:
     settings = {"lock_timeout": f"{timeouts.lock_ms}ms", "idle_timeout": f"{timeouts.idle_ms}ms"}
     await conn.execute(Q["event_relay_settings"], settings)
+    await conn.execute(Q["event_relay_row"], {"project_id": project_id})
 
 
 async def claim(
@@ -97,16 +93,25 @@ async def claim(
     return await _events(conn, Q["event_claim"], params)
 
 
-async def mark_own(conn: Conn, project_id: str, last: int, timeouts: Timeouts) -> None:
-    """A publisher appended its events up to `last` (the append found every older one in the
-    stream): move the mark up to `last`, never back, making the project's relay row on its first
-    publish. Waits at most the lock timeout behind a relayer holding the row (RelayBusy)."""
+async def lock_and_mark_own(
+    conn: Conn, project_id: str, first: int, last: int, timeouts: Timeouts
+) -> int:
+    """Wait for the project's relay lock, then, if no event older than `first` is pending, mark
+    everything up to `last` relayed. Returns the relayed_seq found under the lock: the caller
+    appends its events above it, or none when it is below first - 1 (older ones must go out
+    first). One round trip (a pipeline) for the publisher's hot path; RelayBusy on lock timeout.
+    """
+    params = {"project_id": project_id, "first": first, "last": last}
     try:
         async with conn.pipeline():
-            await _settings(conn, timeouts)
-            await conn.execute(Q["event_mark_own"], {"project_id": project_id, "last": last})
+            await _relay_row(conn, project_id, timeouts)
+            cur = await conn.execute(Q["event_relay_lock"], params)
+            await conn.execute(Q["event_mark_own"], params)
     except psycopg.errors.LockNotAvailable as e:
         raise RelayBusy(project_id) from e
+    row = await cur.fetchone()
+    assert row is not None  # the row exists: the pipeline made it
+    return _int(row[0])
 
 
 def _int(value: object) -> int:

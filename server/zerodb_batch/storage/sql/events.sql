@@ -45,12 +45,10 @@ ORDER BY seq
 LIMIT %(limit)s;
 
 -- name: event_mark_own
--- A publisher's mark, without the relay lock: its append went in only above every older event,
--- so the stream holds all up to `last`. Never moves the mark back (the row may be a relayer's,
--- further on already).
-INSERT INTO event_relays AS r (project_id, relayed_seq) VALUES (%(project_id)s, %(last)s)
-ON CONFLICT (project_id) DO UPDATE SET relayed_seq = EXCLUDED.relayed_seq
-WHERE r.relayed_seq < EXCLUDED.relayed_seq;
+-- A publisher's fast path, under the relay lock: its own events, unless older ones are still
+-- pending (those must reach the stream first). The mark commits only after the XADDs succeed.
+UPDATE event_relays SET relayed_seq = %(last)s
+WHERE project_id = %(project_id)s AND relayed_seq BETWEEN %(first)s - 1 AND %(last)s - 1;
 
 -- name: event_mark_relayed
 UPDATE event_relays SET relayed_seq = %(last)s
