@@ -1,7 +1,8 @@
 """500-item BatchUpdateMemories and BatchDeleteMemories through our service vs psycopg.
 
 The raw path runs the very statements the service runs (memory_update, memory_delete) with the
-same parameters, one transaction a call, without gRPC, validation, auth or idempotency. Each
+same parameters, one transaction a call, without gRPC, validation, auth or idempotency: one
+statement for the 500 updates, where the service sends one per slice of 125 it has validated. Each
 update sets two present fields (importance and tags) of 500 existing memories; each delete
 removes 500 existing memories. The service runs twice a round: with the default full results
 (500 per-item results a reply) and with `result_view` FAILURES, which answers what the raw

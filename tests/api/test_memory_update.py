@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
+from google.rpc import error_details_pb2
 
 from tests.api.test_memory_upsert import upsert
 from tests.plugins.checks import assert_too_large, details
@@ -256,3 +257,49 @@ def test_request_id_retry_returns_first_response(
             memories, project, [memory_pb2.MemoryUpdate(id="m1", content="v3")], request_id="u-1"
         )
     assert details(caught.value)[0].reason == "REQUEST_ID_REUSED"
+
+
+def test_an_invalid_update_after_slices_already_sent_writes_nothing(
+    memories: MemoryServiceStub, project: Project
+) -> None:
+    """Updates are validated and written a slice at a time, in id order: the last id's update
+    is refused after the earlier slices went to PostgreSQL, which must roll them back."""
+    ids = [f"m{i:03d}" for i in range(300)]
+    seed(memories, project, *ids)
+    updates = [memory_pb2.MemoryUpdate(id=i, importance=0.9) for i in reversed(ids)]
+    updates[0].importance = 2.0  # m299: the last of the last slice
+    with pytest.raises(grpc.RpcError) as caught:
+        update(memories, project, updates)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    violations = [(v.field, v.reason) for v in details(caught.value)[1].field_violations]
+    assert violations == [("updates[0].importance", "OUT_OF_RANGE")]
+    assert [get(memories, project, i).importance for i in ("m000", "m150", "m298")] == [
+        pytest.approx(0.4)
+    ] * 3
+
+
+def test_outcomes_of_several_slices_come_back_in_request_order(
+    memories: MemoryServiceStub, project: Project
+) -> None:
+    """300 ids over three slices, 50 of them unknown, and a duplicate whose first copy is the
+    last id of the first slice: each result at its request index."""
+    ids = [f"m{i:03d}" for i in range(300)]
+    seed(memories, project, *ids[:250])
+    requested = [*reversed(ids), "m124"]  # the copy sorts right after m124, in the next slice
+    updates = [memory_pb2.MemoryUpdate(id=i, importance=0.9) for i in requested]
+    reply = update(memories, project, updates, partial_success=True)
+    assert (reply.updated, reply.not_found, reply.failed) == (250, 50, 1)
+    expected = [
+        common_pb2.OUTCOME_UPDATED if i < "m250" else common_pb2.OUTCOME_NOT_FOUND
+        for i in requested[:-1]
+    ]
+    assert [(r.index, r.id, r.outcome) for r in reply.results] == [
+        *[(n, i, o) for n, (i, o) in enumerate(zip(requested, expected, strict=False))],
+        (300, "m124", common_pb2.OUTCOME_FAILED),
+    ]
+    bad = error_details_pb2.BadRequest()
+    assert reply.results[300].error.details[1].Unpack(bad)
+    assert [(v.field, v.description, v.reason) for v in bad.field_violations] == [
+        ("updates[300].id", "duplicates updates[175].id", "DUPLICATE_ID")
+    ]
+    assert get(memories, project, "m000").importance == pytest.approx(0.9)

@@ -11,7 +11,7 @@ from zerodb_batch.api import Ctx, results
 from zerodb_batch.api.load_engine import LoadEngine
 from zerodb_batch.domain.memory import MEMORY, MemoryColumns
 from zerodb_batch.domain.memory_list import parse_list, position
-from zerodb_batch.domain.memory_update import parse_updates
+from zerodb_batch.domain.memory_update import UpdateParser
 from zerodb_batch.domain.page_token import PageTokens
 from zerodb_batch.domain.records import RecordParser
 from zerodb_batch.domain.struct_json import to_struct
@@ -21,7 +21,7 @@ from zerodb_batch.storage import memories
 from zerodb_batch.storage.idempotency import write_once
 from zerodb_batch.storage.pool import Conn, Database
 
-UPSERT_SLICE = 125  # records validated per upsert statement; the last slice may be smaller
+WRITE_SLICE = 125  # items validated per upsert or update statement; the last may be smaller
 _UPSERTED = {results.INSERTED: "inserted", results.UPDATED: "updated", results.FAILED: "failed"}
 _UPDATED = {results.UPDATED: "updated", results.NOT_FOUND: "not_found", results.FAILED: "failed"}
 _DELETED = {results.DELETED: "deleted", results.NOT_FOUND: "not_found"}
@@ -54,7 +54,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             # Each slice's upsert runs in PostgreSQL while the next slice is validated here; an
             # atomic batch with an invalid record raises, and the transaction rolls back.
             batch, sent = await parser.send_in_slices(
-                UPSERT_SLICE, partial(memories.send_upsert, conn, request.project_id)
+                WRITE_SLICE, partial(memories.send_upsert, conn, request.project_id)
             )
             outcomes = results.Outcomes(len(records), batch)
             written: dict[str, bool] = {}
@@ -89,24 +89,23 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.BatchUpdateMemoriesResponse:
         check_batch_size("updates", len(request.updates), limits.MAX_MEMORY_UPDATE)
         check_request_id(request.request_id)
-        parsed = parse_updates(request)
+        parser = UpdateParser(request)
 
         async def write(conn: Conn) -> memory_pb2.BatchUpdateMemoriesResponse:
-            found = await memories.update(conn, request.project_id, parsed.rows)
+            # As upserts: each slice's statement runs while the next slice is validated.
+            parsed, sent = await parser.send_in_slices(
+                WRITE_SLICE, partial(memories.send_update, conn, request.project_id)
+            )
+            missing = {i for cur in sent for i in await memories.missing(cur)}
             outcomes = results.Outcomes(len(request.updates), parsed)
             for index, memory_id in zip(parsed.rows.index, parsed.rows.ids, strict=True):
-                outcome = results.UPDATED if memory_id in found else results.NOT_FOUND
+                outcome = results.NOT_FOUND if memory_id in missing else results.UPDATED
                 outcomes.set(index, memory_id, outcome)
             response = memory_pb2.BatchUpdateMemoriesResponse()
             return results.fill(response, outcomes, _UPDATED, request.result_view)
 
         done = await write_once(
-            self._db,
-            request,
-            memory_pb2.BatchUpdateMemoriesResponse,
-            write,
-            pipelined=True,
-            one_statement=True,
+            self._db, request, memory_pb2.BatchUpdateMemoriesResponse, write, pipelined=True
         )
         return done.response
 

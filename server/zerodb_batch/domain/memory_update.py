@@ -15,7 +15,7 @@ from typing import Final
 from zerodb.v1 import memory_pb2
 from zerodb_batch import limits
 from zerodb_batch.domain.memory import MEMORY
-from zerodb_batch.domain.records import ParsedBatch, refuse_if_atomic
+from zerodb_batch.domain.records import Columns, SliceParser
 from zerodb_batch.domain.rules import Rules
 from zerodb_batch.domain.validate import Checker
 
@@ -34,17 +34,13 @@ _SET_WHEN_PRESENT: Final = frozenset(UPDATABLE) - {"metadata"}
 
 
 @dataclass
-class UpdateColumns:
+class UpdateColumns(Columns):
     """Valid updates: each row's id and its changes (field -> new value), read as columns."""
 
-    index: list[int] = field(default_factory=list)  # position of each row in the request
     ids: list[str] = field(default_factory=list)
     changes: list[dict[str, object]] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def append(self, index: int, memory_id: str, values: dict[str, object]) -> None:
+    def add(self, index: int, memory_id: str, values: dict[str, object]) -> None:
         self.index.append(index)
         self.ids.append(memory_id)
         self.changes.append(values)
@@ -57,31 +53,46 @@ class UpdateColumns:
         return flags, [change.get(name) for change in self.changes]
 
 
-def parse_updates(request: memory_pb2.BatchUpdateMemoriesRequest) -> ParsedBatch[UpdateColumns]:
-    """Validate every update; an atomic batch raises INVALID_ARGUMENT listing every violation."""
-    batch_checker = Checker("")
-    batch_mask = _mask(batch_checker, "update_mask", request.update_mask.paths)
-    batch_checker.raise_if_any("update_mask names fields that cannot be updated")
-    parsed = ParsedBatch(UpdateColumns())
-    seen: dict[str, int] = {}
-    for i, update in enumerate(request.updates):
-        if (values := _fast_values(update, batch_mask)) is not None and (
-            seen.setdefault(update.id, i) == i
-        ):
-            parsed.rows.append(i, update.id, values)
-            continue
-        checker = Checker(f"updates[{i}]")
-        values = _values(checker, update, batch_mask)
-        checker.text("id", update.id, limits.MAX_ID_CHARS, required=True)
-        if update.id and (first := seen.setdefault(update.id, i)) != i:
-            checker.add("id", f"duplicates updates[{first}].id", "DUPLICATE_ID")
-        if checker.violations:
-            parsed.failures[i] = checker.violations
-            parsed.sent_ids[i] = update.id
-        else:
-            parsed.rows.append(i, update.id, values)
-    refuse_if_atomic(parsed, len(request.updates), "updates", request.partial_success)
-    return parsed
+class UpdateParser(SliceParser[UpdateColumns]):
+    """Validates the updates of a request in id order (the order their rows are locked in, so
+    that slices written one after another lock as one statement would). A batch mask naming a
+    field that cannot be updated is refused here, before any update is looked at."""
+
+    def __init__(self, request: memory_pb2.BatchUpdateMemoriesRequest) -> None:
+        updates = request.updates
+        super().__init__(
+            len(updates), UpdateColumns(), field_name="updates", partial=request.partial_success
+        )
+        batch_checker = Checker("")
+        self._batch_mask = _mask(batch_checker, "update_mask", request.update_mask.paths)
+        batch_checker.raise_if_any("update_mask names fields that cannot be updated")
+        self._updates = updates
+        ids = [u.id for u in updates]
+        self._order = sorted(range(len(ids)), key=ids.__getitem__)
+        self._seen: dict[str, int] = {}
+
+    def parse(self, stop: int) -> None:
+        updates, order, batch_mask, seen = self._updates, self._order, self._batch_mask, self._seen
+        rows, parsed = self.batch.rows, self.batch
+        for position in range(self._parsed, stop):
+            i = order[position]
+            update = updates[i]
+            if (values := _fast_values(update, batch_mask)) is not None and (
+                seen.setdefault(update.id, i) == i
+            ):
+                rows.add(i, update.id, values)
+                continue
+            checker = Checker(f"updates[{i}]")
+            values = _values(checker, update, batch_mask)
+            checker.text("id", update.id, limits.MAX_ID_CHARS, required=True)
+            if update.id and (first := seen.setdefault(update.id, i)) != i:
+                checker.add("id", f"duplicates updates[{first}].id", "DUPLICATE_ID")
+            if checker.violations:
+                parsed.failures[i] = checker.violations
+                parsed.sent_ids[i] = update.id
+            else:
+                rows.add(i, update.id, values)
+        self._parsed = max(self._parsed, stop)
 
 
 def _fast_values(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -69,12 +70,62 @@ class ParsedBatch(Generic[T]):
     sent_ids: dict[int, str] = field(default_factory=dict)  # the id a refused record carried
 
 
-class RecordParser(Generic[R]):
-    """Validates `records` into `rows`, in the given `order` of indexes (default: as sent).
+class SliceParser(ABC, Generic[R]):
+    """Validates the `total` items of a batch into `rows`, a slice at a time: a kind's subclass
+    says how in `parse`.
 
     `finish()` gives the whole batch; in atomic mode (`partial=False`) it raises INVALID_ARGUMENT
     listing every violation, so the caller must not commit before it.
     """
+
+    def __init__(self, total: int, rows: R, *, field_name: str, partial: bool) -> None:
+        self._total, self._field_name, self._partial = total, field_name, partial
+        self._parsed = 0  # items validated so far
+        self.batch = ParsedBatch(rows)
+
+    @property
+    def writable(self) -> bool:
+        """False once an atomic batch has an invalid item: nothing of it will be written."""
+        return self._partial or not self.batch.failures
+
+    @property
+    def parsed(self) -> int:
+        """How many items have been validated."""
+        return self._parsed
+
+    @abstractmethod
+    def parse(self, stop: int) -> None:
+        """Validate the items up to position `stop`, adding the valid ones to the rows."""
+
+    async def send_in_slices(
+        self: SliceParser[S], size: int, send: Callable[[S], Awaitable[T]]
+    ) -> tuple[ParsedBatch[S], list[T]]:
+        """Validate `size` items at a time and hand each slice's valid rows to `send`, which
+        sends them without waiting (pipeline mode), so PostgreSQL writes a slice while the next
+        is validated. Once an atomic batch has an invalid item nothing more is sent, and
+        finish() raises: the caller's transaction must roll back on it. Returns the batch and
+        what each `send` returned, in order."""
+        total, sent = self._total, []
+        for stop in range(size, total + size, size):
+            first = len(self.batch.rows)
+            self.parse(min(stop, total))
+            if self.writable:
+                sent.append(await send(self.batch.rows.since(first)))
+        return self.finish(), sent
+
+    def finish(self) -> ParsedBatch[R]:
+        assert self._parsed == self._total, "finish() before every item was parsed"
+        refuse_if_atomic(self.batch, self._total, self._field_name, self._partial)
+        return self.batch
+
+    def parse_all(self) -> ParsedBatch[R]:
+        self.parse(self._total)
+        return self.finish()
+
+
+class RecordParser(SliceParser[R]):
+    """Validates `records` by their entity's `rules`, in the given `order` of indexes (default:
+    as sent)."""
 
     def __init__(
         self,
@@ -86,22 +137,10 @@ class RecordParser(Generic[R]):
         partial: bool,
         order: Sequence[int] | None = None,
     ) -> None:
-        self._records, self._rules, self._field_name = records, rules, field_name
-        self._partial = partial
+        super().__init__(len(records), rows, field_name=field_name, partial=partial)
+        self._records, self._rules = records, rules
         self._order = order
         self._seen: dict[object, int] = {}  # an id, or (scope, id)
-        self._parsed = 0  # records validated so far
-        self.batch = ParsedBatch(rows)
-
-    @property
-    def writable(self) -> bool:
-        """False once an atomic batch has an invalid record: nothing of it will be written."""
-        return self._partial or not self.batch.failures
-
-    @property
-    def parsed(self) -> int:
-        """How many records have been validated."""
-        return self._parsed
 
     def parse(self, stop: int) -> None:
         """Validate the records up to position `stop` of the order, adding the valid ones."""
@@ -139,31 +178,6 @@ class RecordParser(Generic[R]):
             self.batch.rows.add(i, str(uuid.uuid4()), *values[1:])
         else:  # valid after all (say, long content within the byte limit)
             self.batch.rows.add(i, *values)
-
-    async def send_in_slices(
-        self: RecordParser[S], size: int, send: Callable[[S], Awaitable[T]]
-    ) -> tuple[ParsedBatch[S], list[T]]:
-        """Validate `size` records at a time and hand each slice's valid rows to `send`, which
-        sends them without waiting (pipeline mode), so PostgreSQL writes a slice while the next
-        is validated. Once an atomic batch has an invalid record nothing more is sent, and
-        finish() raises: the caller's transaction must roll back on it. Returns the batch and
-        what each `send` returned, in order."""
-        total, sent = len(self._records), []
-        for stop in range(size, total + size, size):
-            first = len(self.batch.rows)
-            self.parse(min(stop, total))
-            if self.writable:
-                sent.append(await send(self.batch.rows.since(first)))
-        return self.finish(), sent
-
-    def finish(self) -> ParsedBatch[R]:
-        assert self._parsed == len(self._records), "finish() before every record was parsed"
-        refuse_if_atomic(self.batch, len(self._records), self._field_name, self._partial)
-        return self.batch
-
-    def parse_all(self) -> ParsedBatch[R]:
-        self.parse(len(self._records))
-        return self.finish()
 
 
 def refuse_if_atomic(batch: ParsedBatch[Any], total: int, field_name: str, partial: bool) -> None:

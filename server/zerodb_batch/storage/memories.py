@@ -77,12 +77,13 @@ async def get(conn: Conn, project_id: str, ids: list[str]) -> dict[str, MemoryRo
     return {row.id: row for row in found}
 
 
-async def update(conn: Conn, project_id: str, rows: UpdateColumns) -> set[str]:
-    """Apply every update in one statement (its rows locked in id order); the ids that named a
-    memory."""
+async def send_update(conn: Conn, project_id: str, rows: UpdateColumns) -> Cursor | None:
+    """Apply the rows' updates in one statement (its rows locked in id order); in pipeline mode,
+    without waiting for the server. Pass the cursor to missing() for the ids that named no
+    memory (None: nothing to write)."""
     if not rows:
-        return set()
-    return await _found(conn, Q["memory_update"], update_params(project_id, rows), rows.ids)
+        return None
+    return await conn.execute(Q["memory_update"], update_params(project_id, rows))
 
 
 def update_params(project_id: str, rows: UpdateColumns) -> dict[str, object]:
@@ -105,17 +106,17 @@ def update_params(project_id: str, rows: UpdateColumns) -> dict[str, object]:
 async def delete(conn: Conn, project_id: str, ids: list[str]) -> set[str]:
     """Delete in one statement (its rows locked in id order); the ids that named a memory."""
     params: dict[str, object] = {"project_id": project_id, "ids": ids}
-    return await _found(conn, Q["memory_delete"], params, ids)
+    cur = await conn.execute(Q["memory_delete"], params)
+    return set(ids).difference(await missing(cur))
 
 
-async def _found(
-    conn: Conn, query: LiteralString, params: dict[str, object], ids: list[str]
-) -> set[str]:
-    """The `ids` the statement found: it answers with those it did not."""
-    cur = await conn.execute(query, params)
+async def missing(cur: Cursor | None) -> list[str]:
+    """What an update or delete statement answers: the ids it was given that named no memory."""
+    if cur is None:
+        return []
     row = await cur.fetchone()
     assert row is not None  # an ARRAY() subquery always makes a row
-    return set(ids).difference(row[0])  # type: ignore[arg-type]
+    return row[0]  # type: ignore[return-value]
 
 
 async def list_page(
