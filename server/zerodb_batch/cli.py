@@ -4,31 +4,18 @@ interactions."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
+import importlib
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
 
-from zerodb_batch import app as app_module
-from zerodb_batch import channel, exporter, load_kinds, loader, workers
+from zerodb_batch import channel, exporter, limits, load_kinds, loader
 from zerodb_batch.config import DEFAULT_HTTP_LISTEN, ClientSettings, SettingError, Settings
-from zerodb_batch.embedded import Embedded, EmbeddedBusy, EmbeddedError, EmbeddedPostgres
 from zerodb_batch.errors import StartupError
 from zerodb_batch.observability import logs
-from zerodb_batch.storage import keys
-from zerodb_batch.storage.migrate import migrate
-from zerodb_batch.storage.pool import Conn, single_connection
 
-T = TypeVar("T")
-log = logging.getLogger("zerodb_batch")
-
-SUPERVISE_SECONDS = 1.0  # how often the embedded servers are checked for a death
+Command = Callable[[Settings, argparse.Namespace], None]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.observability.log_format)
     try:
         args.run(settings, args)
-    except (StartupError, EmbeddedError, SettingError) as e:
+    except (StartupError, SettingError) as e:  # EmbeddedError is a StartupError
         print(f"zerodb-batch: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -64,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="server processes sharing the gRPC port (default: $ZERODB_WORKERS or 1)",
     )
-    serve_cmd.set_defaults(run=serve)
-    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(run=_migrate)
+    serve_cmd.set_defaults(run=_server("serve"))
+    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(
+        run=_server("migrate_database")
+    )
     key_cmds = sub.add_parser("keys", help="manage API keys").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -75,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--scope",
         action="append",
-        choices=keys.SCOPES,
-        help=f"what the key may do; repeat for several (default: all of {', '.join(keys.SCOPES)})",
+        choices=limits.KEY_SCOPES,
+        help="what the key may do; repeat for several "
+        f"(default: all of {', '.join(limits.KEY_SCOPES)})",
     )
     create.add_argument(
         "--expires-in",
@@ -85,148 +75,28 @@ def _parser() -> argparse.ArgumentParser:
         help="the key stops working after this long: a number with s, m, h or d (30m, 1h, 90d); "
         "default: never",
     )
-    create.set_defaults(run=_keys_create)
+    create.set_defaults(run=_server("keys_create"))
     listing = key_cmds.add_parser("list", help="list a project's keys (never the keys themselves)")
     listing.add_argument("--project", required=True)
-    listing.set_defaults(run=_keys_list)
+    listing.set_defaults(run=_server("keys_list"))
     revoke = key_cmds.add_parser("revoke", help="revoke a key by its key id")
     revoke.add_argument("key_id")
-    revoke.set_defaults(run=_keys_revoke)
+    revoke.set_defaults(run=_server("keys_revoke"))
     _add_load(sub)
     _add_export(sub)
     return parser
 
 
-# ---- serve -------------------------------------------------------------------------------
+def _server(name: str) -> Command:
+    """A command of commands.py (serve, migrate, keys), imported only when one runs: `load` and
+    `export` are clients of a running server and need none of its modules, which take about a
+    second to import."""
 
+    def run(settings: Settings, args: argparse.Namespace) -> None:
+        command: Command = getattr(importlib.import_module("zerodb_batch.commands"), name)
+        command(settings, args)
 
-def serve(settings: Settings, args: argparse.Namespace) -> None:
-    if args.http is not None:
-        settings = settings.with_http(args.http)
-    if args.workers is not None:
-        if not 1 <= args.workers <= 256:
-            raise StartupError("--workers must be from 1 to 256")
-        settings = replace(settings, workers=args.workers)
-    if settings.database_url and settings.redis_url:
-        _run(settings, None)
-        return
-    with Embedded(settings.data_dir) as embedded:
-        backends = settings.with_backends(
-            settings.database_url or embedded.database_url,
-            settings.redis_url or embedded.redis_url,
-        )
-        _run(backends, embedded)
-
-
-def _run(settings: Settings, embedded: Embedded | None) -> None:
-    if settings.workers == 1:
-        asyncio.run(_serve(settings, embedded))
-    elif embedded is None:
-        workers.serve(settings)
-    else:
-        workers.serve(settings, lambda: _restart_dead(embedded))
-
-
-async def _serve(settings: Settings, embedded: Embedded | None) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    running = await app_module.start(settings)
-    _announce(running)
-    if embedded is not None:
-        running.tasks.append(asyncio.create_task(_supervise(embedded)))
-    await stop.wait()
-    log.info("draining (up to %.0f s)", settings.drain_seconds)
-    await running.stop()
-    log.info("stopped")
-
-
-def _announce(running: app_module.App) -> None:
-    tls = running.settings.tls
-    security = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
-    print(f"zerodb-batch serving on {_address(running)} ({security})", flush=True)
-    if running.http_port is not None:
-        host = running.settings.http_listen.rpartition(":")[0]
-        scheme = "http" if tls is None else "https"
-        print(f"HTTP/JSON on {scheme}://{host}:{running.http_port}", flush=True)
-    if running.bootstrap_key:
-        project, key = running.bootstrap_key
-        print("first start: created a project and a development API key (shown once)")
-        print(f"project_id: {project}")
-        print(f"api_key: {key}", flush=True)
-
-
-def _address(running: app_module.App) -> str:
-    host = running.settings.listen.rsplit(":", 1)[0]
-    return f"{host}:{running.port}"
-
-
-async def _supervise(embedded: Embedded) -> None:
-    """Restart an embedded server that died. Meanwhile calls answer UNAVAILABLE (PostgreSQL) or
-    leave events in the outbox (Valkey); the pool replaces its broken connections by itself."""
-    while True:
-        await asyncio.sleep(SUPERVISE_SECONDS)
-        await asyncio.to_thread(_restart_dead, embedded)
-
-
-def _restart_dead(embedded: Embedded) -> None:
-    restarts = {
-        "PostgreSQL": embedded.postgres.restart_if_dead,
-        "Valkey": embedded.valkey.restart_if_dead,
-    }
-    for name, restart_if_dead in restarts.items():
-        try:
-            if restart_if_dead():
-                log.warning("embedded %s had stopped; restarted it", name)
-        except EmbeddedError as e:
-            log.error("embedded %s could not be restarted; trying again: %s", name, e)
-
-
-# ---- maintenance commands ----------------------------------------------------------------
-
-
-@contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """A database URL: the configured one, the running server's embedded one, or a fresh start."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    try:
-        with Embedded(settings.data_dir) as embedded:
-            yield embedded.database_url
-    except EmbeddedBusy:
-        # `serve` holds the data dir: use its PostgreSQL and leave it running.
-        yield EmbeddedPostgres(settings.data_dir).start()
-
-
-def _with_conn(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
-    async def run(url: str) -> T:
-        async with single_connection(url) as conn:
-            await migrate(conn)
-            return await work(conn)
-
-    with _database(settings) as url:
-        return asyncio.run(run(url))
-
-
-def _migrate(settings: Settings, _: argparse.Namespace) -> None:
-    async def noop(conn: Conn) -> None:
-        return None
-
-    _with_conn(settings, noop)
-    print("migrations applied")
-
-
-def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
-    async def work(conn: Conn) -> tuple[str, str, str]:
-        project = args.project or await keys.create_project(conn)
-        scopes = tuple(args.scope or keys.SCOPES)
-        key_id, key = await keys.create_key(conn, project, args.name, scopes, args.expires_in)
-        return project, key_id, key
-
-    project, key_id, key = _with_conn(settings, work)
-    print(f"project_id: {project}\nkey_id: {key_id}\napi_key: {key}")
+    return run
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -241,27 +111,6 @@ def _duration(raw: str) -> timedelta:
             "(30m, 1h, 90d)"
         )
     return timedelta(seconds=int(count) * _UNITS[unit])
-
-
-def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
-    found = _with_conn(settings, lambda conn: keys.list_keys(conn, args.project))
-    now = datetime.now(UTC)
-    for k in found:
-        if k.revoke_time:
-            state = f"revoked {k.revoke_time:%Y-%m-%d %H:%M}"
-        elif k.expire_time:
-            verb = "expired" if k.expire_time <= now else "expires"
-            state = f"{verb} {k.expire_time.astimezone(UTC):%Y-%m-%d %H:%M}Z"
-        else:
-            state = "active"
-        print(f"{k.key_id}  {k.prefix}…  {','.join(k.scopes)}  {state}  {k.name}")
-
-
-def _keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
-    if not _with_conn(settings, lambda conn: keys.revoke_key(conn, args.key_id)):
-        print(f"zerodb-batch: no active key {args.key_id}", file=sys.stderr)
-        sys.exit(1)
-    print(f"revoked {args.key_id}")
 
 
 # ---- load (a client of a running server) ----------------------------------------------------
@@ -310,7 +159,7 @@ def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _loading(command: load_kinds.LoadCommand) -> Callable[[Settings, argparse.Namespace], None]:
+def _loading(command: load_kinds.LoadCommand) -> Command:
     def run(_: Settings, args: argparse.Namespace) -> None:
         settings = ClientSettings.from_env()
         sys.exit(loader.run_cli(args, settings, command.kind, command.fields(args)))

@@ -81,3 +81,7 @@ MAX_INSERT_ROWS: Final = 1000  # per insert operation
 MAX_ROW_BYTES: Final = 1024 * 1024  # one row's row_data as JSON
 MAX_UPDATE_FIELDS: Final = 64  # fields named by one update, over all its operators
 DEFAULT_TABLES_PAGE_SIZE: Final = 100  # ListTables
+
+# What an API key may be allowed to do; each RPC needs one of them (interceptors/auth.py). A key
+# made without naming scopes gets all three, as every key had before scopes existed.
+KEY_SCOPES: Final = ("read", "write", "admin")

@@ -21,6 +21,7 @@ from tests.plugins.services import Backends
 from zerodb.v1 import memory_pb2_grpc, rlhf_pb2_grpc
 from zerodb_batch import app
 from zerodb_batch.config import Settings
+from zerodb_batch.limits import KEY_SCOPES
 from zerodb_batch.storage import keys
 
 T = TypeVar("T")
@@ -44,7 +45,7 @@ class ServerThread:
     def new_key(
         self,
         project_id: str | None = None,
-        scopes: tuple[str, ...] = keys.SCOPES,
+        scopes: tuple[str, ...] = KEY_SCOPES,
         expires_in: timedelta | None = None,
     ) -> tuple[str, str]:
         """(project_id, key): a fresh project (or the given one) and a key for it."""

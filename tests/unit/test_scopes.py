@@ -17,7 +17,8 @@ import zerodb.v1
 from zerodb.v1 import table_pb2
 from zerodb_batch.errors import PermissionDenied
 from zerodb_batch.interceptors.auth import RPC_SCOPES, Access
-from zerodb_batch.storage.keys import SCOPES, Grant
+from zerodb_batch.limits import KEY_SCOPES
+from zerodb_batch.storage.keys import Grant
 
 
 def every_rpc() -> Iterator[MethodDescriptor]:
@@ -39,7 +40,7 @@ def test_every_rpc_has_a_scope() -> None:
     assert len(RPCS) >= 25
     missing = [m.full_name for m in RPCS if m.full_name not in RPC_SCOPES]
     assert missing == [], "add these RPCs to RPC_SCOPES (interceptors/auth.py)"
-    assert {RPC_SCOPES[m.full_name] for m in RPCS} <= set(SCOPES)
+    assert {RPC_SCOPES[m.full_name] for m in RPCS} <= set(KEY_SCOPES)
 
 
 def test_the_table_names_only_rpcs_that_exist() -> None:
@@ -91,7 +92,7 @@ def test_batch_query_needs_write_for_writing_operations(ops: tuple[str, ...], ne
         project_id="p", operations=[table_pb2.TableOperation(op=op) for op in ops]
     )
     access.check_scope(grant(needed), request)
-    others = [s for s in SCOPES if s != needed]
+    others = [s for s in KEY_SCOPES if s != needed]
     with pytest.raises(PermissionDenied):
         access.check_scope(grant(*others), request)
 

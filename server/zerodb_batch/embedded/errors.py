@@ -1,7 +1,9 @@
 """The errors starting or stopping the embedded servers raises."""
 
+from zerodb_batch.errors import StartupError
 
-class EmbeddedError(Exception):
+
+class EmbeddedError(StartupError):
     """Start-up/shut-down failure with a message for a human."""
 
 

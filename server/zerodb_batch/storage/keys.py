@@ -11,13 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg.rows import class_row
 
+from zerodb_batch.limits import KEY_SCOPES
 from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.queries import Q
 
 KEY_PREFIX = "zdb_"
-# What a key may be allowed to do; each RPC needs one of them (interceptors/auth.py). A key made
-# without naming scopes gets all three, as every key had before scopes existed.
-SCOPES = ("read", "write", "admin")
 
 
 def hash_key(key: str) -> bytes:
@@ -64,12 +62,12 @@ async def create_key(
     conn: Conn,
     project_id: str,
     name: str = "",
-    scopes: tuple[str, ...] = SCOPES,
+    scopes: tuple[str, ...] = KEY_SCOPES,
     expires_in: timedelta | None = None,
 ) -> tuple[str, str]:
     """Make a new key for the project; returns (key_id, key). The key is shown only this once."""
-    if not scopes or not set(scopes) <= set(SCOPES):
-        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}, not {scopes!r}")
+    if not scopes or not set(scopes) <= set(KEY_SCOPES):
+        raise ValueError(f"scopes must be some of {', '.join(KEY_SCOPES)}, not {scopes!r}")
     await create_project(conn, project_id)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = str(uuid.uuid4())
@@ -81,7 +79,7 @@ async def create_key(
             "key_hash": hash_key(key),
             "prefix": key[:12],
             "name": name,
-            "scopes": sorted(set(scopes), key=SCOPES.index),
+            "scopes": sorted(set(scopes), key=KEY_SCOPES.index),
             "expire_time": datetime.now(UTC) + expires_in if expires_in is not None else None,
         },
     )
