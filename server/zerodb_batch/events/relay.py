@@ -163,15 +163,15 @@ class Relay:
                 # which the append skips as already there (at least once, never lost).
                 packed = self._streams.prepare(project_id, batch, after=relayed)
                 try:
-                    await self._streams.send(redis_conn, project_id, packed)
+                    appended = await self._streams.send(redis_conn, project_id, packed)
                 except StreamBehind as e:
                     if wait:  # a publisher: refilling is the loop's work
                         raise
                     await self._refill(redis_conn, conn, project_id, e.top, relayed)
-                    await self._streams.send(redis_conn, project_id, packed)
+                    appended = await self._streams.send(redis_conn, project_id, packed)
                 await outbox.mark_relayed(conn, project_id, batch[-1].seq)
-        if batch:
-            self._sent("publisher" if wait else "loop", len(batch))
+        if batch:  # counted as appended: events already there (a crash before the mark) are not
+            self._sent("publisher" if wait else "loop", appended)
         return len(batch)
 
     async def restore(self, project_id: str) -> int:
