@@ -25,7 +25,7 @@ from tests.plugins.events import (
     stream_key,
     xadd_calls,
 )
-from tests.plugins.metrics import scrape
+from tests.plugins.metrics import Scrape, scrape_until
 from tests.plugins.serve import Serve, serve_env
 from tests.plugins.server import Project
 from tests.plugins.services import Backends
@@ -231,13 +231,18 @@ def crash_after_xadd(own_database: str, redis_url: str, redis_client: redis.Redi
 
     with own_server(own_database, redis_url) as running:  # its relay loop finds the 100 pending
         wait_for(lambda: len(in_stream(redis_client, project_id)) >= 100, "the relay")
-        metrics = scrape(running.http or "")
+        # Counted after the mark commits, a moment after the entries are in.
+        metrics = scrape_until(running.http or "", "the loop's count", _relayed_by_loop)
     assert in_stream(redis_client, project_id) == in_postgres(own_database, project_id)
     # The append skipped the 40 already in the stream: it XADDed only the other 60, and the
     # relay counts those it appended.
     assert xadd_calls(redis_client) - before == 60
     assert metrics.value("zerodb_event_relayed_total", path="loop") == 60
     assert failed_xadds(redis_client) == 0
+
+
+def _relayed_by_loop(metrics: Scrape) -> bool:
+    return metrics.value("zerodb_event_relayed_total", path="loop") >= 60
 
 
 async def migrate_database(url: str) -> None:

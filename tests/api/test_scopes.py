@@ -134,8 +134,8 @@ def caching_server(database_url: str, backends: Backends) -> Iterator[ServerThre
 
 def test_an_expired_key_stops_at_once_even_when_cached(caching_server: ServerThread) -> None:
     lifetime = 3.0
-    made = time.monotonic()
     holder = Project(*caching_server.new_key(expires_in=timedelta(seconds=lifetime)))
+    made = time.monotonic()  # after: the key's expiry counts from its creation, which is before
     with grpc.insecure_channel(caching_server.address) as channel:
         stub = MemoryServiceStub(channel)
         assert get(stub, holder, "x").not_found == ["x"]  # now cached for ten minutes

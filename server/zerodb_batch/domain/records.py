@@ -115,7 +115,7 @@ class SliceParser(ABC, Generic[R]):
 
     def finish(self) -> ParsedBatch[R]:
         assert self._parsed == self._total, "finish() before every item was parsed"
-        refuse_if_atomic(self.batch, self._total, self._field_name, self._partial)
+        _refuse_if_atomic(self.batch, self._total, self._field_name, self._partial)
         return self.batch
 
     def parse_all(self) -> ParsedBatch[R]:
@@ -180,7 +180,7 @@ class RecordParser(SliceParser[R]):
             self.batch.rows.add(i, *values)
 
 
-def refuse_if_atomic(batch: ParsedBatch[Any], total: int, field_name: str, partial: bool) -> None:
+def _refuse_if_atomic(batch: ParsedBatch[Any], total: int, field_name: str, partial: bool) -> None:
     """An atomic batch (not `partial`) with an invalid item: INVALID_ARGUMENT naming them all."""
     if batch.failures and not partial:
         raise InvalidArgument(

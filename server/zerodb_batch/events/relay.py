@@ -143,13 +143,11 @@ class Relay:
             relayed = await outbox.lock_and_mark_own(conn, project_id, first, last, TIMEOUTS)
             # StreamBehind raised here rolls the mark back.
             if relayed == first - 1:
-                await self._streams.send(redis_conn, project_id, packed)
-                self._sent("publisher", packed.count)
+                self._sent("publisher", await self._streams.send(redis_conn, project_id, packed))
             elif first <= relayed < last:  # a relay loop took part of the batch already
                 rest = [e for e in own if e.seq > relayed]
                 packed = self._streams.prepare(project_id, rest, after=relayed)
-                await self._streams.send(redis_conn, project_id, packed)
-                self._sent("publisher", packed.count)
+                self._sent("publisher", await self._streams.send(redis_conn, project_id, packed))
         return relayed >= first - 1
 
     async def _relay_once(
@@ -295,7 +293,8 @@ class Relay:
             return True
 
     def _sent(self, path: str, events: int) -> None:
-        """An XADD pipeline of `events` reached Redis (for the metrics)."""
+        """An append reached Redis and added `events` (for the metrics: events already in the
+        stream, appended before a crash or a failed commit, are not counted again)."""
         if self._metrics is not None:
             self._metrics.relay_batches.labels(path).inc()
             self._metrics.relayed.labels(path).inc(events)

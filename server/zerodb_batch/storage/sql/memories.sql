@@ -1,10 +1,11 @@
 -- name: memory_upsert
--- One statement for the whole batch: binary arrays unnested into rows. Every record's tags sit in
--- one flat array; tag_from/tag_to (1-based, inclusive; from > to means none) slice out its own.
+-- One statement for a slice of a batch: binary arrays unnested into rows. Every record's tags sit
+-- in one flat array; tag_from/tag_to (1-based, inclusive; from > to means none) slice out its own.
 -- `xmax = 0` is true for a freshly inserted row and false for one ON CONFLICT updated.
 -- Rows go in id order, so that concurrent upserts of overlapping ids lock them in the same order
 -- and never deadlock (the caller also validates a batch in id order, so that successive slices
--- of one transaction keep to that order too).
+-- of one transaction keep to that order too). Every lock order here is by code point (COLLATE
+-- "C"), which is Python's order of the same ids, whatever the database's collation.
 INSERT INTO memories AS m (
     project_id, id, content, memory_type, importance, tags, metadata,
     session_id, agent_id, entity_id)
@@ -17,7 +18,7 @@ FROM unnest(%(ids)b::text[], %(contents)b::text[], %(memory_types)b::text[],
             %(entity_ids)b::text[])
      AS u(id, content, memory_type, importance, tag_from, tag_to, metadata,
           session_id, agent_id, entity_id)
-ORDER BY u.id
+ORDER BY u.id COLLATE "C"
 ON CONFLICT (project_id, id) DO UPDATE SET  -- keep in step with memory_stage_upsert
     content = EXCLUDED.content,
     memory_type = EXCLUDED.memory_type,
@@ -37,14 +38,15 @@ FROM memories
 WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[]);
 
 -- name: memory_update
--- One statement for the whole batch. Each column comes with a "set this column?" flag, so one
--- shape of statement serves every mix of present fields and masks; unflagged columns keep their
--- value. create_time is never touched. Its rows are locked first, in id order (see memory_delete).
--- Tags come flat, sliced per row as in memory_upsert. A column no update sets comes as NULL arrays.
+-- One statement for a slice of a batch (see memory_upsert on their order). Each column comes
+-- with a "set this column?" flag, so one shape of statement serves every mix of present fields and
+-- masks; unflagged columns keep their value. create_time is never touched. Its rows are locked
+-- first, in id order (see memory_delete). Tags come flat, sliced per row as in memory_upsert. A
+-- column no update sets comes as NULL arrays.
 WITH locked AS MATERIALIZED (
     SELECT id FROM memories
     WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
-    ORDER BY id
+    ORDER BY id COLLATE "C"
     FOR UPDATE
 ), changed AS (
 UPDATE memories AS m SET
@@ -84,7 +86,7 @@ SELECT ARRAY(SELECT unnest(%(ids)b::text[]) EXCEPT SELECT id FROM changed);
 WITH locked AS MATERIALIZED (
     SELECT id FROM memories
     WHERE project_id = %(project_id)s AND id = ANY(%(ids)b::text[])
-    ORDER BY id
+    ORDER BY id COLLATE "C"
     FOR UPDATE
 ), gone AS (
     DELETE FROM memories  -- the ids again: without them the plan scans the project's rows
@@ -141,7 +143,7 @@ WITH written AS (
     SELECT s.project_id, s.id, s.content, s.memory_type, s.importance, s.tags,
            s.metadata::jsonb, s.session_id, s.agent_id, s.entity_id
     FROM memory_chunk_stage AS s
-    ORDER BY s.id  -- lock order: see memory_upsert
+    ORDER BY s.id COLLATE "C"  -- lock order: see memory_upsert
     ON CONFLICT (project_id, id) DO UPDATE SET  -- keep in step with memory_upsert
         content = EXCLUDED.content,
         memory_type = EXCLUDED.memory_type,
