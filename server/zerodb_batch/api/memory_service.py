@@ -104,8 +104,15 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             response = memory_pb2.BatchUpdateMemoriesResponse()
             return results.fill(response, outcomes, _UPDATED, request.result_view)
 
+        # Updates that fit one slice are one statement: without a request_id, its own
+        # transaction (one round trip, as a single update usually is).
         done = await write_once(
-            self._db, request, memory_pb2.BatchUpdateMemoriesResponse, write, pipelined=True
+            self._db,
+            request,
+            memory_pb2.BatchUpdateMemoriesResponse,
+            write,
+            pipelined=True,
+            one_statement=len(request.updates) <= WRITE_SLICE,
         )
         return done.response
 
