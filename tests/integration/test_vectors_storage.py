@@ -240,3 +240,45 @@ def test_namespaces_and_projects_isolate(shared_vector_database: str, project_id
             assert names == ["docs", "notes"]
 
     asyncio.run(scenario())
+
+
+def test_a_staged_chunk_locks_its_rows_in_code_point_order(
+    shared_vector_database: str, project_id: str
+) -> None:
+    """A streamed chunk's upsert takes its rows' locks in (namespace, id) code-point order, as a
+    batch does (write_order), whatever order the chunk came in: writers sharing ids wait for
+    each other instead of deadlocking. Seen from outside: while the chunk waits for row "b",
+    it holds "a" but not yet "c"."""
+
+    async def scenario() -> None:
+        data = clustered(3, 2)
+        async with (
+            await connect(shared_vector_database) as writer,
+            await connect(shared_vector_database) as blocker,
+            await connect(shared_vector_database) as watcher,
+        ):
+            existing = VectorColumns()
+            for n, vid in enumerate("abc"):
+                existing.add(n, vid, "docs", data[n], "{}")
+            async with writer.transaction():
+                await vectors.upsert(writer, project_id, existing)
+            chunk = VectorColumns()  # as a client sent it: not in id order
+            for n, vid in enumerate("cab"):
+                chunk.add(n, vid, "docs", data[n], '{"v": 2}')
+            lock_row = "SELECT 1 FROM vectors WHERE project_id = %s AND id = %s FOR UPDATE"
+            async with blocker.transaction():
+                await blocker.execute(lock_row, (project_id, "b"))
+
+                async def write_chunk() -> tuple[int, int]:
+                    async with writer.transaction():
+                        return await vectors.copy_upsert(writer, project_id, chunk)
+
+                racing = asyncio.create_task(write_chunk())
+                pid = writer.info.backend_pid
+                await until(lambda: backend_waits(watcher, pid), "the chunk to wait on b")
+                async with watcher.transaction():
+                    await watcher.execute("SET LOCAL lock_timeout = '100ms'")
+                    await watcher.execute(lock_row, (project_id, "c"))  # free: locked after b
+            assert await racing == (0, 3)
+
+    asyncio.run(scenario())

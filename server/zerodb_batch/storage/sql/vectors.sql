@@ -48,8 +48,10 @@ unnest(%(namespaces)b::text[], %(ids)b::text[], %(dims)b::int4[], %(embeddings)b
     AS s(namespace, id, dim, embedding, metadata, document)
 
 -- name: vector_rows_stage
--- The source of vector_upsert for a streamed chunk: the staging table.
-vector_chunk_stage AS s
+-- The source of vector_upsert for a streamed chunk: the staging table, in (namespace, id) order
+-- by code point, the order a batch's rows come in (domain.vector.write_order), so that writers
+-- sharing ids take their row locks in one order and wait rather than deadlock.
+(SELECT * FROM vector_chunk_stage ORDER BY namespace COLLATE "C", id COLLATE "C") AS s
 
 -- name: vector_stage_create
 -- A session-local staging table for streamed chunks whose ids may exist; ON COMMIT DELETE ROWS
