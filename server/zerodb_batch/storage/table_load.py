@@ -80,10 +80,7 @@ class RowLoadWriter:
         self, conn: Conn, rows: RowCopyLines, started: Callable[[], object]
     ) -> tuple[int, int]:
         rows.prefix = f"{field(self._project_id)}\t{await self._lock(conn)}\t"
-        async with conn.cursor().copy(Q["table_rows_copy"]) as copy:
-            started()
-            for part in rows.payload():
-                await copy.write(part)
+        await rows.copy(conn, Q["table_rows_copy"], started)
         self.inserted += len(rows)
         return len(rows), 0
 
