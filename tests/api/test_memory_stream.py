@@ -252,15 +252,48 @@ def row_locked(db: Db, database_url: str, project: Project) -> Iterator[tuple[Db
         yield locker, str(held[0])
 
 
-def _upserts(db: Db, *, on_lock: bool) -> int:
-    """Server sessions busy in the chunk upsert (or waiting there on a lock), not this test's."""
+def _upserts(db: Db, *, on_lock: bool, statement: str = "FROM memory_chunk_stage") -> int:
+    """Server sessions busy in the chunk upsert (or waiting there on a lock), not this test's;
+    `statement` names another chunk statement by a part of its text."""
     query = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE '%FROM memory_chunk_stage%'"
+        "AND pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE %s"
     )
-    row = db.execute(query + " AND wait_event_type = 'Lock'" if on_lock else query).fetchone()
+    lock = " AND wait_event_type = 'Lock'" if on_lock else ""
+    row = db.execute(query + lock, (f"%{statement}%",)).fetchone()
     assert row is not None
     return int(row[0])  # type: ignore[call-overload]
+
+
+def test_a_chunk_of_new_ids_takes_them_in_code_point_order(
+    memories: MemoryServiceStub, project: Project, db: Db, database_url: str
+) -> None:
+    """A chunk of new ids inserts them in code-point order whatever order it came in, as a batch
+    does, so a load and a batch creating the same ids wait for each other instead of
+    deadlocking. Seen from outside: while the chunk waits on "b", which another session has
+    inserted and not committed, it holds "a" and not yet "c"."""
+    insert = (
+        "INSERT INTO memories (project_id, id, content, memory_type, importance)"
+        " VALUES (%s, %s, '', 'semantic', 0.5)"
+    )
+    records = [memory_pb2.Memory(id=i, content=i) for i in "cab"]
+    with psycopg.connect(database_url) as other:
+        other.execute(insert, (project.id, "b"))
+        feed = Feed()
+        call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
+        feed.send(Request(project_id=project.id, load_id="ordered", records=records, final=True))
+        feed.close()
+        wait_for(
+            lambda: _upserts(db, on_lock=True, statement="COPY memories") == 1,
+            "the chunk to wait on b",
+        )
+        with psycopg.connect(database_url) as probe:
+            probe.execute("SET lock_timeout = '100ms'")
+            probe.execute(insert, (project.id, "c"))  # no wait: the chunk has not taken c yet
+            probe.rollback()
+        other.rollback()
+    reply = call.result(timeout=30)
+    assert (reply.load.inserted, sorted(contents(db, project))) == (3, ["a", "b", "c"])
 
 
 def test_gap_refused_naming_the_expected_offset(
@@ -320,6 +353,20 @@ def test_partial_success_reports_each_refused_record(
     assert [v.field for v in bad.field_violations] == ["records[3].tags[1]"]
     assert (reply.load.inserted, reply.load.failed, reply.load.last_offset) == (6, 2, 1)
     assert count(db, project) == 6
+
+
+def test_refusals_come_in_request_order_whatever_the_ids(
+    memories: MemoryServiceStub, project: Project
+) -> None:
+    """A chunk is validated in id order (its lock order); what it refuses is told in the order
+    the records came."""
+    records = [memory_pb2.Memory(id=i, importance=2.0) for i in "zya"]
+    partial = Request(project_id=project.id, load_id="p", records=records, partial_success=True)
+    assert [f.index for f in stream(memories, project, [partial]).failures] == [0, 1, 2]
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(memories, project, [Request(project_id=project.id, load_id="a", records=records)])
+    fields = [v.field for v in details(caught.value)[1].field_violations]
+    assert fields == ["records[0].importance", "records[1].importance", "records[2].importance"]
 
 
 def test_failures_listed_are_capped(memories: MemoryServiceStub, project: Project) -> None:

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from tests.api.test_memory_grpcurl import call
-from tests.api.test_memory_stream import Feed
-from tests.api.test_vector_batch import refused, vec, violations
+from tests.api.test_memory_stream import Feed, _upserts
+from tests.api.test_vector_batch import refused, upsert, vec, violations
 from tests.plugins.checks import Outage, details, last_offset, unavailable_then_recovers, wait_for
 from tests.plugins.server import Project, ServerThread
 from zerodb.v1 import load_pb2, vector_pb2
@@ -115,6 +115,36 @@ def test_invalid_vectors_refuse_their_chunk_unless_partial(
     )
     err = refused(lambda: vectors.StreamUpsertVectors(iter([other_dim]), metadata=project.auth))
     assert details(err)[0].reason == "DIMENSION_MISMATCH"
+
+
+def test_a_chunk_of_new_vectors_takes_them_in_code_point_order(
+    vectors: VectorServiceStub, project: Project, db: Db, database_url: str
+) -> None:
+    """As a memory chunk does (see test_memory_stream): while the chunk waits on "b", inserted
+    and not committed by another session, it holds "a" and not yet "c"."""
+    upsert(vectors, project, [vec("z", [1.0, 2.0, 3.0])])  # the namespace, 3 dimensions
+    insert = (
+        "INSERT INTO vectors (project_id, namespace, id, dim, embedding)"
+        " VALUES (%s, 'default', %s, 3, '[1,2,3]')"
+    )
+    items = [vec(i, [1.0, 2.0, 3.0]) for i in "cab"]
+    with psycopg.connect(database_url) as other:
+        other.execute(insert, (project.id, "b"))
+        feed = Feed()
+        call = vectors.StreamUpsertVectors.future(iter(feed), metadata=project.auth)
+        feed.send(Request(project_id=project.id, load_id="ordered", vectors=items, final=True))
+        feed.close()
+        wait_for(
+            lambda: _upserts(db, on_lock=True, statement="COPY vectors") == 1,
+            "the chunk to wait on b",
+        )
+        with psycopg.connect(database_url) as probe:
+            probe.execute("SET lock_timeout = '100ms'")
+            probe.execute(insert, (project.id, "c"))  # no wait: the chunk has not taken c yet
+            probe.rollback()
+        other.rollback()
+    reply = call.result(timeout=30)
+    assert (reply.load.inserted, ids(db, project)) == (3, ["a", "b", "c", "z"])
 
 
 def test_load_vectors_command(

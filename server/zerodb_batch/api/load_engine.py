@@ -72,6 +72,10 @@ class LoadWriter(Protocol[C_in]):
     def rows(self, chunk: C_in) -> Rows:
         """An empty sink for the chunk's valid records."""
 
+    def order(self, chunk: C_in) -> Sequence[int] | None:
+        """The order in which the chunk's records are validated and written: the kind's lock
+        order, as its batches use (None: as sent, for kinds whose rows get new ids)."""
+
     async def write(self, conn: Conn, rows: Any, started: Callable[[], object]) -> tuple[int, int]:
         """Write a chunk's rows in the chunk's transaction; (inserted, updated). Calls `started`
         once the data is going out. Raises RetryChunk to roll back and be called again."""
@@ -228,13 +232,20 @@ class LoadEngine(Generic[C]):
         field_name = self._writer.records_field
         rows = self._writer.rows(chunk)
         parser = RecordParser(
-            records, self._writer.rules, rows, field_name=field_name, partial=True
+            records,
+            self._writer.rules,
+            rows,
+            field_name=field_name,
+            partial=True,
+            order=self._writer.order(chunk),
         )
         while parser.parsed < len(records):
             await self._may_parse.wait()
             parser.parse(min(parser.parsed + _SLICE, len(records)))
             await asyncio.sleep(0)  # let the writer's results in
         batch = parser.finish()
+        # In request order, however the chunk was validated.
+        batch.failures = dict(sorted(batch.failures.items()))
         offset = getattr(chunk, "offset")  # noqa: B009
         if batch.failures and not getattr(chunk, "partial_success"):  # noqa: B009
             raise InvalidArgument(

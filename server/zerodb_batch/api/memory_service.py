@@ -9,7 +9,7 @@ from zerodb.v1 import memory_pb2, memory_pb2_grpc
 from zerodb_batch import limits
 from zerodb_batch.api import Ctx, results
 from zerodb_batch.api.load_engine import LoadEngine
-from zerodb_batch.domain.memory import MEMORY, MemoryColumns
+from zerodb_batch.domain.memory import MEMORY, MemoryColumns, write_order
 from zerodb_batch.domain.memory_list import parse_list, position
 from zerodb_batch.domain.memory_update import UpdateParser
 from zerodb_batch.domain.page_token import PageTokens
@@ -38,16 +38,13 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         check_batch_size("records", len(request.records), limits.MAX_MEMORY_UPSERT)
         check_request_id(request.request_id)
         records = request.records
-        ids = [r.id for r in records]
-        # Validated (and so written) in id order: see memory_upsert on lock order.
-        order = sorted(range(len(records)), key=ids.__getitem__)
         parser = RecordParser(
             records,
             MEMORY,
             MemoryColumns(),
             field_name="records",
             partial=request.partial_success,
-            order=order,
+            order=write_order(records),  # validated, and so written, in lock order
         )
 
         async def write(conn: Conn) -> memory_pb2.BatchUpsertMemoriesResponse:

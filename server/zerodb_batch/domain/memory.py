@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from zerodb_batch import limits
 from zerodb_batch.domain.records import Columns
@@ -22,6 +24,14 @@ MEMORY = Rules(
     Text("entity_id"),
     keyed=True,
 )
+
+
+def write_order(records: Sequence[Any]) -> list[int]:
+    """The records' positions by id, in code-point order: every write of memories takes its
+    rows' locks in this order, so writers sharing ids wait for each other and never deadlock
+    (see memory_upsert)."""
+    ids = [r.id for r in records]
+    return sorted(range(len(ids)), key=ids.__getitem__)
 
 
 @dataclass

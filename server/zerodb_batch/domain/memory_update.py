@@ -14,7 +14,7 @@ from typing import Final
 
 from zerodb.v1 import memory_pb2
 from zerodb_batch import limits
-from zerodb_batch.domain.memory import MEMORY
+from zerodb_batch.domain.memory import MEMORY, write_order
 from zerodb_batch.domain.records import Columns, SliceParser
 from zerodb_batch.domain.rules import Rules
 from zerodb_batch.domain.validate import Checker
@@ -67,8 +67,7 @@ class UpdateParser(SliceParser[UpdateColumns]):
         self._batch_mask = _mask(batch_checker, "update_mask", request.update_mask.paths)
         batch_checker.raise_if_any("update_mask names fields that cannot be updated")
         self._updates = updates
-        ids = [u.id for u in updates]
-        self._order = sorted(range(len(ids)), key=ids.__getitem__)
+        self._order = write_order(updates)
         self._seen: dict[str, int] = {}
 
     def parse(self, stop: int) -> None:

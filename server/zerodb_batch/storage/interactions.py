@@ -152,6 +152,9 @@ class InteractionLoadWriter:
     def rows(self, chunk: rlhf_pb2.StreamCreateInteractionsRequest) -> InteractionCopyRows:
         return InteractionCopyRows(chunk.project_id)
 
+    def order(self, chunk: rlhf_pb2.StreamCreateInteractionsRequest) -> None:
+        return None  # every interaction gets a new id: no two writers share one
+
     async def write(
         self, conn: Conn, rows: InteractionCopyRows, started: Callable[[], object]
     ) -> tuple[int, int]:

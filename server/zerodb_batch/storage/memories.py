@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from zerodb.v1 import memory_pb2
-from zerodb_batch.domain.memory import MEMORY, MemoryColumns
+from zerodb_batch.domain.memory import MEMORY, MemoryColumns, write_order
 from zerodb_batch.domain.memory_update import UPDATABLE, UpdateColumns
 from zerodb_batch.storage.copy_text import NULL, CopyLines, field, text_array
 from zerodb_batch.storage.loads import IdExists, RetryChunk
@@ -215,6 +215,9 @@ class MemoryLoadWriter:
 
     def rows(self, chunk: memory_pb2.StreamUpsertMemoriesRequest) -> MemoryCopyRows:
         return MemoryCopyRows(chunk.project_id)
+
+    def order(self, chunk: memory_pb2.StreamUpsertMemoriesRequest) -> list[int]:
+        return write_order(chunk.records)
 
     async def write(
         self, conn: Conn, rows: MemoryCopyRows, started: Callable[[], object]

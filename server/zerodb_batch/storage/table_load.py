@@ -76,6 +76,9 @@ class RowLoadWriter:
     def rows(self, chunk: table_pb2.StreamInsertRowsRequest) -> RowCopyLines:
         return RowCopyLines()
 
+    def order(self, chunk: table_pb2.StreamInsertRowsRequest) -> None:
+        return None  # every row gets a new id: no two writers share one
+
     async def write(
         self, conn: Conn, rows: RowCopyLines, started: Callable[[], object]
     ) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from zerodb.v1 import vector_pb2
 from zerodb_batch.domain.records import Columns
-from zerodb_batch.domain.vector import VECTOR, fill_namespaces, request_namespace
+from zerodb_batch.domain.vector import VECTOR, fill_namespaces, request_namespace, write_order
 from zerodb_batch.errors import DimensionMismatch, Violation
 from zerodb_batch.limits import MAX_HNSW_VECTOR_DIM
 from zerodb_batch.storage.loads import IdExists, RetryChunk
@@ -347,6 +347,9 @@ class VectorLoadWriter:
 
     def rows(self, chunk: vector_pb2.StreamUpsertVectorsRequest) -> VectorColumns:
         return VectorColumns()
+
+    def order(self, chunk: vector_pb2.StreamUpsertVectorsRequest) -> list[int]:
+        return write_order(chunk.vectors)  # after check() gave each vector its namespace
 
     async def write(
         self, conn: Conn, rows: VectorColumns, started: Callable[[], object]
