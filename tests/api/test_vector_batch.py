@@ -148,11 +148,19 @@ def test_a_namespace_keeps_the_dimension_of_its_first_vector(
     assert list(reply.ids) == ["b", "", "d"]
     bad = reply.results[1]
     assert (bad.outcome, bad.id, bad.error.code) == (common_pb2.OUTCOME_FAILED, "c", 3)
-    # The first vector of a batch fixes a new namespace's dimension for the rest of it.
+    # The first vector of a batch fixes a new namespace's dimension for the rest of it (the first
+    # sent, though the batch is written in id order).
     err = refused(
-        lambda: upsert(vectors, project, [vec("e", [1.0], "new"), vec("f", [1.0, 2.0], "new")])
+        lambda: upsert(
+            vectors,
+            project,
+            [vec("g", [1.0], "new"), vec("f", [1.0, 2.0], "new"), vec("e", [1.0, 2.0], "new")],
+        )
     )
-    assert violations(err) == [("vectors[1].vector_embedding", "DIMENSION_MISMATCH")]
+    assert violations(err) == [
+        ("vectors[1].vector_embedding", "DIMENSION_MISMATCH"),
+        ("vectors[2].vector_embedding", "DIMENSION_MISMATCH"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -123,19 +123,21 @@ async def register_types(conn: Conn) -> None:
 
 
 async def fix_dimensions(conn: Conn, project_id: str, rows: VectorColumns) -> list[int]:
-    """Fix the dimension of each new namespace of `rows` (by its first vector in `rows`, unless a
-    concurrent writer fixed it first) and return the positions in `rows` of the vectors whose
-    dimension differs from their namespace's. Run in the transaction that writes the rows."""
+    """Fix the dimension of each new namespace of `rows` (by its first vector in the request,
+    unless a concurrent writer fixed it first) and return the positions in `rows` of the vectors
+    whose dimension differs from their namespace's, in request order. Run in the transaction
+    that writes the rows (which are in lock order, not the request's)."""
     dims = rows.dims()
+    by_request = sorted(range(len(rows)), key=rows.index.__getitem__)
     wanted: dict[str, int] = {}
-    for namespace, dim in zip(rows.namespaces, dims, strict=True):
-        wanted.setdefault(namespace, dim)
+    for i in by_request:
+        wanted.setdefault(rows.namespaces[i], dims[i])
     fixed = await _namespace_dims(conn, project_id, list(wanted))
     if missing := {n: d for n, d in wanted.items() if n not in fixed}:
         claim = {"project_id": project_id, "namespaces": list(missing), "dims": [*missing.values()]}
         await conn.execute(Q["vector_namespace_claim"], claim)
         fixed.update(await _namespace_dims(conn, project_id, list(missing)))
-    return [i for i, (n, d) in enumerate(zip(rows.namespaces, dims, strict=True)) if fixed[n] != d]
+    return [i for i in by_request if fixed[rows.namespaces[i]] != dims[i]]
 
 
 async def _namespace_dims(conn: Conn, project_id: str, namespaces: list[str]) -> dict[str, int]:
