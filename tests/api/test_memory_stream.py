@@ -133,10 +133,10 @@ def test_cancel_mid_chunk_leaves_no_half_written_chunk(
         feed = Feed()
         call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
         feed.send(locked)
-        wait_for(lambda: _upserts(db, on_lock=True) == 1, "the chunk to wait on the lock")
+        wait_for(lambda: chunk_sessions(db, on_lock=True) == 1, "the chunk to wait on the lock")
         call.cancel()
         feed.close()
-        wait_for(lambda: _upserts(db, on_lock=False) == 0, "the chunk to be rolled back")
+        wait_for(lambda: chunk_sessions(db, on_lock=False) == 0, "the chunk to be rolled back")
         locker.rollback()
     assert contents(db, project) == first
     assert get_load(loads, project).last_offset == 0
@@ -252,7 +252,7 @@ def row_locked(db: Db, database_url: str, project: Project) -> Iterator[tuple[Db
         yield locker, str(held[0])
 
 
-def _upserts(db: Db, *, on_lock: bool, statement: str = "FROM memory_chunk_stage") -> int:
+def chunk_sessions(db: Db, *, on_lock: bool, statement: str = "FROM memory_chunk_stage") -> int:
     """Server sessions busy in the chunk upsert (or waiting there on a lock), not this test's;
     `statement` names another chunk statement by a part of its text."""
     query = (
@@ -283,17 +283,31 @@ def test_a_chunk_of_new_ids_takes_them_in_code_point_order(
         call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
         feed.send(Request(project_id=project.id, load_id="ordered", records=records, final=True))
         feed.close()
-        wait_for(
-            lambda: _upserts(db, on_lock=True, statement="COPY memories") == 1,
-            "the chunk to wait on b",
-        )
-        with psycopg.connect(database_url) as probe:
-            probe.execute("SET lock_timeout = '100ms'")
-            probe.execute(insert, (project.id, "c"))  # no wait: the chunk has not taken c yet
-            probe.rollback()
-        other.rollback()
+        try:
+            wait_for(
+                lambda: chunk_sessions(db, on_lock=True, statement="COPY memories") == 1,
+                "the chunk to wait on b",
+            )
+            held = [taken(database_url, insert, (project.id, i)) for i in "ac"]
+        finally:
+            other.rollback()  # the chunk goes on, whatever this test found
     reply = call.result(timeout=30)
+    assert held == [True, False]
     assert (reply.load.inserted, sorted(contents(db, project))) == (3, ["a", "b", "c"])
+
+
+def taken(database_url: str, insert: str, params: tuple[object, ...]) -> bool:
+    """Whether another session holds the row `insert` would make: it then waits, until its
+    lock timeout. Nothing is written either way."""
+    with psycopg.connect(database_url) as probe:
+        probe.execute("SET lock_timeout = '100ms'")
+        try:
+            probe.execute(insert, params)
+        except psycopg.errors.LockNotAvailable:
+            return True
+        finally:
+            probe.rollback()
+        return False
 
 
 def test_gap_refused_naming_the_expected_offset(
@@ -387,7 +401,7 @@ def test_records_with_ids_upsert(memories: MemoryServiceStub, project: Project) 
     assert (first.load.inserted, again.load.inserted, again.load.updated) == (4, 0, 4)
 
 
-def test_an_existing_id_mid_stream_switches_to_upserts(
+def test_an_existing_id_mid_stream_switches_tochunk_sessions(
     memories: MemoryServiceStub, project: Project, db: Db
 ) -> None:
     """Chunk 0 goes straight in by COPY; chunk 1 rewrites one of its records, so its COPY
@@ -495,7 +509,7 @@ def test_two_streams_of_one_load_never_write_a_chunk_twice(
         b = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
         feed.send(late)
         feed.close()
-        wait_for(lambda: _upserts(db, on_lock=True) == 1, "stream B to wait on the lock")
+        wait_for(lambda: chunk_sessions(db, on_lock=True) == 1, "stream B to wait on the lock")
         a = stream(memories, project, [chunk(project, 1)])
         assert a.chunks_committed == 1
         locker.rollback()

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.api.test_memory_grpcurl import call
-from tests.api.test_memory_stream import Feed, _upserts
+from tests.api.test_memory_stream import Feed, chunk_sessions, taken
 from tests.api.test_vector_batch import refused, upsert, vec, violations
 from tests.plugins.checks import Outage, details, last_offset, unavailable_then_recovers, wait_for
 from tests.plugins.server import Project, ServerThread
@@ -134,16 +134,16 @@ def test_a_chunk_of_new_vectors_takes_them_in_code_point_order(
         call = vectors.StreamUpsertVectors.future(iter(feed), metadata=project.auth)
         feed.send(Request(project_id=project.id, load_id="ordered", vectors=items, final=True))
         feed.close()
-        wait_for(
-            lambda: _upserts(db, on_lock=True, statement="COPY vectors") == 1,
-            "the chunk to wait on b",
-        )
-        with psycopg.connect(database_url) as probe:
-            probe.execute("SET lock_timeout = '100ms'")
-            probe.execute(insert, (project.id, "c"))  # no wait: the chunk has not taken c yet
-            probe.rollback()
-        other.rollback()
+        try:
+            wait_for(
+                lambda: chunk_sessions(db, on_lock=True, statement="COPY vectors") == 1,
+                "the chunk to wait on b",
+            )
+            held = [taken(database_url, insert, (project.id, i)) for i in "ac"]
+        finally:
+            other.rollback()  # the chunk goes on, whatever this test found
     reply = call.result(timeout=30)
+    assert held == [True, False]
     assert (reply.load.inserted, ids(db, project)) == (3, ["a", "b", "c", "z"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import psycopg
 import pytest
 
 from bench.vector_data import clustered
@@ -246,9 +247,9 @@ def test_a_staged_chunk_locks_its_rows_in_code_point_order(
     shared_vector_database: str, project_id: str
 ) -> None:
     """A streamed chunk's upsert takes its rows' locks in (namespace, id) code-point order, as a
-    batch does (write_order), whatever order the chunk came in: writers sharing ids wait for
-    each other instead of deadlocking. Seen from outside: while the chunk waits for row "b",
-    it holds "a" but not yet "c"."""
+    batch does (write_order), whatever order its staging table holds them in: writers sharing
+    ids wait for each other instead of deadlocking. Seen from outside: while the chunk waits
+    for row "b", it holds "a" but not yet "c"."""
 
     async def scenario() -> None:
         data = clustered(3, 2)
@@ -276,6 +277,10 @@ def test_a_staged_chunk_locks_its_rows_in_code_point_order(
                 racing = asyncio.create_task(write_chunk())
                 pid = writer.info.backend_pid
                 await until(lambda: backend_waits(watcher, pid), "the chunk to wait on b")
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    async with watcher.transaction():  # held: locked before b
+                        await watcher.execute("SET LOCAL lock_timeout = '100ms'")
+                        await watcher.execute(lock_row, (project_id, "a"))
                 async with watcher.transaction():
                     await watcher.execute("SET LOCAL lock_timeout = '100ms'")
                     await watcher.execute(lock_row, (project_id, "c"))  # free: locked after b
