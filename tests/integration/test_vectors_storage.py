@@ -4,6 +4,8 @@ COPY chunks, reads, deletes, namespace listing, and isolation of namespaces and 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import numpy as np
 import psycopg
@@ -14,6 +16,7 @@ from tests.plugins.vectors import backend_waits, columns, connect, until
 from zerodb_batch.errors import DimensionMismatch
 from zerodb_batch.storage import vectors
 from zerodb_batch.storage.loads import IdExists
+from zerodb_batch.storage.pool import Conn
 from zerodb_batch.storage.vectors import VectorColumns
 
 
@@ -243,47 +246,74 @@ def test_namespaces_and_projects_isolate(shared_vector_database: str, project_id
     asyncio.run(scenario())
 
 
+async def held_while_waiting(
+    url: str, project_id: str, write: Callable[[Conn], Awaitable[object]]
+) -> list[bool]:
+    """Vectors c, a and b made in that order (so a scan of the table meets them so); `write`
+    runs in a transaction while another session holds b. Once it waits there: whether it holds
+    a, and c. A write that locks in (namespace, id) code-point order holds a and not yet c."""
+    data = clustered(3, 2)
+    lock_row = "SELECT 1 FROM vectors WHERE project_id = %s AND id = %s FOR UPDATE"
+    async with (
+        await connect(url) as writer,
+        await connect(url) as blocker,
+        await connect(url) as watcher,
+    ):
+        for n, vid in enumerate("cab"):
+            existing = VectorColumns()
+            existing.add(n, vid, "docs", data[n], "{}")
+            async with writer.transaction():
+                await vectors.upsert(writer, project_id, existing)
+        async with blocker.transaction():
+            await blocker.execute(lock_row, (project_id, "b"))
+
+            async def run() -> None:
+                async with writer.transaction():
+                    await write(writer)
+
+            racing = asyncio.create_task(run())
+            await until(lambda: backend_waits(watcher, writer.info.backend_pid), "a wait on b")
+            held = []
+            for vid in "ac":
+                try:
+                    async with watcher.transaction():
+                        await watcher.execute("SET LOCAL lock_timeout = '100ms'")
+                        await watcher.execute(lock_row, (project_id, vid))
+                    held.append(False)
+                except psycopg.errors.LockNotAvailable:
+                    held.append(True)
+        await racing  # b is free again: the write ends
+    return held
+
+
 def test_a_staged_chunk_locks_its_rows_in_code_point_order(
     shared_vector_database: str, project_id: str
 ) -> None:
     """A streamed chunk's upsert takes its rows' locks in (namespace, id) code-point order, as a
     batch does (write_order), whatever order its staging table holds them in: writers sharing
-    ids wait for each other instead of deadlocking. Seen from outside: while the chunk waits
-    for row "b", it holds "a" but not yet "c"."""
+    ids wait for each other instead of deadlocking."""
+    chunk = VectorColumns()
+    for n, vid in enumerate("cab"):
+        chunk.add(n, vid, "docs", clustered(3, 2)[n], '{"v": 2}')
+    write = partial(vectors.copy_upsert, project_id=project_id, rows=chunk)
+    assert asyncio.run(held_while_waiting(shared_vector_database, project_id, write)) == [
+        True,
+        False,
+    ]
 
-    async def scenario() -> None:
-        data = clustered(3, 2)
-        async with (
-            await connect(shared_vector_database) as writer,
-            await connect(shared_vector_database) as blocker,
-            await connect(shared_vector_database) as watcher,
-        ):
-            existing = VectorColumns()
-            for n, vid in enumerate("abc"):
-                existing.add(n, vid, "docs", data[n], "{}")
-            async with writer.transaction():
-                await vectors.upsert(writer, project_id, existing)
-            chunk = VectorColumns()  # as a client sent it: not in id order
-            for n, vid in enumerate("cab"):
-                chunk.add(n, vid, "docs", data[n], '{"v": 2}')
-            lock_row = "SELECT 1 FROM vectors WHERE project_id = %s AND id = %s FOR UPDATE"
-            async with blocker.transaction():
-                await blocker.execute(lock_row, (project_id, "b"))
 
-                async def write_chunk() -> tuple[int, int]:
-                    async with writer.transaction():
-                        return await vectors.copy_upsert(writer, project_id, chunk)
+def test_a_delete_locks_its_rows_in_code_point_order_whatever_its_plan(
+    shared_vector_database: str, project_id: str
+) -> None:
+    """A delete over several ids locks them in code-point order before deleting, even when its
+    plan visits the rows in table order (a bitmap scan, forced here)."""
 
-                racing = asyncio.create_task(write_chunk())
-                pid = writer.info.backend_pid
-                await until(lambda: backend_waits(watcher, pid), "the chunk to wait on b")
-                with pytest.raises(psycopg.errors.LockNotAvailable):
-                    async with watcher.transaction():  # held: locked before b
-                        await watcher.execute("SET LOCAL lock_timeout = '100ms'")
-                        await watcher.execute(lock_row, (project_id, "a"))
-                async with watcher.transaction():
-                    await watcher.execute("SET LOCAL lock_timeout = '100ms'")
-                    await watcher.execute(lock_row, (project_id, "c"))  # free: locked after b
-            assert await racing == (0, 3)
+    async def delete(conn: Conn) -> None:
+        await conn.execute("SET LOCAL enable_indexscan = off")
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        assert await vectors.delete(conn, project_id, "docs", ["a", "b", "c"]) == {"a", "b", "c"}
 
-    asyncio.run(scenario())
+    assert asyncio.run(held_while_waiting(shared_vector_database, project_id, delete)) == [
+        True,
+        False,
+    ]

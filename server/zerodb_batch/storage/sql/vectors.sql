@@ -85,11 +85,18 @@ FROM vectors
 WHERE project_id = %(project_id)s AND namespace = %(namespace)s AND id = ANY(%(ids)b::text[]);
 
 -- name: vector_delete
--- Deletes count as writes too: an index full of deleted rows is slower and, once they are many,
--- worth rebuilding (see vector_index_candidates).
-WITH deleted AS (
-    DELETE FROM vectors
+-- Locks its rows in id order (code point) first, as memory_delete does and for its reason: the
+-- delete itself visits rows in its plan's order. Deletes count as writes too: an index full of
+-- deleted rows is slower and, once they are many, worth rebuilding (see vector_index_candidates).
+WITH locked AS MATERIALIZED (
+    SELECT id FROM vectors
     WHERE project_id = %(project_id)s AND namespace = %(namespace)s AND id = ANY(%(ids)b::text[])
+    ORDER BY id COLLATE "C"
+    FOR UPDATE
+), deleted AS (
+    DELETE FROM vectors  -- the ids again: without them the plan scans the namespace's rows
+    WHERE project_id = %(project_id)s AND namespace = %(namespace)s AND id = ANY(%(ids)b::text[])
+      AND id IN (SELECT id FROM locked)
     RETURNING id
 ), counted AS (
     UPDATE vector_namespaces
