@@ -6,6 +6,7 @@ import logging
 import queue
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 import psycopg
@@ -277,23 +278,38 @@ def test_a_chunk_of_new_ids_takes_them_in_code_point_order(
         " VALUES (%s, %s, '', 'semantic', 0.5)"
     )
     records = [memory_pb2.Memory(id=i, content=i) for i in "cab"]
+    chunk = Request(project_id=project.id, load_id="ordered", records=records, final=True)
+    held, reply = held_by_a_chunk(
+        memories.StreamUpsertMemories, chunk, project, insert, (db, database_url)
+    )
+    assert held == [True, False]
+    assert (reply.load.inserted, sorted(contents(db, project))) == (3, ["a", "b", "c"])
+
+
+def held_by_a_chunk(
+    method: Any, chunk: Any, project: Project, insert: str, dbs: tuple[Db, str]
+) -> tuple[list[bool], Any]:
+    """Another session inserts "b" (`insert`: project and id) and keeps it uncommitted while
+    `chunk`, the final one of its load, streams through `method` (a Stream* RPC). Once the
+    chunk's COPY waits on "b": whether it holds "a", and "c". Then "b" is let go: (those, the
+    reply)."""
+    db, database_url = dbs
+    statement = "COPY " + insert.split()[2]  # the chunk's COPY into the same table
     with psycopg.connect(database_url) as other:
         other.execute(insert, (project.id, "b"))
         feed = Feed()
-        call = memories.StreamUpsertMemories.future(iter(feed), metadata=project.auth)
-        feed.send(Request(project_id=project.id, load_id="ordered", records=records, final=True))
+        call = method.future(iter(feed), metadata=project.auth)
+        feed.send(chunk)
         feed.close()
         try:
             wait_for(
-                lambda: chunk_sessions(db, on_lock=True, statement="COPY memories") == 1,
+                lambda: chunk_sessions(db, on_lock=True, statement=statement) == 1,
                 "the chunk to wait on b",
             )
             held = [taken(database_url, insert, (project.id, i)) for i in "ac"]
         finally:
             other.rollback()  # the chunk goes on, whatever this test found
-    reply = call.result(timeout=30)
-    assert held == [True, False]
-    assert (reply.load.inserted, sorted(contents(db, project))) == (3, ["a", "b", "c"])
+    return held, call.result(timeout=30)
 
 
 def taken(database_url: str, insert: str, params: tuple[object, ...]) -> bool:

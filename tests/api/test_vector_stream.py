@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.api.test_memory_grpcurl import call
-from tests.api.test_memory_stream import Feed, chunk_sessions, taken
+from tests.api.test_memory_stream import Feed, held_by_a_chunk
 from tests.api.test_vector_batch import refused, upsert, vec, violations
 from tests.plugins.checks import Outage, details, last_offset, unavailable_then_recovers, wait_for
 from tests.plugins.server import Project, ServerThread
@@ -128,21 +128,10 @@ def test_a_chunk_of_new_vectors_takes_them_in_code_point_order(
         " VALUES (%s, 'default', %s, 3, '[1,2,3]')"
     )
     items = [vec(i, [1.0, 2.0, 3.0]) for i in "cab"]
-    with psycopg.connect(database_url) as other:
-        other.execute(insert, (project.id, "b"))
-        feed = Feed()
-        call = vectors.StreamUpsertVectors.future(iter(feed), metadata=project.auth)
-        feed.send(Request(project_id=project.id, load_id="ordered", vectors=items, final=True))
-        feed.close()
-        try:
-            wait_for(
-                lambda: chunk_sessions(db, on_lock=True, statement="COPY vectors") == 1,
-                "the chunk to wait on b",
-            )
-            held = [taken(database_url, insert, (project.id, i)) for i in "ac"]
-        finally:
-            other.rollback()  # the chunk goes on, whatever this test found
-    reply = call.result(timeout=30)
+    chunk = Request(project_id=project.id, load_id="ordered", vectors=items, final=True)
+    held, reply = held_by_a_chunk(
+        vectors.StreamUpsertVectors, chunk, project, insert, (db, database_url)
+    )
     assert held == [True, False]
     assert (reply.load.inserted, ids(db, project)) == (3, ["a", "b", "c", "z"])
 

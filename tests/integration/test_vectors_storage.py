@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 import numpy as np
-import psycopg
 import pytest
 
 from bench.vector_data import clustered
+from tests.plugins import checks
 from tests.plugins.vectors import backend_waits, columns, connect, until
 from zerodb_batch.errors import DimensionMismatch
 from zerodb_batch.storage import vectors
@@ -249,41 +249,19 @@ def test_namespaces_and_projects_isolate(shared_vector_database: str, project_id
 async def held_while_waiting(
     url: str, project_id: str, write: Callable[[Conn], Awaitable[object]]
 ) -> list[bool]:
-    """Vectors c, a and b made in that order (so a scan of the table meets them so); `write`
-    runs in a transaction while another session holds b. Once it waits there: whether it holds
-    a, and c. A write that locks in (namespace, id) code-point order holds a and not yet c."""
+    """Vectors c, a and b made in that order (so a scan of the table meets them so); while
+    `write` waits on b, held by another session: whether it holds a, and c. A write that locks
+    in (namespace, id) code-point order holds a and not yet c."""
     data = clustered(3, 2)
-    lock_row = "SELECT 1 FROM vectors WHERE project_id = %s AND id = %s FOR UPDATE"
-    async with (
-        await connect(url) as writer,
-        await connect(url) as blocker,
-        await connect(url) as watcher,
-    ):
+    async with await connect(url) as conn:
         for n, vid in enumerate("cab"):
             existing = VectorColumns()
             existing.add(n, vid, "docs", data[n], "{}")
-            async with writer.transaction():
-                await vectors.upsert(writer, project_id, existing)
-        async with blocker.transaction():
-            await blocker.execute(lock_row, (project_id, "b"))
-
-            async def run() -> None:
-                async with writer.transaction():
-                    await write(writer)
-
-            racing = asyncio.create_task(run())
-            await until(lambda: backend_waits(watcher, writer.info.backend_pid), "a wait on b")
-            held = []
-            for vid in "ac":
-                try:
-                    async with watcher.transaction():
-                        await watcher.execute("SET LOCAL lock_timeout = '100ms'")
-                        await watcher.execute(lock_row, (project_id, vid))
-                    held.append(False)
-                except psycopg.errors.LockNotAvailable:
-                    held.append(True)
-        await racing  # b is free again: the write ends
-    return held
+            async with conn.transaction():
+                await vectors.upsert(conn, project_id, existing)
+    lock_row = "SELECT 1 FROM vectors WHERE project_id = %s AND id = %s FOR UPDATE"
+    probes = [(lock_row, (project_id, vid)) for vid in "ac"]
+    return await checks.held_while_waiting(url, (lock_row, (project_id, "b")), write, probes)
 
 
 def test_a_staged_chunk_locks_its_rows_in_code_point_order(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -77,6 +77,52 @@ async def waiting_on_lock(observer: psycopg.AsyncConnection[Any], pid: int) -> N
             return
         await asyncio.sleep(0.02)
     pytest.fail(f"backend {pid} never waited on a lock")
+
+
+Statement = tuple[str, tuple[object, ...]]
+
+
+async def held_while_waiting(
+    url: str,
+    hold: Statement,
+    write: Callable[[psycopg.AsyncConnection[Any]], Awaitable[object]],
+    probes: Sequence[Statement],
+) -> list[bool]:
+    """Which locks `write` holds while it waits on the one `hold` takes: another session runs
+    `hold` and keeps its transaction open while `write` runs in one of its own; once `write`
+    waits, each probe is tried (100 ms lock timeout, rolled back), True if it had to wait.
+    Then `hold` is let go and `write` ends. Lock order made visible, not timed."""
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as writer,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as holder,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as watcher,
+    ):
+
+        async def run() -> None:
+            async with writer.transaction():
+                await write(writer)
+
+        async with holder.transaction(force_rollback=True):  # a hold writes nothing either
+            await holder.execute(*hold)
+            racing = asyncio.create_task(run())
+            await waiting_on_lock(watcher, writer.info.backend_pid)
+            held = []
+            for probe in probes:
+                try:
+                    async with watcher.transaction():
+                        await watcher.execute("SET LOCAL lock_timeout = '100ms'")
+                        await watcher.execute(*probe)
+                        raise _Free
+                except psycopg.errors.LockNotAvailable:
+                    held.append(True)
+                except _Free:
+                    held.append(False)  # and rolled back: a probe writes nothing
+        await racing
+    return held
+
+
+class _Free(Exception):
+    """A probe that did not wait; raised to roll its transaction back."""
 
 
 class Outage:
