@@ -7,11 +7,12 @@ WHERE project_id = %(project_id)s AND namespace = ANY(%(namespaces)b::text[]);
 -- A namespace's dimension is fixed by the first vector written to it. Two first writers insert
 -- the same key: the second waits for the first to commit and then does nothing, and reads the
 -- winner's dimension with vector_namespace_dims (a new statement sees the committed row).
--- Sorted, so writers claiming several namespaces take them in one order.
+-- Sorted by code point, so writers claiming several namespaces take them in one order whatever
+-- the database's collation (the order every lock on namespaces and vectors follows).
 INSERT INTO vector_namespaces (project_id, namespace, dim)
 SELECT %(project_id)s, u.namespace, u.dim
 FROM unnest(%(namespaces)b::text[], %(dims)b::int4[]) AS u(namespace, dim)
-ORDER BY u.namespace
+ORDER BY u.namespace COLLATE "C"
 ON CONFLICT (project_id, namespace) DO NOTHING;
 
 -- name: vector_upsert
@@ -30,13 +31,21 @@ WITH written AS (
         seq = EXCLUDED.seq,
         update_time = now()
     RETURNING v.namespace, v.id, (v.xmax = 0) AS inserted
+), counts AS (
+    SELECT namespace, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS written
+    FROM written GROUP BY namespace
+), locked AS MATERIALIZED (
+    -- The namespaces' rows locked by code point first (see memory_delete on why a CTE).
+    SELECT namespace FROM vector_namespaces
+    WHERE project_id = %(project_id)s AND namespace IN (SELECT namespace FROM counts)
+    ORDER BY namespace COLLATE "C"
+    FOR UPDATE
 ), counted AS (
     UPDATE vector_namespaces AS n
     SET vector_count = n.vector_count + c.inserted,
         write_count = n.write_count + c.written,
         update_time = now()
-    FROM (SELECT namespace, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS written
-          FROM written GROUP BY namespace ORDER BY namespace) AS c
+    FROM counts AS c JOIN locked USING (namespace)
     WHERE n.project_id = %(project_id)s AND n.namespace = c.namespace
 )
 SELECT namespace, id, inserted FROM written;
@@ -71,12 +80,20 @@ COPY vectors (project_id, namespace, id, dim, embedding, metadata, document)
 FROM STDIN (FORMAT BINARY);
 
 -- name: vector_count_add
--- What a COPY of new vectors wrote, on each namespace's row.
+-- What a COPY of new vectors wrote, on each namespace's row; the rows locked by code point first,
+-- as vector_upsert does.
+WITH locked AS MATERIALIZED (
+    SELECT namespace FROM vector_namespaces
+    WHERE project_id = %(project_id)s AND namespace = ANY(%(namespaces)b::text[])
+    ORDER BY namespace COLLATE "C"
+    FOR UPDATE
+)
 UPDATE vector_namespaces AS n
 SET vector_count = n.vector_count + c.added,
     write_count = n.write_count + c.added,
     update_time = now()
 FROM unnest(%(namespaces)b::text[], %(added)b::int8[]) AS c(namespace, added)
+     JOIN locked USING (namespace)
 WHERE n.project_id = %(project_id)s AND n.namespace = c.namespace;
 
 -- name: vector_get
