@@ -295,3 +295,43 @@ def test_a_delete_locks_its_rows_in_code_point_order_whatever_its_plan(
         True,
         False,
     ]
+
+
+def test_a_batch_of_several_statements_locks_its_namespace_after_all_its_vectors(
+    shared_vector_database: str, project_id: str
+) -> None:
+    """A batch larger than one statement (UPSERT_SLICE vectors) takes its vectors' locks
+    before its namespace's row, as a single write does; had its first statement locked the
+    namespace, a single write holding a vector of its second statement and counting on that
+    namespace would deadlock with it. Seen from outside: while the second statement waits on a
+    vector held by another session, the namespace's row is free."""
+    size = vectors.UPSERT_SLICE + 1
+    last = f"v{size - 1:05d}"
+    data = clustered(1, 2)[0]
+
+    async def scenario() -> list[bool]:
+        async with await connect(shared_vector_database) as conn:
+            existing = VectorColumns()
+            existing.add(0, last, "docs", data, "{}")
+            async with conn.transaction():
+                await vectors.upsert(conn, project_id, existing)
+        batch = VectorColumns()
+        for i in range(size):
+            batch.add(i, f"v{i:05d}", "docs", data, "{}")
+        lock_vector = "SELECT 1 FROM vectors WHERE project_id = %s AND id = %s FOR UPDATE"
+        lock_namespace = (
+            "SELECT 1 FROM vector_namespaces WHERE project_id = %s AND namespace = 'docs'"
+            " FOR UPDATE"
+        )
+
+        async def write(conn: Conn) -> None:
+            await vectors.write_batch(conn, project_id, batch, partial=False)
+
+        return await checks.held_while_waiting(
+            shared_vector_database,
+            (lock_vector, (project_id, last)),
+            write,
+            [(lock_namespace, (project_id,))],
+        )
+
+    assert asyncio.run(scenario()) == [False]

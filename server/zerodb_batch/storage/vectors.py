@@ -9,7 +9,7 @@ anything of its batch is written.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -176,7 +176,30 @@ async def upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tuple
         return {}
     await register_types(conn)
     await check_dimensions(conn, project_id, rows)
-    return await _upsert(conn, project_id, rows)
+    written = await _upsert(conn, project_id, rows)
+    await _count(conn, project_id, written.items())
+    return written
+
+
+async def _count(
+    conn: Conn, project_id: str, written: Iterable[tuple[tuple[str, str], bool]]
+) -> None:
+    """Count what the transaction wrote, ((namespace, id), inserted) pairs, on the namespaces'
+    rows: after every vector of it, so that its locks go vectors first, namespaces after."""
+    added: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for (namespace, _), inserted in written:
+        total[namespace] += 1
+        added[namespace] += inserted
+    if total:
+        names = list(total)
+        params = {
+            "project_id": project_id,
+            "namespaces": names,
+            "added": [added[n] for n in names],
+            "written": [total[n] for n in names],
+        }
+        await conn.execute(Q["vector_count_add"], params)
 
 
 async def _upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tuple[str, str], bool]:
@@ -223,6 +246,7 @@ async def write_batch(
     written: dict[tuple[str, str], bool] = {}
     for start in range(0, len(rows), UPSERT_SLICE):
         written.update(await _upsert(conn, project_id, rows.since(start, start + UPSERT_SLICE)))
+    await _count(conn, project_id, written.items())
     return Written(written, refused)
 
 
@@ -240,9 +264,7 @@ async def copy_insert(conn: Conn, project_id: str, rows: VectorColumns) -> None:
                 await copy.write_row((project_id, *row))
     except psycopg.errors.UniqueViolation as e:
         raise IdExists from e
-    added = Counter(rows.namespaces)
-    params = {"project_id": project_id, "namespaces": list(added), "added": list(added.values())}
-    await conn.execute(Q["vector_count_add"], params)
+    await _count(conn, project_id, (((n, ""), True) for n in rows.namespaces))
 
 
 async def copy_upsert(conn: Conn, project_id: str, rows: VectorColumns) -> tuple[int, int]:
@@ -261,7 +283,9 @@ async def copy_upsert(conn: Conn, project_id: str, rows: VectorColumns) -> tuple
         for row in _copy_rows(rows):
             await copy.write_row(row)
     cur = await conn.execute(_UPSERT_STAGE, {"project_id": project_id})
-    inserted = sum(1 for row in await cur.fetchall() if row[2])
+    written = [((str(row[0]), str(row[1])), bool(row[2])) for row in await cur.fetchall()]
+    await _count(conn, project_id, written)
+    inserted = sum(1 for _, new in written if new)
     return inserted, len(rows) - inserted
 
 

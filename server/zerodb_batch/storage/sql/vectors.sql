@@ -16,39 +16,23 @@ ORDER BY u.namespace COLLATE "C"
 ON CONFLICT (project_id, namespace) DO NOTHING;
 
 -- name: vector_upsert
--- Insert or replace every row of the source (distinct (namespace, id) pairs), and count what was
--- written on each namespace's row. Replacing gives the row a new seq, which takes it out of the
--- namespace's HNSW index (see migration 0006). `xmax = 0` is true for a freshly inserted row.
-WITH written AS (
-    INSERT INTO vectors AS v (project_id, namespace, id, dim, embedding, metadata, document)
-    SELECT %(project_id)s, s.namespace, s.id, s.dim, s.embedding, s.metadata, s.document
-    FROM {source}
-    ON CONFLICT (project_id, namespace, id) DO UPDATE SET
-        dim = EXCLUDED.dim,
-        embedding = EXCLUDED.embedding,
-        metadata = EXCLUDED.metadata,
-        document = EXCLUDED.document,
-        seq = EXCLUDED.seq,
-        update_time = now()
-    RETURNING v.namespace, v.id, (v.xmax = 0) AS inserted
-), counts AS (
-    SELECT namespace, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS written
-    FROM written GROUP BY namespace
-), locked AS MATERIALIZED (
-    -- The namespaces' rows locked by code point first (see memory_delete on why a CTE).
-    SELECT namespace FROM vector_namespaces
-    WHERE project_id = %(project_id)s AND namespace IN (SELECT namespace FROM counts)
-    ORDER BY namespace COLLATE "C"
-    FOR UPDATE
-), counted AS (
-    UPDATE vector_namespaces AS n
-    SET vector_count = n.vector_count + c.inserted,
-        write_count = n.write_count + c.written,
-        update_time = now()
-    FROM counts AS c JOIN locked USING (namespace)
-    WHERE n.project_id = %(project_id)s AND n.namespace = c.namespace
-)
-SELECT namespace, id, inserted FROM written;
+-- Insert or replace every row of the source (distinct (namespace, id) pairs). Replacing gives the
+-- row a new seq, which takes it out of the namespace's HNSW index (see migration 0006).
+-- `xmax = 0` is true for a freshly inserted row. What was written is counted on the namespaces'
+-- rows by vector_count_add, once the transaction's vectors are all written: every write locks
+-- its vectors first and its namespaces after, so a batch of several statements and a single one
+-- take their locks in the same order.
+INSERT INTO vectors AS v (project_id, namespace, id, dim, embedding, metadata, document)
+SELECT %(project_id)s, s.namespace, s.id, s.dim, s.embedding, s.metadata, s.document
+FROM {source}
+ON CONFLICT (project_id, namespace, id) DO UPDATE SET
+    dim = EXCLUDED.dim,
+    embedding = EXCLUDED.embedding,
+    metadata = EXCLUDED.metadata,
+    document = EXCLUDED.document,
+    seq = EXCLUDED.seq,
+    update_time = now()
+RETURNING v.namespace, v.id, (v.xmax = 0) AS inserted;
 
 -- name: vector_rows_params
 -- The source of vector_upsert for a batch: binary arrays unnested into rows.
@@ -80,19 +64,22 @@ COPY vectors (project_id, namespace, id, dim, embedding, metadata, document)
 FROM STDIN (FORMAT BINARY);
 
 -- name: vector_count_add
--- What a COPY of new vectors wrote, on each namespace's row; the rows locked by code point first,
--- as vector_upsert does.
+-- What a transaction's writes added (new vectors) and wrote (new and replaced) on each
+-- namespace's row. The rows are locked by code point first (see memory_delete on why a CTE), so
+-- writers counting on the same namespaces wait for each other rather than deadlock. FOR NO KEY
+-- UPDATE is the lock the update itself takes.
 WITH locked AS MATERIALIZED (
     SELECT namespace FROM vector_namespaces
     WHERE project_id = %(project_id)s AND namespace = ANY(%(namespaces)b::text[])
     ORDER BY namespace COLLATE "C"
-    FOR UPDATE
+    FOR NO KEY UPDATE
 )
 UPDATE vector_namespaces AS n
 SET vector_count = n.vector_count + c.added,
-    write_count = n.write_count + c.added,
+    write_count = n.write_count + c.written,
     update_time = now()
-FROM unnest(%(namespaces)b::text[], %(added)b::int8[]) AS c(namespace, added)
+FROM unnest(%(namespaces)b::text[], %(added)b::int8[], %(written)b::int8[])
+         AS c(namespace, added, written)
      JOIN locked USING (namespace)
 WHERE n.project_id = %(project_id)s AND n.namespace = c.namespace;
 
