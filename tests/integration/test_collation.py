@@ -1,12 +1,12 @@
 """Lock order on a database whose collation is not code-point order.
 
-Every write takes its rows' locks in code-point order of their ids (Python's order, in which
-batches are validated and sliced), so writers sharing ids wait for each other rather than
-deadlock. A plain `ORDER BY id` would follow the database's collation instead, which agrees
-with code-point order only under C. The embedded PostgreSQL and the machine's own run C.UTF-8,
-so these tests start a PostgreSQL of their own that can find en_US.UTF-8 (compiled here with
-glibc's `localedef` into a directory named by LOCPATH), where "a" sorts before "B" and by code
-point "B" comes first.
+Every write of memories or vectors takes its rows' locks in code-point order of their ids
+(Python's order, in which batches are validated and sliced), so writers sharing ids wait for
+each other rather than deadlock. A plain `ORDER BY id` would follow the database's collation
+instead, which agrees with code-point order only under C. The embedded PostgreSQL and the
+machine's own run C.UTF-8, so these tests start a PostgreSQL of their own that can find
+en_US.UTF-8 (compiled here with glibc's `localedef` into a directory named by LOCPATH), where
+"a" sorts before "B" and by code point "B" comes first.
 
 Each test holds row "a" in another session while the write runs: a write in code-point order
 has locked "B" by the time it waits there; one in collation order waits with "B" still free.
@@ -46,12 +46,19 @@ def collated() -> Iterator[str]:
     """A migrated database collated en_US.UTF-8 (libc), on a PostgreSQL of its own."""
     with scratch_dir() as path:
         locales = path / "locales"
-        locales.mkdir(mode=0o755)  # read by the PostgreSQL system user
-        subprocess.run(
+        locales.mkdir()
+        made = subprocess.run(
             ["localedef", "-i", "en_US", "-f", "UTF-8", str(locales / LOCALE)],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if made.returncode != 0:
+            pytest.fail(
+                f"localedef could not compile {LOCALE} (it needs glibc's locale sources, Debian's"
+                f" `locales` package): {made.stderr.strip()}"
+            )
+        for made_path in [locales, *locales.rglob("*")]:  # read by the PostgreSQL system user
+            made_path.chmod(0o755 if made_path.is_dir() else 0o644)
         postgres = EmbeddedPostgres(path / "data")
         with mock.patch.dict(os.environ, {"LOCPATH": str(locales)}):
             admin = postgres.start()  # the server keeps the environment it started with
@@ -202,6 +209,9 @@ def test_new_namespaces_are_claimed_in_code_point_order(collated: str) -> None:
     another session has made namespace "a" and not committed: the write has made "B" by the
     time it waits there."""
     project = PROJECT + "-claim"
+    with psycopg.connect(collated, autocommit=True) as conn:  # made fresh
+        conn.execute("DELETE FROM vectors WHERE project_id = %s", (project,))
+        conn.execute("DELETE FROM vector_namespaces WHERE project_id = %s", (project,))
     insert = (
         "INSERT INTO vector_namespaces (project_id, namespace, dim) VALUES (%s, %s, 2)"
         " ON CONFLICT DO NOTHING"
@@ -212,3 +222,47 @@ def test_new_namespaces_are_claimed_in_code_point_order(collated: str) -> None:
 
     hold, probe = (insert, (project, "a")), (insert, (project, "B"))
     assert asyncio.run(held_while_waiting(collated, hold, claim, [probe])) == [True]
+
+
+@pytest.fixture
+def vectors_aBc(collated: str) -> str:
+    """Vectors "a", "B" and "c" of namespace "docs" (made fresh), in the collated database."""
+
+    async def make() -> None:
+        async with await psycopg.AsyncConnection.connect(collated, autocommit=True) as conn:
+            await conn.execute("DELETE FROM vectors WHERE project_id = %s", (PROJECT,))
+            rows = VectorColumns()
+            for n, vector_id in enumerate(sorted("aBc")):
+                rows.add(n, vector_id, "docs", np.ones(2, np.float32), "{}")
+            async with conn.transaction():
+                await vectors.upsert(conn, PROJECT, rows)
+
+    asyncio.run(make())
+    return collated
+
+
+LOCK_VECTOR = "SELECT 1 FROM vectors WHERE project_id = %s AND id = %s FOR UPDATE"
+
+
+def vector_held(url: str, write: Write) -> list[bool]:
+    """Whether `write` holds vector "B", and "c", while it waits on "a"."""
+    probes = [(LOCK_VECTOR, (PROJECT, i)) for i in "Bc"]
+    return asyncio.run(held_while_waiting(url, (LOCK_VECTOR, (PROJECT, "a")), write, probes))
+
+
+def test_a_vector_delete_locks_in_code_point_order(vectors_aBc: str) -> None:
+    async def delete(conn: Conn) -> None:
+        assert await vectors.delete(conn, PROJECT, "docs", list("caB")) == {"a", "B", "c"}
+
+    assert vector_held(vectors_aBc, delete) == [True, False]
+
+
+def test_a_staged_vector_chunk_locks_in_code_point_order(vectors_aBc: str) -> None:
+    chunk = VectorColumns()  # in the order a client sent it
+    for n, vector_id in enumerate("caB"):
+        chunk.add(n, vector_id, "docs", np.ones(2, np.float32), "{}")
+
+    async def upsert(conn: Conn) -> None:
+        assert await vectors.copy_upsert(conn, PROJECT, chunk) == (0, 3)
+
+    assert vector_held(vectors_aBc, upsert) == [True, False]

@@ -105,7 +105,7 @@ async def held_while_waiting(
         async with holder.transaction(force_rollback=True):  # a hold writes nothing either
             await holder.execute(*hold)
             racing = asyncio.create_task(run())
-            await waiting_on_lock(watcher, writer.info.backend_pid)
+            await _blocked(watcher, writer.info.backend_pid, holder.info.backend_pid, racing)
             held = []
             for probe in probes:
                 try:
@@ -119,6 +119,24 @@ async def held_while_waiting(
                     held.append(False)  # and rolled back: a probe writes nothing
         await racing
     return held
+
+
+async def _blocked(
+    watcher: psycopg.AsyncConnection[Any], pid: int, by: int, racing: asyncio.Task[None]
+) -> None:
+    """Return once backend `pid` waits for backend `by`; fail (not a timing check) after 20 s,
+    or at once with the write's own error if it ends without waiting."""
+    query = "SELECT %s = ANY(pg_blocking_pids(%s))"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if racing.done():
+            await racing
+            pytest.fail("the write ended without waiting on the held lock")
+        row = await (await watcher.execute(query, (by, pid))).fetchone()
+        if row is not None and row[0]:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"backend {pid} never waited for backend {by}")
 
 
 class _Free(Exception):
