@@ -34,8 +34,13 @@ from zerodb_batch.storage.queries import Q
 Embedding = npt.NDArray[np.float32]
 
 # vector_upsert reads its rows from the batch's arrays or from the staging table.
-_UPSERT_PARAMS: Final = sql.SQL(Q["vector_upsert"]).format(source=sql.SQL(Q["vector_rows_params"]))
-_UPSERT_STAGE: Final = sql.SQL(Q["vector_upsert"]).format(source=sql.SQL(Q["vector_rows_stage"]))
+_UPSERT: Final = Q["vector_upsert"].removesuffix(";")
+_UPSERT_PARAMS: Final = sql.SQL(_UPSERT).format(source=sql.SQL(Q["vector_rows_params"]))
+_COUNTED: Final = sql.SQL(Q["vector_upsert_counted"])
+_UPSERT_PARAMS_COUNTED: Final = _COUNTED.format(upsert=_UPSERT_PARAMS)
+_UPSERT_STAGE_COUNTED: Final = _COUNTED.format(
+    upsert=sql.SQL(_UPSERT).format(source=sql.SQL(Q["vector_rows_stage"]))
+)
 _COPY_TYPES: Final = ["text", "text", "int4", "vector", "jsonb", "text"]
 UPSERT_SLICE: Final = 1000  # vectors per upsert statement of a batch
 
@@ -176,16 +181,15 @@ async def upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tuple
         return {}
     await register_types(conn)
     await check_dimensions(conn, project_id, rows)
-    written = await _upsert(conn, project_id, rows)
-    await _count(conn, project_id, written.items())
-    return written
+    return await _upsert(conn, project_id, rows, counted=True)
 
 
 async def _count(
     conn: Conn, project_id: str, written: Iterable[tuple[tuple[str, str], bool]]
 ) -> None:
     """Count what the transaction wrote, ((namespace, id), inserted) pairs, on the namespaces'
-    rows: after every vector of it, so that its locks go vectors first, namespaces after."""
+    rows: after every vector of it, so that its locks go vectors first, namespaces after (a
+    write of one statement counts in that statement: vector_upsert_counted)."""
     added: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for (namespace, _), inserted in written:
@@ -202,7 +206,11 @@ async def _count(
         await conn.execute(Q["vector_count_add"], params)
 
 
-async def _upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tuple[str, str], bool]:
+async def _upsert(
+    conn: Conn, project_id: str, rows: VectorColumns, *, counted: bool
+) -> dict[tuple[str, str], bool]:
+    """One upsert statement; `counted`: it also counts what it wrote on the namespaces' rows
+    (only for the transaction's last statement of vectors, see _count)."""
     params = {
         "project_id": project_id,
         "namespaces": rows.namespaces,
@@ -212,7 +220,7 @@ async def _upsert(conn: Conn, project_id: str, rows: VectorColumns) -> dict[tupl
         "metadata": rows.metadata,
         "documents": rows.documents,
     }
-    cur = await conn.execute(_UPSERT_PARAMS, params)
+    cur = await conn.execute(_UPSERT_PARAMS_COUNTED if counted else _UPSERT_PARAMS, params)
     return {(row[0], row[1]): row[2] for row in await cur.fetchall()}  # type: ignore[misc]
 
 
@@ -243,9 +251,12 @@ async def write_batch(
         for i, violation in zip(wrong, mismatch.violations, strict=True):
             refused[rows.index[i]] = [violation]
         rows = rows.without(wrong)
+    if len(rows) <= UPSERT_SLICE:
+        return Written(await _upsert(conn, project_id, rows, counted=True), refused)
     written: dict[tuple[str, str], bool] = {}
     for start in range(0, len(rows), UPSERT_SLICE):
-        written.update(await _upsert(conn, project_id, rows.since(start, start + UPSERT_SLICE)))
+        part = rows.since(start, start + UPSERT_SLICE)
+        written.update(await _upsert(conn, project_id, part, counted=False))
     await _count(conn, project_id, written.items())
     return Written(written, refused)
 
@@ -282,10 +293,8 @@ async def copy_upsert(conn: Conn, project_id: str, rows: VectorColumns) -> tuple
         copy.set_types(_COPY_TYPES)
         for row in _copy_rows(rows):
             await copy.write_row(row)
-    cur = await conn.execute(_UPSERT_STAGE, {"project_id": project_id})
-    written = [((str(row[0]), str(row[1])), bool(row[2])) for row in await cur.fetchall()]
-    await _count(conn, project_id, written)
-    inserted = sum(1 for _, new in written if new)
+    cur = await conn.execute(_UPSERT_STAGE_COUNTED, {"project_id": project_id})
+    inserted = sum(1 for row in await cur.fetchall() if row[2])
     return inserted, len(rows) - inserted
 
 

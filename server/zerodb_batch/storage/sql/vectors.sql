@@ -19,9 +19,8 @@ ON CONFLICT (project_id, namespace) DO NOTHING;
 -- Insert or replace every row of the source (distinct (namespace, id) pairs). Replacing gives the
 -- row a new seq, which takes it out of the namespace's HNSW index (see migration 0006).
 -- `xmax = 0` is true for a freshly inserted row. What was written is counted on the namespaces'
--- rows by vector_count_add, once the transaction's vectors are all written: every write locks
--- its vectors first and its namespaces after, so a batch of several statements and a single one
--- take their locks in the same order.
+-- rows once the transaction's vectors are all written (vector_upsert_counted, or after several
+-- of these, vector_count_add): every write locks its vectors first and its namespaces after.
 INSERT INTO vectors AS v (project_id, namespace, id, dim, embedding, metadata, document)
 SELECT %(project_id)s, s.namespace, s.id, s.dim, s.embedding, s.metadata, s.document
 FROM {source}
@@ -33,6 +32,30 @@ ON CONFLICT (project_id, namespace, id) DO UPDATE SET
     seq = EXCLUDED.seq,
     update_time = now()
 RETURNING v.namespace, v.id, (v.xmax = 0) AS inserted;
+
+-- name: vector_upsert_counted
+-- vector_upsert and vector_count_add in one statement, for a write that is one statement: the
+-- aggregate reads every written row before a namespace's row is locked, so the vectors are all
+-- locked first here too.
+WITH written AS (
+    {upsert}
+), counts AS (
+    SELECT namespace, count(*) FILTER (WHERE inserted) AS added, count(*) AS written
+    FROM written GROUP BY namespace
+), locked AS MATERIALIZED (
+    SELECT namespace FROM vector_namespaces
+    WHERE project_id = %(project_id)s AND namespace IN (SELECT namespace FROM counts)
+    ORDER BY namespace COLLATE "C"
+    FOR NO KEY UPDATE
+), counted AS (
+    UPDATE vector_namespaces AS n
+    SET vector_count = n.vector_count + c.added,
+        write_count = n.write_count + c.written,
+        update_time = now()
+    FROM counts AS c JOIN locked USING (namespace)
+    WHERE n.project_id = %(project_id)s AND n.namespace = c.namespace
+)
+SELECT namespace, id, inserted FROM written;
 
 -- name: vector_rows_params
 -- The source of vector_upsert for a batch: binary arrays unnested into rows.
