@@ -35,6 +35,7 @@ from zerodb_batch.embedded import EmbeddedPostgres
 from zerodb_batch.storage import memories, vectors
 from zerodb_batch.storage.migrate import migrate
 from zerodb_batch.storage.pool import Conn
+from zerodb_batch.storage.queries import Q
 from zerodb_batch.storage.vectors import VectorColumns
 
 PROJECT = "collated"
@@ -266,3 +267,36 @@ def test_a_staged_vector_chunk_locks_in_code_point_order(vectors_aBc: str) -> No
         assert await vectors.copy_upsert(conn, PROJECT, chunk) == (0, 3)
 
     assert vector_held(vectors_aBc, upsert) == [True, False]
+
+
+def test_stuck_builds_are_reset_in_code_point_order(collated: str) -> None:
+    """The index builder's recovery locks namespaces' rows as writes count on them. The rows are
+    made "a", "B", "c" (a table scan meets them in that collation order), all left building."""
+    project = PROJECT + "-stuck"
+
+    async def make() -> None:
+        async with await psycopg.AsyncConnection.connect(collated, autocommit=True) as conn:
+            await conn.execute("DELETE FROM vectors WHERE project_id = %s", (project,))
+            await conn.execute("DELETE FROM vector_namespaces WHERE project_id = %s", (project,))
+            for namespace in "aBc":
+                async with conn.transaction():
+                    await vectors.upsert(conn, project, vector_rows(namespace, "v"))
+            await conn.execute(
+                "UPDATE vector_namespaces SET index_state = 'building' WHERE project_id = %s",
+                (project,),
+            )
+
+    async def unstick(conn: Conn) -> None:
+        await conn.execute(Q["vector_index_unstick"])
+
+    asyncio.run(make())
+    probes = [(LOCK_NAMESPACE, (project, n)) for n in "Bc"]
+    hold = (LOCK_NAMESPACE, (project, "a"))
+    assert asyncio.run(held_while_waiting(collated, hold, unstick, probes)) == [True, False]
+    with psycopg.connect(collated) as conn:  # back to exact search: none had an index
+        states = conn.execute(
+            "SELECT namespace, index_state FROM vector_namespaces WHERE project_id = %s"
+            ' ORDER BY namespace COLLATE "C"',
+            (project,),
+        ).fetchall()
+    assert states == [("B", "none"), ("a", "none"), ("c", "none")]

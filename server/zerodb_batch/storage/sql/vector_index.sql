@@ -17,10 +17,20 @@ WHERE i.indrelid = 'vectors'::regclass AND starts_with(c.relname, 'vectors_hnsw_
   AND NOT EXISTS (SELECT FROM vector_namespaces AS n WHERE n.index_name = c.relname);
 
 -- name: vector_index_unstick
--- Builds whose process died left their namespace `building`.
-UPDATE vector_namespaces
-SET index_state = CASE WHEN index_name IS NULL THEN 'none' ELSE 'ready' END, update_time = now()
-WHERE index_state = 'building';
+-- Builds whose process died left their namespace `building`. The rows are locked by code point
+-- first, the order writes count on them in (vector_count_add), so that this and a write over
+-- several of them wait for each other rather than deadlock.
+WITH stuck AS MATERIALIZED (
+    SELECT project_id, namespace FROM vector_namespaces
+    WHERE index_state = 'building'
+    ORDER BY project_id COLLATE "C", namespace COLLATE "C"
+    FOR NO KEY UPDATE
+)
+UPDATE vector_namespaces AS n
+SET index_state = CASE WHEN n.index_name IS NULL THEN 'none' ELSE 'ready' END,
+    update_time = now()
+FROM stuck AS s
+WHERE n.project_id = s.project_id AND n.namespace = s.namespace AND n.index_state = 'building';
 
 -- name: vector_index_candidates
 -- Namespaces that have reached the threshold without an index, or whose index misses too much
