@@ -417,7 +417,7 @@ def test_records_with_ids_upsert(memories: MemoryServiceStub, project: Project) 
     assert (first.load.inserted, again.load.inserted, again.load.updated) == (4, 0, 4)
 
 
-def test_an_existing_id_mid_stream_switches_tochunk_sessions(
+def test_an_existing_id_mid_stream_switches_to_upserts(
     memories: MemoryServiceStub, project: Project, db: Db
 ) -> None:
     """Chunk 0 goes straight in by COPY; chunk 1 rewrites one of its records, so its COPY
