@@ -243,9 +243,7 @@ class LoadEngine(Generic[C]):
             await self._may_parse.wait()
             parser.parse(min(parser.parsed + _SLICE, len(records)))
             await asyncio.sleep(0)  # let the writer's results in
-        batch = parser.finish()
-        # In request order, however the chunk was validated.
-        batch.failures = dict(sorted(batch.failures.items()))
+        batch = parser.finish()  # its failures in request order
         offset = getattr(chunk, "offset")  # noqa: B009
         if batch.failures and not getattr(chunk, "partial_success"):  # noqa: B009
             raise InvalidArgument(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zerodb_batch import limits
-from zerodb_batch.domain.records import Columns
+from zerodb_batch.domain.records import Columns, positions_by
 from zerodb_batch.domain.rules import Body, Choice, JsonObject, Number, Rules, Tags, Text
 
 # The values of a valid record, in this order, are what a Rows sink's `add` receives.
@@ -30,8 +30,7 @@ def write_order(records: Sequence[Any]) -> list[int]:
     """The records' positions by id, in code-point order: every write of memories takes its
     rows' locks in this order, so writers sharing ids wait for each other and never deadlock
     (see memory_upsert)."""
-    ids = [r.id for r in records]
-    return sorted(range(len(ids)), key=ids.__getitem__)
+    return positions_by([r.id for r in records])
 
 
 @dataclass

@@ -114,7 +114,10 @@ class SliceParser(ABC, Generic[R]):
         return self.finish(), sent
 
     def finish(self) -> ParsedBatch[R]:
+        """The batch, its failures in request order however it was validated (a kind's writes
+        go in lock order); INVALID_ARGUMENT for an atomic batch with an invalid item."""
         assert self._parsed == self._total, "finish() before every item was parsed"
+        self.batch.failures = dict(sorted(self.batch.failures.items()))
         _refuse_if_atomic(self.batch, self._total, self._field_name, self._partial)
         return self.batch
 
@@ -180,11 +183,15 @@ class RecordParser(SliceParser[R]):
             self.batch.rows.add(i, *values)
 
 
+def positions_by(keys: Sequence[Any]) -> list[int]:
+    """The positions of `keys` in the order of their keys; equal keys keep their order."""
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
 def _refuse_if_atomic(batch: ParsedBatch[Any], total: int, field_name: str, partial: bool) -> None:
     """An atomic batch (not `partial`) with an invalid item: INVALID_ARGUMENT naming them all."""
     if batch.failures and not partial:
         raise InvalidArgument(
             f"{len(batch.failures)} of {total} {field_name} are invalid; nothing was written",
-            # In request order, however the batch was validated (memories go in id order).
-            violations=[v for _, vs in sorted(batch.failures.items()) for v in vs],
+            violations=[v for vs in batch.failures.values() for v in vs],
         )

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from zerodb_batch import limits
+from zerodb_batch.domain.records import positions_by
 from zerodb_batch.domain.rules import Body, Embedding, JsonObject, Rules, Text, check_embedding
 from zerodb_batch.domain.struct_json import to_dict
 from zerodb_batch.domain.table_filter import Filter, read_filter
@@ -51,8 +52,7 @@ def fill_namespaces(vectors: Iterable[Any], namespace: str) -> None:
 def write_order(vectors: Any) -> list[int]:
     """The vectors' positions by (namespace, id): concurrent batches that share ids then lock
     their rows in the same order and never deadlock (see memory_upsert)."""
-    keys = [(v.namespace, v.id or v.vector_id) for v in vectors]
-    return sorted(range(len(keys)), key=keys.__getitem__)
+    return positions_by([(v.namespace, v.id or v.vector_id) for v in vectors])
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from zerodb.v1 import vector_pb2
-from zerodb_batch.domain.records import Columns
+from zerodb_batch.domain.records import Columns, positions_by
 from zerodb_batch.domain.vector import VECTOR, fill_namespaces, request_namespace, write_order
 from zerodb_batch.errors import DimensionMismatch, Violation
 from zerodb_batch.limits import MAX_HNSW_VECTOR_DIM
@@ -133,7 +133,7 @@ async def fix_dimensions(conn: Conn, project_id: str, rows: VectorColumns) -> li
     whose dimension differs from their namespace's, in request order. Run in the transaction
     that writes the rows (which are in lock order, not the request's)."""
     dims = rows.dims()
-    by_request = sorted(range(len(rows)), key=rows.index.__getitem__)
+    by_request = positions_by(rows.index)
     wanted: dict[str, int] = {}
     for i in by_request:
         wanted.setdefault(rows.namespaces[i], dims[i])
