@@ -36,10 +36,14 @@ Embedding = npt.NDArray[np.float32]
 # vector_upsert reads its rows from the batch's arrays or from the staging table.
 _UPSERT: Final = Q["vector_upsert"].removesuffix(";")
 _UPSERT_PARAMS: Final = sql.SQL(_UPSERT).format(source=sql.SQL(Q["vector_rows_params"]))
+# Counting on the namespaces' rows: one WITH list ending, in a statement of its own or after
+# the upsert's.
+_COUNT: Final = sql.SQL(Q["vector_count"])
+_COUNT_ADD: Final = sql.SQL(Q["vector_count_add"]).format(count=_COUNT)
 _COUNTED: Final = sql.SQL(Q["vector_upsert_counted"])
-_UPSERT_PARAMS_COUNTED: Final = _COUNTED.format(upsert=_UPSERT_PARAMS)
+_UPSERT_PARAMS_COUNTED: Final = _COUNTED.format(upsert=_UPSERT_PARAMS, count=_COUNT)
 _UPSERT_STAGE_COUNTED: Final = _COUNTED.format(
-    upsert=sql.SQL(_UPSERT).format(source=sql.SQL(Q["vector_rows_stage"]))
+    upsert=sql.SQL(_UPSERT).format(source=sql.SQL(Q["vector_rows_stage"])), count=_COUNT
 )
 _COPY_TYPES: Final = ["text", "text", "int4", "vector", "jsonb", "text"]
 UPSERT_SLICE: Final = 1000  # vectors per upsert statement of a batch
@@ -203,7 +207,7 @@ async def _count(
             "added": [added[n] for n in names],
             "written": [total[n] for n in names],
         }
-        await conn.execute(Q["vector_count_add"], params)
+        await conn.execute(_COUNT_ADD, params)
 
 
 async def _upsert(

@@ -34,7 +34,7 @@ ON CONFLICT (project_id, namespace, id) DO UPDATE SET
 RETURNING v.namespace, v.id, (v.xmax = 0) AS inserted;
 
 -- name: vector_upsert_counted
--- vector_upsert and vector_count_add in one statement, for a write that is one statement: the
+-- vector_upsert and its count in one statement, for a write that is one statement: the
 -- aggregate reads every written row before a namespace's row is locked, so the vectors are all
 -- locked first here too.
 WITH written AS (
@@ -42,7 +42,16 @@ WITH written AS (
 ), counts AS (
     SELECT namespace, count(*) FILTER (WHERE inserted) AS added, count(*) AS written
     FROM written GROUP BY namespace
-), locked AS MATERIALIZED (
+), {count}
+SELECT namespace, id, inserted FROM written;
+
+-- name: vector_count
+-- The end of a WITH list that counts on each namespace's row what a write added (new vectors)
+-- and wrote (new and replaced), from `counts (namespace, added, written)` before it. The rows
+-- are locked by code point first (see memory_delete on why a CTE), so writers counting on the
+-- same namespaces wait for each other rather than deadlock; FOR NO KEY UPDATE is the lock the
+-- update itself takes.
+locked AS MATERIALIZED (
     SELECT namespace FROM vector_namespaces
     WHERE project_id = %(project_id)s AND namespace IN (SELECT namespace FROM counts)
     ORDER BY namespace COLLATE "C"
@@ -54,8 +63,8 @@ WITH written AS (
         update_time = now()
     FROM counts AS c JOIN locked USING (namespace)
     WHERE n.project_id = %(project_id)s AND n.namespace = c.namespace
+    RETURNING n.namespace
 )
-SELECT namespace, id, inserted FROM written;
 
 -- name: vector_rows_params
 -- The source of vector_upsert for a batch: binary arrays unnested into rows.
@@ -87,24 +96,12 @@ COPY vectors (project_id, namespace, id, dim, embedding, metadata, document)
 FROM STDIN (FORMAT BINARY);
 
 -- name: vector_count_add
--- What a transaction's writes added (new vectors) and wrote (new and replaced) on each
--- namespace's row. The rows are locked by code point first (see memory_delete on why a CTE), so
--- writers counting on the same namespaces wait for each other rather than deadlock. FOR NO KEY
--- UPDATE is the lock the update itself takes.
-WITH locked AS MATERIALIZED (
-    SELECT namespace FROM vector_namespaces
-    WHERE project_id = %(project_id)s AND namespace = ANY(%(namespaces)b::text[])
-    ORDER BY namespace COLLATE "C"
-    FOR NO KEY UPDATE
-)
-UPDATE vector_namespaces AS n
-SET vector_count = n.vector_count + c.added,
-    write_count = n.write_count + c.written,
-    update_time = now()
-FROM unnest(%(namespaces)b::text[], %(added)b::int8[], %(written)b::int8[])
-         AS c(namespace, added, written)
-     JOIN locked USING (namespace)
-WHERE n.project_id = %(project_id)s AND n.namespace = c.namespace;
+-- The count of a transaction's several writes (or of a COPY), once they are all written.
+WITH counts AS (
+    SELECT * FROM unnest(%(namespaces)b::text[], %(added)b::int8[], %(written)b::int8[])
+        AS c(namespace, added, written)
+), {count}
+SELECT count(*) FROM counted;
 
 -- name: vector_get
 SELECT id, namespace, embedding, metadata, document, create_time, update_time
