@@ -246,7 +246,7 @@ def test_namespaces_and_projects_isolate(shared_vector_database: str, project_id
     asyncio.run(scenario())
 
 
-async def held_while_waiting(
+async def held_while_waiting_on_b(
     url: str, project_id: str, write: Callable[[Conn], Awaitable[object]]
 ) -> list[bool]:
     """Vectors c, a and b made in that order (so a scan of the table meets them so); while
@@ -270,11 +270,11 @@ def test_a_staged_chunk_locks_its_rows_in_code_point_order(
     """A streamed chunk's upsert takes its rows' locks in (namespace, id) code-point order, as a
     batch does (write_order), whatever order its staging table holds them in: writers sharing
     ids wait for each other instead of deadlocking."""
-    chunk = VectorColumns()
+    chunk, data = VectorColumns(), clustered(3, 2)
     for n, vid in enumerate("cab"):
-        chunk.add(n, vid, "docs", clustered(3, 2)[n], '{"v": 2}')
+        chunk.add(n, vid, "docs", data[n], '{"v": 2}')
     write = partial(vectors.copy_upsert, project_id=project_id, rows=chunk)
-    assert asyncio.run(held_while_waiting(shared_vector_database, project_id, write)) == [
+    assert asyncio.run(held_while_waiting_on_b(shared_vector_database, project_id, write)) == [
         True,
         False,
     ]
@@ -291,7 +291,7 @@ def test_a_delete_locks_its_rows_in_code_point_order_whatever_its_plan(
         await conn.execute("SET LOCAL enable_seqscan = off")
         assert await vectors.delete(conn, project_id, "docs", ["a", "b", "c"]) == {"a", "b", "c"}
 
-    assert asyncio.run(held_while_waiting(shared_vector_database, project_id, delete)) == [
+    assert asyncio.run(held_while_waiting_on_b(shared_vector_database, project_id, delete)) == [
         True,
         False,
     ]

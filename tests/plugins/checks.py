@@ -67,16 +67,30 @@ def retry_unavailable(call: Callable[[], T], deadline: float = 60) -> T:
         pause = min(pause * 2, 2)
 
 
-async def waiting_on_lock(observer: psycopg.AsyncConnection[Any], pid: int) -> None:
-    """Return once backend `pid` waits on a lock (fail, not a timing check, after 20 s)."""
-    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+async def waiting_on_lock(
+    observer: psycopg.AsyncConnection[Any],
+    pid: int,
+    *,
+    by: int | None = None,
+    task: asyncio.Task[None] | None = None,
+) -> None:
+    """Return once backend `pid` waits on a lock (held by backend `by`, if given); fail (not a
+    timing check) after 20 s, or at once with `task`'s own error if `task`, the work that was
+    to wait, ends first."""
+    query: str = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s"
+    params: tuple[int, ...] = (pid,)
+    if by is not None:
+        query, params = "SELECT %s = ANY(pg_blocking_pids(%s))", (by, pid)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        row = await (await observer.execute(query, (pid,))).fetchone()
-        if row is not None and row[0] == "Lock":
+        if task is not None and task.done():
+            await task
+            pytest.fail(f"backend {pid}'s work ended without waiting on the lock")
+        row = await (await observer.execute(query, params)).fetchone()
+        if row is not None and row[0]:
             return
         await asyncio.sleep(0.02)
-    pytest.fail(f"backend {pid} never waited on a lock")
+    pytest.fail(f"backend {pid} never waited on a lock" + (f" of backend {by}" if by else ""))
 
 
 Statement = tuple[str, tuple[object, ...]]
@@ -105,7 +119,9 @@ async def held_while_waiting(
         async with holder.transaction(force_rollback=True):  # a hold writes nothing either
             await holder.execute(*hold)
             racing = asyncio.create_task(run())
-            await _blocked(watcher, writer.info.backend_pid, holder.info.backend_pid, racing)
+            await waiting_on_lock(
+                watcher, writer.info.backend_pid, by=holder.info.backend_pid, task=racing
+            )
             held = []
             for probe in probes:
                 try:
@@ -119,24 +135,6 @@ async def held_while_waiting(
                     held.append(False)  # and rolled back: a probe writes nothing
         await racing
     return held
-
-
-async def _blocked(
-    watcher: psycopg.AsyncConnection[Any], pid: int, by: int, racing: asyncio.Task[None]
-) -> None:
-    """Return once backend `pid` waits for backend `by`; fail (not a timing check) after 20 s,
-    or at once with the write's own error if it ends without waiting."""
-    query = "SELECT %s = ANY(pg_blocking_pids(%s))"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if racing.done():
-            await racing
-            pytest.fail("the write ended without waiting on the held lock")
-        row = await (await watcher.execute(query, (by, pid))).fetchone()
-        if row is not None and row[0]:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"backend {pid} never waited for backend {by}")
 
 
 class _Free(Exception):
